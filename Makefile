@@ -1,0 +1,26 @@
+# Two entry points for a fresh machine: `make quickstart` and `make test`.
+# Both create (or reuse) the virtual environment in .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup quickstart test bench
+
+setup: $(STAMP)
+
+# torch is installed on its own, pinned, so pip takes the CPU build that lies on
+# this machine's disk instead of resolving the range to a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(PY) -m hil.run protocols/quickstart.yaml --backend mock
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_mvm.py

@@ -1,0 +1,280 @@
+"""The software crossbar: a seeded physical model of an RRAM array behind the Crossbar interface.
+
+Hidden per-device truth (window, defects, switching voltages, drift exponents)
+is drawn once from :class:`~drivers.device_model.DeviceConfig` and a seed; the
+calibration pipeline's job is to recover it through the interface alone.
+
+Time is virtual: every operation advances the clock by its modelled duration
+and :meth:`SoftwareCrossbar.wait` jumps it, so hours of drift take microseconds.
+
+Speed matters because the MVM sits inside recurrent inference loops. The MVM
+works in float32 on cached conductances: drift is re-evaluated only when the
+clock has moved enough to change it by ~1e-4 relative, and read fluctuations
+are redrawn once per ``read_noise_correlation_s`` of virtual time (random
+telegraph noise is slow next to a microsecond MVM). Gaussian samples come from
+a pre-drawn pool read at random offsets, which is far cheaper than drawing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .device_model import DeviceConfig
+from .errors import InstrumentTimeout
+from .interface import Crossbar, CrossbarIdentity
+from .limits import SafetyLimits
+
+_POOL_SIZE = 1 << 20
+# Cells that were never programmed in this session were formed "long ago": they barely drift.
+_FORMED_AGO_S = 1e6
+# Re-evaluate drift when elapsed/age exceeds this (relative change ~ nu * this).
+_DRIFT_REFRESH = 1e-2
+
+
+@dataclass(frozen=True)
+class DeviceTruth:
+    """The hidden per-device parameters of a simulated array (for tests and truth-recovery checks)."""
+
+    g_min_s: np.ndarray
+    g_max_s: np.ndarray
+    stuck_on: np.ndarray
+    stuck_off: np.ndarray
+    set_v_half: np.ndarray
+    reset_v_half: np.ndarray
+    drift_nu: np.ndarray
+
+    @property
+    def stuck(self) -> np.ndarray:
+        return self.stuck_on | self.stuck_off
+
+
+class SoftwareCrossbar(Crossbar):
+    """A ``rows x cols`` simulated RRAM array; same seed, same behaviour, call for call."""
+
+    def __init__(self, rows: int = 64, cols: int = 64, *, config: DeviceConfig | None = None, seed: int = 0,
+                 limits: SafetyLimits | None = None, array_id: str | None = None,
+                 fail_on_transaction: int | None = None):
+        if rows < 1 or cols < 1:
+            raise ValueError(f"array shape must be positive, got {rows}x{cols}")
+        self.config = cfg = config or DeviceConfig()
+        self.seed = seed
+        name = array_id or f"mock-{rows}x{cols}-seed{seed}"
+        super().__init__(CrossbarIdentity(backend="mock", instrument_id=f"software-crossbar:{name}", array_id=name,
+                                          rows=rows, cols=cols, model="SoftwareCrossbar RRAM model",
+                                          firmware="1"), self._hard_limits(limits or SafetyLimits(), cfg))
+        # A fault-injection hook: the N-th transaction (1-based) times out, as a lost instrument would.
+        self._fail_on = fail_on_transaction
+        rng = np.random.default_rng(seed)
+        shape = (rows, cols)
+        spread = cfg.window_spread
+        self._gmin = cfg.g_min_s * np.exp(spread * rng.standard_normal(shape))
+        self._gmax = cfg.g_max_s * np.exp(spread * rng.standard_normal(shape))
+        self._gmax = np.maximum(self._gmax, 2 * self._gmin)
+        u = rng.random(shape)
+        self._stuck_on = u < cfg.stuck_on_rate
+        self._stuck_off = (u >= cfg.stuck_on_rate) & (u < cfg.stuck_on_rate + cfg.stuck_off_rate)
+        self._stuck = self._stuck_on | self._stuck_off
+        self._stuck_value = np.where(self._stuck_on, self._gmax, self._gmin)
+        self._v_half_set = cfg.set_v_half + cfg.v_half_spread_v * rng.standard_normal(shape)
+        self._v_half_reset = cfg.reset_v_half + cfg.v_half_spread_v * rng.standard_normal(shape)
+        self._nu = np.clip(cfg.drift_nu_mean + cfg.drift_nu_std * rng.standard_normal(shape), 0.0, None)
+        self._nu[self._stuck] = 0.0
+
+        self._g_prog = self._gmin + cfg.initial_state * (self._gmax - self._gmin)
+        self._g_prog[self._stuck] = self._stuck_value[self._stuck]
+        self._t_prog = np.full(shape, -_FORMED_AGO_S)
+        self._clock = 0.0
+        self._rng = rng
+        self._pool = rng.standard_normal(_POOL_SIZE, dtype=np.float32)
+
+        # Periphery constants.
+        self._iv_norm = 1.0 / (1.0 + cfg.iv_nonlinearity_per_v2 * cfg.read_reference_v ** 2)
+        self._dac_levels = None if cfg.dac_bits is None else float(2 ** (cfg.dac_bits - 1) - 1)
+        self._dac_lsb = None if cfg.dac_bits is None else cfg.dac_range_v / self._dac_levels
+        adc_range = cfg.adc_range_a or rows * cfg.g_max_s * cfg.dac_range_v / 4
+        self.adc_range_a = adc_range
+        self._adc_levels = None if cfg.adc_bits is None else float(2 ** (cfg.adc_bits - 1) - 1)
+        self._adc_lsb = None if cfg.adc_bits is None else adc_range / self._adc_levels
+
+        self._offsets: list[float] = []
+        self._offset_i = 0
+        self._mvm_time = cfg.mvm_time_s
+        self._noise_corr = cfg.read_noise_correlation_s
+        self._kappa = cfg.iv_nonlinearity_per_v2
+        code_v = self._dac_lsb or 1.0          # volts per input code
+        if self._dac_lsb is not None:
+            self._dac_scale = np.float32(1.0 / self._dac_lsb)
+        self._kappa_code = np.float32(self._kappa * code_v ** 2)
+        if self._adc_lsb is None:
+            self._adc_lsb = 1.0
+        # conductance -> ADC codes per input code, with the I-V normalisation folded in
+        self._g_to_codes = code_v * self._iv_norm / self._adc_lsb
+        self._out_noise_pool = None
+        if cfg.output_noise_a:
+            self._out_noise_pool = self._pool * np.float32(cfg.output_noise_a / self._adc_lsb)
+        self._sigma_cache = None
+        self._g_cache = None          # float64 conductance at _t_cache (drift applied)
+        self._t_cache = -np.inf
+        self._g_mvm = None            # float32 conductance with a frozen read fluctuation, for mvm
+        self._t_noise = -np.inf
+
+    @staticmethod
+    def _hard_limits(limits: SafetyLimits, cfg: DeviceConfig) -> SafetyLimits:
+        # The input DAC cannot produce more than its full scale, so neither may a read request.
+        if cfg.dac_bits is not None and limits.max_read_voltage_v > cfg.dac_range_v:
+            return limits.model_copy(update={"max_read_voltage_v": cfg.dac_range_v})
+        return limits
+
+    # ------------------------------------------------------------ ground truth
+    @property
+    def truth(self) -> DeviceTruth:
+        return DeviceTruth(self._gmin.copy(), self._gmax.copy(), self._stuck_on.copy(), self._stuck_off.copy(),
+                           self._v_half_set.copy(), self._v_half_reset.copy(), self._nu.copy())
+
+    def true_conductance(self) -> np.ndarray:
+        """Noise-free conductance of every cell now (S); not part of the Crossbar interface."""
+        return self._conductance_now().copy()
+
+    def read_noise_sigma(self, g: np.ndarray) -> np.ndarray:
+        """The configured read-noise sigma (S) at conductance ``g`` (S)."""
+        cfg = self.config
+        return np.sqrt(cfg.read_noise_floor_s ** 2 + (cfg.read_noise_relative * g) ** 2)
+
+    # ------------------------------------------------------------------- clock
+    def now(self) -> float:
+        return self._clock
+
+    def wait(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"cannot wait a negative time ({seconds} s)")
+        self._clock += seconds
+
+    # --------------------------------------------------------------- backend
+    def _open(self) -> None:
+        pass
+
+    def _close(self) -> None:
+        pass
+
+    def _maybe_fail(self, command: str) -> None:
+        if self._fail_on is not None and self.total_transactions >= self._fail_on:
+            raise InstrumentTimeout(self._name, command, f"no reply (injected fault at transaction {self._fail_on})")
+
+    def _read(self, rows, cols, voltage_v):
+        self._maybe_fail("read")
+        self._clock += self.config.read_time_s
+        g = self._conductance_now()[np.ix_(rows, cols)]
+        sigma = self.read_noise_sigma(g)
+        noisy = g + sigma * self._normal(g.size).reshape(g.shape)
+        kappa = self.config.iv_nonlinearity_per_v2
+        # The instrument reports I/V; a nonlinear I-V makes that depend on the read voltage.
+        return noisy * ((1.0 + kappa * voltage_v ** 2) * self._iv_norm)
+
+    def _pulse(self, rows, cols, amplitude_v, width_s, compliance_a):
+        self._maybe_fail("pulse")
+        cfg = self.config
+        self._clock += cfg.pulse_overhead_s + float(width_s.sum())
+        g = self._conductance_now()[rows, cols]
+        gmin, gmax = self._gmin[rows, cols], self._gmax[rows, cols]
+        mag = np.abs(amplitude_v)
+        is_set = amplitude_v > 0
+        v_half = np.where(is_set, self._v_half_set[rows, cols], self._v_half_reset[rows, cols])
+        threshold = np.where(is_set, cfg.set_threshold_v, cfg.reset_threshold_v)
+        effective = (mag >= threshold) & ~self._stuck[rows, cols]
+        rate = (width_s / cfg.reference_width_s) ** cfg.width_exponent * np.exp((mag - v_half) / cfg.switching_slope_v)
+        fraction = -np.expm1(-rate)
+        step = np.where(is_set, (gmax - g) * fraction, -(g - gmin) * fraction)
+        n = g.size
+        noise = (cfg.c2c_relative * step * self._rng.standard_normal(n)
+                 + cfg.c2c_absolute * (gmax - gmin) * self._rng.standard_normal(n))
+        g_new = g + np.where(effective, step + noise, 0.0)
+        # Current compliance caps how far a SET can grow the filament: g <= I_cc / V.
+        g_new = np.where(is_set & effective, np.minimum(g_new, compliance_a / np.maximum(mag, 1e-12)), g_new)
+        g_new = np.clip(g_new, gmin, gmax)
+        r, c = rows[effective], cols[effective]
+        self._g_prog[r, c] = g_new[effective]
+        self._t_prog[r, c] = self._clock
+        self._g_cache = None
+        self._g_mvm = None
+
+    def _mvm(self, v):
+        self._maybe_fail("mvm")
+        self._clock += v.shape[0] * self._mvm_time
+        if self._g_mvm is None or self._clock - self._t_noise >= self._noise_corr:
+            self._refresh_mvm_conductance()
+        if self._dac_lsb is not None:
+            # Integer DAC codes; the driver's read-voltage limit never exceeds the DAC range, so no clipping.
+            code = v * self._dac_scale
+            np.rint(code, out=code)
+        else:
+            code = v
+        if self._kappa:
+            # I-V nonlinearity on the code: drive ~ k (1 + kappa' k^2); constant factors live in _g_mvm.
+            drive = code * code
+            drive *= self._kappa_code
+            drive += np.float32(1.0)
+            drive *= code
+        else:
+            drive = code
+        # _g_mvm is pre-divided by the ADC step, so the product is already in ADC codes.
+        out = drive @ self._g_mvm
+        if self._out_noise_pool is not None:
+            n = out.size
+            start = self._next_offset(n)
+            out += self._out_noise_pool[start:start + n].reshape(out.shape)
+        if self._adc_levels is not None:
+            np.rint(out, out=out)
+            if out.size > 4096:    # np.clip is one pass but has a fixed overhead that dominates small batches
+                np.clip(out, -self._adc_levels, self._adc_levels, out=out)
+            else:
+                np.minimum(out, self._adc_levels, out=out)
+                np.maximum(out, -self._adc_levels, out=out)
+        out *= np.float32(self._adc_lsb)
+        return out
+
+    # ---------------------------------------------------------------- physics
+    def _conductance_now(self) -> np.ndarray:
+        t = self._clock
+        if self._g_cache is not None and (t - self._t_cache) <= _DRIFT_REFRESH * (self._t_cache - self._newest_prog()
+                                                                                  + self.config.drift_t0_s):
+            return self._g_cache
+        t0 = self.config.drift_t0_s
+        age = t - self._t_prog
+        g = self._g_prog * ((age + t0) / t0) ** (-self._nu)
+        g = np.maximum(g, self._gmin)
+        g[self._stuck] = self._stuck_value[self._stuck]
+        self._g_cache = g
+        self._sigma_cache = None
+        self._t_cache = t
+        self._newest = float(self._t_prog.max())
+        return g
+
+    def _newest_prog(self) -> float:
+        return self._newest
+
+    def _refresh_mvm_conductance(self) -> None:
+        g = self._conductance_now()
+        if self._sigma_cache is None:
+            self._sigma_cache = (self.read_noise_sigma(g) * self._g_to_codes).astype(np.float32)
+            self._g_scaled = (g * self._g_to_codes).astype(np.float32)
+        fluct = self._sigma_cache * self._normal(g.size).reshape(g.shape)
+        fluct += self._g_scaled
+        self._g_mvm = fluct
+        self._t_noise = self._clock
+
+    def _normal(self, n: int) -> np.ndarray:
+        if n * 2 > _POOL_SIZE:
+            return self._rng.standard_normal(n, dtype=np.float32)
+        start = self._next_offset(n)
+        return self._pool[start:start + n]
+
+    def _next_offset(self, n: int) -> int:
+        # Offsets are drawn in blocks: one Generator call per sample costs more than a small MVM.
+        if self._offset_i >= len(self._offsets):
+            self._offsets = self._rng.random(4096).tolist()
+            self._offset_i = 0
+        u = self._offsets[self._offset_i]
+        self._offset_i += 1
+        return int(u * (_POOL_SIZE - n))

@@ -1,0 +1,197 @@
+"""The run database schema as typed SQLAlchemy ORM classes.
+
+Every measurement is traceable to the run that produced it (protocol text and hash,
+backend, code version, timestamps) and, where it concerns one, to the crossbar array
+and the instrument that holds it. Bulk data are compressed blobs (``db.arrays``) with
+summary columns beside them; per-device results are rows, so history can be queried
+per array, per device and over time.
+
+Changing anything here needs a new migration in ``db/migrations/versions``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, Float, ForeignKey, Index, Integer,
+                        LargeBinary, MetaData, String, Text, UniqueConstraint)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from db.timestamps import UTCDateTime, utcnow
+
+RUNNING = "running"
+COMPLETED = "completed"
+FAILED = "failed"
+INTERRUPTED = "interrupted"
+STATUSES = (RUNNING, COMPLETED, FAILED, INTERRUPTED)
+FINAL_STATUSES = (COMPLETED, FAILED, INTERRUPTED)
+
+# Explicit constraint names let later migrations drop or alter a constraint by name,
+# which SQLite's batch mode needs, and keep names identical across backends.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+_STATUS_CHECK = "status IN ({})".format(", ".join(f"'{s}'" for s in STATUSES))
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Instrument(Base):
+    """A bench instrument (or the mock) as identified by its backend."""
+
+    __tablename__ = "instruments"
+    __table_args__ = (UniqueConstraint("backend", "instrument_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    backend: Mapped[str] = mapped_column(String(64))
+    instrument_id: Mapped[str] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(String(255))
+    firmware: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    arrays: Mapped[list[CrossbarArray]] = relationship(back_populates="instrument")
+
+    def __repr__(self) -> str:
+        return f"Instrument(id={self.id}, backend={self.backend!r}, instrument_id={self.instrument_id!r})"
+
+
+class CrossbarArray(Base):
+    """One physical (or simulated) crossbar array, ``rows`` x ``cols`` devices."""
+
+    __tablename__ = "arrays"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    array_id: Mapped[str] = mapped_column(String(255), unique=True)
+    instrument_fk: Mapped[int] = mapped_column(ForeignKey("instruments.id", ondelete="RESTRICT"), index=True)
+    rows: Mapped[int] = mapped_column(Integer)
+    cols: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    instrument: Mapped[Instrument] = relationship(back_populates="arrays")
+
+    def __repr__(self) -> str:
+        return f"CrossbarArray(id={self.id}, array_id={self.array_id!r}, shape=({self.rows}, {self.cols}))"
+
+
+class Run(Base):
+    """One execution of a protocol, with what is needed to reproduce it."""
+
+    __tablename__ = "runs"
+    __table_args__ = (CheckConstraint(_STATUS_CHECK, name="status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    protocol_name: Mapped[str] = mapped_column(String(255))
+    protocol_path: Mapped[str | None] = mapped_column(String(1024))
+    protocol_text: Mapped[str] = mapped_column(Text)
+    protocol_hash: Mapped[str] = mapped_column(String(64), index=True)  # sha256 hex of protocol_text
+    backend: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    code_version: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    array_fk: Mapped[int | None] = mapped_column(ForeignKey("arrays.id", ondelete="SET NULL"), index=True)
+    # Settings that shape the result (resolved seed, backend options); never where the
+    # result was written, which says nothing about the experiment and may hold secrets.
+    options: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+
+    crossbar_array: Mapped[CrossbarArray | None] = relationship()
+    # The database deletes the children (ON DELETE CASCADE); passive_deletes spares
+    # loading thousands of rows just to delete them.
+    steps: Mapped[list[RunStep]] = relationship(
+        back_populates="run", order_by="RunStep.index", cascade="all, delete-orphan", passive_deletes=True)
+    measurements: Mapped[list[Measurement]] = relationship(
+        back_populates="run", order_by="Measurement.id", cascade="all, delete-orphan", passive_deletes=True)
+
+    def __repr__(self) -> str:
+        return f"Run(id={self.id}, protocol_name={self.protocol_name!r}, status={self.status!r})"
+
+
+class RunStep(Base):
+    """One step of a run, at position ``index`` in its protocol."""
+
+    __tablename__ = "run_steps"
+    __table_args__ = (UniqueConstraint("run_fk", "index"), CheckConstraint(_STATUS_CHECK, name="status"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_fk: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+
+    run: Mapped[Run] = relationship(back_populates="steps")
+    measurements: Mapped[list[Measurement]] = relationship(
+        back_populates="step", order_by="Measurement.id", cascade="all, delete-orphan", passive_deletes=True)
+
+    def __repr__(self) -> str:
+        return f"RunStep(id={self.id}, run_fk={self.run_fk}, index={self.index}, name={self.name!r})"
+
+
+class Measurement(Base):
+    """A measured array (blob from ``db.arrays``) with its summary statistics."""
+
+    __tablename__ = "measurements"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_fk: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step_fk: Mapped[int | None] = mapped_column(ForeignKey("run_steps.id", ondelete="CASCADE"), index=True)
+    array_fk: Mapped[int | None] = mapped_column(ForeignKey("arrays.id", ondelete="SET NULL"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(64))
+    unit: Mapped[str] = mapped_column(String(32))
+    shape: Mapped[list[int]] = mapped_column(JSON)
+    dtype: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    # Over finite values only; see db.arrays.summarize.
+    n: Mapped[int | None] = mapped_column(Integer)
+    mean: Mapped[float | None] = mapped_column(Float)
+    std: Mapped[float | None] = mapped_column(Float)
+    min: Mapped[float | None] = mapped_column(Float)
+    max: Mapped[float | None] = mapped_column(Float)
+    nan_count: Mapped[int] = mapped_column(Integer)
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    run: Mapped[Run] = relationship(back_populates="measurements")
+    step: Mapped[RunStep | None] = relationship(back_populates="measurements")
+    crossbar_array: Mapped[CrossbarArray | None] = relationship()
+
+    def __repr__(self) -> str:
+        return f"Measurement(id={self.id}, name={self.name!r}, kind={self.kind!r}, shape={self.shape})"
+
+
+class DeviceResult(Base):
+    """The outcome of programming one device (cell ``row``, ``col``) of an array, in siemens."""
+
+    __tablename__ = "device_results"
+    __table_args__ = (Index(None, "array_fk", "row", "col"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_fk: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step_fk: Mapped[int] = mapped_column(ForeignKey("run_steps.id", ondelete="CASCADE"), index=True)
+    array_fk: Mapped[int] = mapped_column(ForeignKey("arrays.id", ondelete="RESTRICT"))
+    row: Mapped[int] = mapped_column(Integer)
+    col: Mapped[int] = mapped_column(Integer)
+    # NULL where there was no target (cell not programmed) or no valid reading.
+    target_s: Mapped[float | None] = mapped_column(Float)
+    achieved_s: Mapped[float | None] = mapped_column(Float)
+    error_s: Mapped[float | None] = mapped_column(Float)
+    iterations: Mapped[int] = mapped_column(Integer)
+    success: Mapped[bool] = mapped_column(Boolean)
+
+    def __repr__(self) -> str:
+        return f"DeviceResult(id={self.id}, array_fk={self.array_fk}, row={self.row}, col={self.col})"

@@ -158,7 +158,7 @@ class Crossbar(ABC):
             raise LimitViolation(self._name, "mvm",
                                  f"voltages must have shape (batch, {self._identity.rows}), got {np.shape(voltages_v)}")
         limit = self._limits.max_read_voltage_v
-        # max/min rather than abs().max(): no temporary, and NaN fails the comparison.
+        # max/min rather than abs().max(): no temporary, and a NaN makes the comparison fail.
         if v.size and not (v.max() <= limit and v.min() >= -limit):
             raise LimitViolation(self._name, "mvm",
                                  f"input voltage beyond max_read_voltage_v {limit:g} V (or not finite)")

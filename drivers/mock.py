@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import kernels
 from .device_model import DeviceConfig
 from .errors import InstrumentTimeout
 from .interface import Crossbar, CrossbarIdentity
@@ -29,8 +30,9 @@ from .limits import SafetyLimits
 _POOL_SIZE = 1 << 20
 # Cells that were never programmed in this session were formed "long ago": they barely drift.
 _FORMED_AGO_S = 1e6
-# Re-evaluate drift when elapsed/age exceeds this (relative change ~ nu * this).
-_DRIFT_REFRESH = 1e-2
+# Re-evaluate drift when the time since the last evaluation exceeds this fraction of the age of the
+# newest programming: the conductance then moves by about nu * this (~2e-4), far below read noise.
+_DRIFT_REFRESH = 5e-2
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class SoftwareCrossbar(Crossbar):
         self._adc_levels = None if cfg.adc_bits is None else float(2 ** (cfg.adc_bits - 1) - 1)
         self._adc_lsb = None if cfg.adc_bits is None else adc_range / self._adc_levels
 
+        self._work: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._offsets: list[float] = []
         self._offset_i = 0
         self._mvm_time = cfg.mvm_time_s
@@ -111,9 +114,11 @@ class SoftwareCrossbar(Crossbar):
             self._adc_lsb = 1.0
         # conductance -> ADC codes per input code, with the I-V normalisation folded in
         self._g_to_codes = code_v * self._iv_norm / self._adc_lsb
-        self._out_noise_pool = None
-        if cfg.output_noise_a:
-            self._out_noise_pool = self._pool * np.float32(cfg.output_noise_a / self._adc_lsb)
+        self._output_noise = bool(cfg.output_noise_a)
+        # Output noise in ADC codes; an all-zero pool when there is none keeps one code path.
+        self._out_noise_pool = self._pool * np.float32(cfg.output_noise_a / self._adc_lsb)
+        self._adc_lsb32 = np.float32(self._adc_lsb)
+        self._adc_levels32 = np.float32(self._adc_levels or 0.0)
         self._sigma_cache = None
         self._g_cache = None          # float64 conductance at _t_cache (drift applied)
         self._t_cache = -np.inf
@@ -204,35 +209,45 @@ class SoftwareCrossbar(Crossbar):
         self._clock += v.shape[0] * self._mvm_time
         if self._g_mvm is None or self._clock - self._t_noise >= self._noise_corr:
             self._refresh_mvm_conductance()
+        drive, acc = self._buffers(v.shape[0])
         if self._dac_lsb is not None:
-            # Integer DAC codes; the driver's read-voltage limit never exceeds the DAC range, so no clipping.
-            code = v * self._dac_scale
-            np.rint(code, out=code)
-        else:
-            code = v
-        if self._kappa:
-            # I-V nonlinearity on the code: drive ~ k (1 + kappa' k^2); constant factors live in _g_mvm.
-            drive = code * code
+            # The driver's read-voltage limit never exceeds the DAC range, so codes need no clipping.
+            kernels.dac_drive(v, self._dac_scale, self._kappa_code, drive)
+        elif self._kappa:
+            np.multiply(v, v, out=drive)
             drive *= self._kappa_code
             drive += np.float32(1.0)
-            drive *= code
+            drive *= v
         else:
-            drive = code
-        # _g_mvm is pre-divided by the ADC step, so the product is already in ADC codes.
-        out = drive @ self._g_mvm
-        if self._out_noise_pool is not None:
-            n = out.size
-            start = self._next_offset(n)
-            out += self._out_noise_pool[start:start + n].reshape(out.shape)
+            drive = v
+        # _g_mvm is pre-scaled to ADC codes per input code, so the product is already in ADC codes.
+        np.matmul(drive, self._g_mvm, out=acc)
+        out = np.empty_like(acc)      # a fresh array for the caller: the buffers are reused
+        noise = self._output_noise_codes(acc.size)
         if self._adc_levels is not None:
-            np.rint(out, out=out)
-            if out.size > 4096:    # np.clip is one pass but has a fixed overhead that dominates small batches
-                np.clip(out, -self._adc_levels, self._adc_levels, out=out)
-            else:
-                np.minimum(out, self._adc_levels, out=out)
-                np.maximum(out, -self._adc_levels, out=out)
-        out *= np.float32(self._adc_lsb)
+            kernels.adc_convert(acc, noise, self._adc_levels32, self._adc_lsb32, out)
+            return out
+        acc += noise.reshape(acc.shape)
+        np.multiply(acc, self._adc_lsb32, out=out)
         return out
+
+    def _output_noise_codes(self, n: int) -> np.ndarray:
+        """``n`` output-noise samples in ADC codes (zeros without output noise)."""
+        if n * 2 > _POOL_SIZE:
+            return (self._normal(n) * np.float32(self.config.output_noise_a / self._adc_lsb)).astype(np.float32)
+        start = self._next_offset(n) if self._output_noise else 0
+        return self._out_noise_pool[start:start + n]
+
+    def _buffers(self, batch: int):
+        # Reused work buffers: a fresh 128 kB temporary per operation costs an mmap and page faults.
+        bufs = self._work.get(batch)
+        if bufs is None:
+            rows, cols = self.shape
+            bufs = (np.empty((batch, rows), np.float32), np.empty((batch, cols), np.float32))
+            if len(self._work) > 8:
+                self._work.clear()
+            self._work[batch] = bufs
+        return bufs
 
     # ---------------------------------------------------------------- physics
     def _conductance_now(self) -> np.ndarray:
@@ -241,9 +256,13 @@ class SoftwareCrossbar(Crossbar):
                                                                                   + self.config.drift_t0_s):
             return self._g_cache
         t0 = self.config.drift_t0_s
-        age = t - self._t_prog
-        g = self._g_prog * ((age + t0) / t0) ** (-self._nu)
-        g = np.maximum(g, self._gmin)
+        # g_prog * ((age + t0) / t0) ** -nu, written with log1p/exp: a float64 power is several times slower.
+        decay = np.log1p((t - self._t_prog) / t0)
+        decay *= -self._nu
+        np.exp(decay, out=decay)
+        g = decay
+        g *= self._g_prog
+        np.maximum(g, self._gmin, out=g)
         g[self._stuck] = self._stuck_value[self._stuck]
         self._g_cache = g
         self._sigma_cache = None

@@ -249,3 +249,12 @@ def test_mvm_read_noise_has_configured_spread_between_correlation_times():
     sigma = x.read_noise_sigma(x.true_conductance())
     expected = np.sqrt(((v[0][:, None] ** 2) * sigma ** 2).sum(axis=0))
     assert np.median(outs.std(axis=0, ddof=1) / expected) == pytest.approx(1.0, abs=0.07)
+
+
+def test_mvm_batches_larger_than_the_noise_pool_keep_their_statistics():
+    cfg = DeviceConfig.ideal(output_noise_a=1e-7, adc_bits=16, adc_range_a=1e-3, initial_state=0.5)
+    x = opened(4, 128, config=cfg, seed=14)
+    v = np.full((6000, 4), 0.1)            # 768,000 outputs: more than half the pre-drawn pool
+    out = x.mvm(v)
+    assert out.shape == (6000, 128) and np.all(np.isfinite(out))
+    assert np.std(out - v[:1] @ x.true_conductance()) == pytest.approx(1e-7, rel=0.05)

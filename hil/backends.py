@@ -1,0 +1,36 @@
+"""Turn a backend name and a protocol into an (unopened) Crossbar.
+
+Code above this module never asks which backend it holds; this is the one place
+that knows the concrete drivers.
+"""
+
+from __future__ import annotations
+
+from drivers import Crossbar, SoftwareCrossbar
+
+from .protocol import Protocol
+
+BACKENDS = ("mock",)
+DEFAULT_SEED = 0
+
+
+class BackendError(Exception):
+    """The backend cannot be used with this protocol; nothing has been sent to any instrument."""
+
+
+def make_backend(name: str, protocol: Protocol, seed: int | None) -> tuple[Crossbar, dict]:
+    """The crossbar for ``name`` with the protocol's limits applied, and the options to record with the run."""
+    if name != "mock":
+        raise BackendError(f"backend {name!r} is not available; choose one of: {', '.join(BACKENDS)}")
+    seed = seed if seed is not None else protocol.mock.seed if protocol.mock.seed is not None else DEFAULT_SEED
+    xbar = SoftwareCrossbar(protocol.array.rows, protocol.array.cols, config=protocol.mock.device, seed=seed)
+    check_shape(xbar, protocol)
+    xbar.restrict_limits(protocol.limits)
+    return xbar, {"seed": seed, "device": protocol.mock.device.model_dump()}
+
+
+def check_shape(xbar: Crossbar, protocol: Protocol) -> None:
+    want = (protocol.array.rows, protocol.array.cols)
+    if xbar.shape != want:
+        raise BackendError(f"the protocol's array is {want[0]}x{want[1]} but "
+                           f"{xbar.identity.instrument_id} has {xbar.shape[0]}x{xbar.shape[1]} cells")

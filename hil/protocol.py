@@ -1,0 +1,348 @@
+"""Schema of an experiment protocol: the array, its safety envelope and the steps run on it.
+
+A protocol is plain data, usually read from YAML by :func:`hil.protocol_loader.load_protocol`.
+All quantities are SI and carry their unit in the field name (``_v``, ``_s`` for seconds or
+siemens as the field says, ``_a``). Every model forbids unknown keys, so a misspelt option is
+an error rather than a silently ignored setting, and every voltage and pulse width of every
+step is checked against the protocol's :class:`~drivers.limits.SafetyLimits` before anything
+runs. Numbers are validated strictly (``"0.1"`` is not a number, ``64.0`` is not an integer):
+a protocol that only works because of a coercion is a protocol nobody has really checked.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from drivers.device_model import DeviceConfig
+from drivers.limits import SafetyLimits
+
+__all__ = [
+    "ArraySpec", "CheckerboardPattern", "FilePattern", "LevelsPattern", "MockSpec", "Pattern",
+    "ProgramStep", "Protocol", "RandomPattern", "ReadStep", "Step", "MAX_ARRAY_DIM",
+]
+
+MAX_ARRAY_DIM = 4096
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+# Protocol and step names end up in file names, database keys and log lines, so they are kept
+# to characters that need no quoting anywhere.
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=NAME_PATTERN)]
+
+
+class _Model(BaseModel):
+    # inf passes every "> 0" check and nan slips through every "value > limit" test, so
+    # neither may stand for a voltage, a width or a conductance.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _raise_at(title: str, problems: list[tuple[tuple, str, str, object]]) -> None:
+    """Raise one ValidationError carrying every problem at its own field.
+
+    A plain ValueError from a model validator would be reported at the model as a whole;
+    building the ValidationError here keeps each problem at the field the user has to edit
+    (pydantic prefixes the location of the enclosing model).
+    """
+    if problems:
+        raise ValidationError.from_exception_data(title, [
+            {"type": PydanticCustomError(kind, message), "loc": loc, "input": value}
+            for loc, kind, message, value in problems
+        ])
+
+
+# --------------------------------------------------------------------------- patterns
+
+class _WindowPattern(_Model):
+    g_low_s: float = Field(gt=0, le=1, description="lowest target conductance (S)")
+    g_high_s: float = Field(gt=0, le=1, description="highest target conductance (S)")
+
+    @model_validator(mode="after")
+    def _ordered_window(self):
+        if self.g_low_s >= self.g_high_s:
+            _raise_at(type(self).__name__, [(("g_high_s",), "window_order",
+                                             f"must exceed g_low_s ({self.g_low_s})", self.g_high_s)])
+        return self
+
+
+class LevelsPattern(_WindowPattern):
+    """``levels`` conductances evenly spaced over [g_low_s, g_high_s], laid out on the array.
+
+    Layouts: ``random`` gives each cell a level, every level used equally often (to within one
+    cell); ``rows`` and ``columns`` are staircases, index i of n carrying level
+    ``i * levels // n``; ``blocks`` tiles the array with a grid of contiguous rectangles, one
+    level each.
+    """
+
+    kind: Literal["levels"] = "levels"
+    levels: int = Field(ge=2, le=256)
+    layout: Literal["random", "rows", "columns", "blocks"] = "random"
+
+    def values(self) -> np.ndarray:
+        return np.linspace(self.g_low_s, self.g_high_s, self.levels)
+
+    def level_indices(self, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+        """The (rows, cols) integer level index of every cell."""
+        n = self.levels
+        if self.layout == "random":
+            # A shuffled repeating sequence rather than independent draws, so the counts per level
+            # are equal to within one cell even on a small array.
+            return rng.permutation(np.arange(rows * cols) % n).reshape(rows, cols)
+        r = np.arange(rows)[:, None]
+        c = np.arange(cols)[None, :]
+        if self.layout == "rows":
+            return np.broadcast_to(r * n // rows, (rows, cols)).copy()
+        if self.layout == "columns":
+            return np.broadcast_to(c * n // cols, (rows, cols)).copy()
+        # An exact factorisation keeps every block the same size; the larger factor goes along
+        # the longer side so the blocks stay roughly square.
+        small = max(d for d in range(1, int(np.sqrt(n)) + 1) if n % d == 0)
+        large = n // small
+        block_rows, block_cols = (small, large) if cols >= rows else (large, small)
+        return (r * block_rows // rows) * block_cols + (c * block_cols // cols)
+
+    def targets(self, rows: int, cols: int, rng: np.random.Generator, base_dir: Path) -> np.ndarray:
+        return self.values()[self.level_indices(rows, cols, rng)]
+
+
+class CheckerboardPattern(_WindowPattern):
+    """g_low_s where (row + column) is even, g_high_s where it is odd."""
+
+    kind: Literal["checkerboard"] = "checkerboard"
+
+    def targets(self, rows: int, cols: int, rng: np.random.Generator, base_dir: Path) -> np.ndarray:
+        parity = (np.arange(rows)[:, None] + np.arange(cols)[None, :]) % 2
+        return np.where(parity == 0, self.g_low_s, self.g_high_s).astype(np.float64)
+
+
+class RandomPattern(_WindowPattern):
+    """Every cell drawn uniformly from [g_low_s, g_high_s]."""
+
+    kind: Literal["random"] = "random"
+
+    def targets(self, rows: int, cols: int, rng: np.random.Generator, base_dir: Path) -> np.ndarray:
+        return rng.uniform(self.g_low_s, self.g_high_s, size=(rows, cols))
+
+
+# A CSV cell rarely needs more than this many characters; the bound keeps a wrong path (a log,
+# a data dump) from being parsed in full before the shape check can reject it.
+_CSV_BYTES_PER_VALUE = 64
+_FILE_SLACK_BYTES = 1 << 20
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _NotAFile(Exception):
+    pass
+
+
+class FilePattern(_Model):
+    """Targets read from a ``.npy`` or ``.csv`` file; the values times ``scale`` are siemens.
+
+    A relative ``path`` is taken relative to the directory of the protocol file, so a protocol
+    and its data can be moved together.
+    """
+
+    kind: Literal["file"] = "file"
+    path: str = Field(min_length=1)
+    scale: float = Field(1.0, gt=0, description="factor turning the file's values into siemens")
+
+    @field_validator("path")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if Path(value).suffix.lower() not in (".npy", ".csv"):
+            raise PydanticCustomError("file_format", "must name a .npy or .csv file")
+        return value
+
+    def resolve(self, base_dir: Path) -> Path:
+        path = Path(self.path)
+        return path if path.is_absolute() else Path(base_dir) / path
+
+    @staticmethod
+    def _read(path: Path, is_npy: bool, cells: int) -> np.ndarray:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise _NotAFile()
+        if size > cells * (16 if is_npy else _CSV_BYTES_PER_VALUE) + _FILE_SLACK_BYTES:
+            raise _TooLarge(size)
+        if is_npy:
+            # read_array rather than np.load: np.load would also accept a .npz archive or a
+            # pickle under a .npy name.
+            with path.open("rb") as handle:
+                return np.lib.format.read_array(handle, allow_pickle=False)
+        with warnings.catch_warnings():
+            # An empty file only warns; the shape check reports it properly.
+            warnings.simplefilter("ignore")
+            return np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2, encoding="utf-8")
+
+    def targets(self, rows: int, cols: int, rng: np.random.Generator, base_dir: Path) -> np.ndarray:
+        path = self.resolve(base_dir)
+
+        def bad(what: str) -> ValueError:
+            return ValueError(f"pattern file {path}: {what}")
+
+        is_npy = path.suffix.lower() == ".npy"
+        try:
+            data = self._read(path, is_npy, rows * cols)
+        except _TooLarge as exc:
+            raise bad(f"is {exc.args[0]} bytes, far too large for a {rows}x{cols} array") from None
+        except _NotAFile:
+            raise bad("is not a regular file") from None
+        except FileNotFoundError:
+            raise bad("file not found") from None
+        except PermissionError:
+            raise bad("permission denied") from None
+        except IsADirectoryError:
+            raise bad("is a directory") from None
+        except OSError as exc:
+            raise bad(f"cannot be read ({exc.strerror or exc})") from None
+        except ValueError as exc:
+            detail = " ".join(str(exc).split())
+            raise bad(f"cannot be parsed as {'.npy' if is_npy else 'CSV'} ({detail})") from None
+
+        if data.dtype.kind not in "iuf":
+            raise bad(f"holds {data.dtype} values, expected real numbers")
+        if data.shape != (rows, cols):
+            raise bad(f"has shape {data.shape}, expected ({rows}, {cols}) to match the array")
+        with np.errstate(over="ignore", invalid="ignore"):
+            g = data.astype(np.float64) * self.scale
+        not_finite = ~np.isfinite(g)
+        if not_finite.any():
+            r, c = np.argwhere(not_finite)[0]
+            raise bad(f"{int(not_finite.sum())} value(s) are not finite after scaling, first at [{r}, {c}]")
+        not_positive = g <= 0
+        if not_positive.any():
+            r, c = np.argwhere(not_positive)[0]
+            raise bad(f"{int(not_positive.sum())} value(s) are not positive after scaling, "
+                      f"first at [{r}, {c}] = {float(g[r, c])!r}")
+        return g
+
+
+Pattern = Annotated[Union[LevelsPattern, CheckerboardPattern, RandomPattern, FilePattern],
+                    Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- steps
+
+class ProgramStep(_Model):
+    """Write-verify programming of a target pattern.
+
+    A cell counts as programmed once its read-back conductance (read at ``read_voltage_v``) is
+    within ``tolerance`` times the target span, max(target) - min(target), of its target. SET and
+    RESET pulses of ``pulse_width_s`` start at the ``start_*`` amplitude and grow by
+    ``voltage_step_v`` up to the ``max_*`` amplitude. Amplitudes are magnitudes; the driver
+    applies the polarity.
+    """
+
+    kind: Literal["program"] = "program"
+    name: Name | None = None
+    pattern: Pattern
+    tolerance: float = Field(0.02, gt=0, le=0.5, description="fraction of the target span")
+    max_iterations: int = Field(20, ge=1, le=1000)
+    read_voltage_v: float = Field(0.2, gt=0)
+    start_set_voltage_v: float = Field(0.9, gt=0)
+    max_set_voltage_v: float = Field(2.0, gt=0)
+    start_reset_voltage_v: float = Field(0.9, gt=0)
+    max_reset_voltage_v: float = Field(2.0, gt=0)
+    voltage_step_v: float = Field(0.05, gt=0, le=1)
+    pulse_width_s: float = Field(1e-6, gt=0)
+
+    @model_validator(mode="after")
+    def _ramps_ordered(self):
+        problems = []
+        for which in ("set", "reset"):
+            start = getattr(self, f"start_{which}_voltage_v")
+            stop = getattr(self, f"max_{which}_voltage_v")
+            if start > stop:
+                problems.append(((f"start_{which}_voltage_v",), "ramp_order",
+                                 f"exceeds max_{which}_voltage_v ({stop})", start))
+        _raise_at("ProgramStep", problems)
+        return self
+
+
+class ReadStep(_Model):
+    """Read the whole array ``repeats`` times at ``read_voltage_v``."""
+
+    kind: Literal["read"] = "read"
+    name: Name | None = None
+    read_voltage_v: float = Field(0.2, gt=0)
+    repeats: int = Field(1, ge=1, le=10000)
+
+
+Step = Annotated[Union[ProgramStep, ReadStep], Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- protocol
+
+class ArraySpec(_Model):
+    rows: int = Field(ge=1, le=MAX_ARRAY_DIM)
+    cols: int = Field(ge=1, le=MAX_ARRAY_DIM)
+
+
+class MockSpec(_Model):
+    """Settings that only the software crossbar reads; a real instrument ignores them."""
+
+    seed: int | None = Field(None, ge=0)
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+
+
+class Protocol(_Model):
+    """A complete experiment: where it runs, within which limits, and what it does."""
+
+    name: Name
+    description: str = ""
+    array: ArraySpec
+    limits: SafetyLimits = Field(default_factory=SafetyLimits)
+    mock: MockSpec = Field(default_factory=MockSpec)
+    steps: list[Step] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _named_and_within_limits(self):
+        for index, step in enumerate(self.steps):
+            if step.name is None:
+                # The list itself is mutable even though the models are frozen; a copy keeps
+                # each step immutable.
+                self.steps[index] = step.model_copy(update={"name": f"{step.kind}_{index}"})
+
+        problems: list[tuple[tuple, str, str, object]] = []
+        first_use: dict[str, int] = {}
+        for index, step in enumerate(self.steps):
+            if step.name in first_use:
+                problems.append((("steps", index, "name"), "duplicate_name",
+                                 f"step name is already used by steps[{first_use[step.name]}]", step.name))
+            else:
+                first_use[step.name] = index
+            problems.extend((("steps", index, field), kind, message, value)
+                            for field, kind, message, value in _limit_violations(step, self.limits))
+        _raise_at("Protocol", problems)
+        return self
+
+
+def _limit_violations(step: ProgramStep | ReadStep, limits: SafetyLimits):
+    """(field, error type, message, value) for every setting of ``step`` outside ``limits``."""
+    if step.read_voltage_v > limits.max_read_voltage_v:
+        yield ("read_voltage_v", "safety_limit",
+               f"exceeds the safety limit limits.max_read_voltage_v = {limits.max_read_voltage_v} V",
+               step.read_voltage_v)
+    if not isinstance(step, ProgramStep):
+        return
+    for field in ("start_set_voltage_v", "max_set_voltage_v", "start_reset_voltage_v", "max_reset_voltage_v"):
+        value = getattr(step, field)
+        if value > limits.max_write_voltage_v:
+            yield (field, "safety_limit",
+                   f"exceeds the safety limit limits.max_write_voltage_v = {limits.max_write_voltage_v} V",
+                   value)
+    if step.pulse_width_s < limits.min_pulse_width_s:
+        yield ("pulse_width_s", "safety_limit",
+               f"is below the safety limit limits.min_pulse_width_s = {limits.min_pulse_width_s} s",
+               step.pulse_width_s)
+    elif step.pulse_width_s > limits.max_pulse_width_s:
+        yield ("pulse_width_s", "safety_limit",
+               f"exceeds the safety limit limits.max_pulse_width_s = {limits.max_pulse_width_s} s",
+               step.pulse_width_s)

@@ -1,0 +1,8 @@
+"""Executors of the protocol's step kinds: each takes the run context, its step and its database row."""
+
+from .program import run_program
+from .read import run_read
+
+EXECUTORS = {"program": run_program, "read": run_read}
+
+__all__ = ["EXECUTORS"]

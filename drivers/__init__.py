@@ -2,11 +2,11 @@
 
 from .device_model import DeviceConfig
 from .errors import CrossbarError, InstrumentIOError, InstrumentTimeout, LimitViolation, NotConnected
-from .interface import Crossbar, CrossbarIdentity
+from .interface import ConverterSpec, Crossbar, CrossbarIdentity
 from .limits import SafetyLimits
 from .mock import SoftwareCrossbar
 from .write_verify import WriteVerifyResult, WriteVerifySettings, write_verify
 
-__all__ = ["Crossbar", "CrossbarIdentity", "CrossbarError", "DeviceConfig", "InstrumentIOError",
+__all__ = ["ConverterSpec", "Crossbar", "CrossbarIdentity", "CrossbarError", "DeviceConfig", "InstrumentIOError",
            "InstrumentTimeout", "LimitViolation", "NotConnected", "SafetyLimits", "SoftwareCrossbar",
            "WriteVerifyResult", "WriteVerifySettings", "write_verify"]

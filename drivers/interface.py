@@ -40,6 +40,16 @@ class CrossbarIdentity:
     firmware: str = ""
 
 
+@dataclass(frozen=True)
+class ConverterSpec:
+    """Declared resolution of the MVM periphery; None where the instrument does not say."""
+
+    dac_bits: int | None = None
+    dac_range_v: float | None = None
+    adc_bits: int | None = None
+    adc_range_a: float | None = None
+
+
 Index = slice | np.ndarray | list[int] | None
 
 
@@ -68,6 +78,10 @@ class Crossbar(ABC):
     @property
     def total_transactions(self) -> int:
         return sum(self.transactions.values())
+
+    def converters(self) -> ConverterSpec:
+        """The DAC/ADC resolution the instrument declares (calibration measures what it can of the rest)."""
+        return ConverterSpec()
 
     def restrict_limits(self, limits: SafetyLimits) -> None:
         """Tighten the envelope (never loosen it): the stricter of each bound wins."""

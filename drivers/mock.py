@@ -24,7 +24,7 @@ import numpy as np
 from . import kernels
 from .device_model import DeviceConfig
 from .errors import InstrumentTimeout
-from .interface import Crossbar, CrossbarIdentity
+from .interface import ConverterSpec, Crossbar, CrossbarIdentity
 from .limits import SafetyLimits
 
 _POOL_SIZE = 1 << 20
@@ -131,6 +131,11 @@ class SoftwareCrossbar(Crossbar):
         if cfg.dac_bits is not None and limits.max_read_voltage_v > cfg.dac_range_v:
             return limits.model_copy(update={"max_read_voltage_v": cfg.dac_range_v})
         return limits
+
+    def converters(self) -> ConverterSpec:
+        cfg = self.config
+        return ConverterSpec(dac_bits=cfg.dac_bits, dac_range_v=cfg.dac_range_v if cfg.dac_bits else None,
+                             adc_bits=cfg.adc_bits, adc_range_a=self.adc_range_a if cfg.adc_bits else None)
 
     # ------------------------------------------------------------ ground truth
     @property

@@ -1,0 +1,130 @@
+"""What a calibration measures and how hard it tries: validated options, SI units in the names.
+
+Each part can be switched off by setting it to ``null`` in the protocol. The
+defaults calibrate a 64x64 array in well under a minute on the software crossbar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class WindowOptions(_Options):
+    """Saturating RESET then SET trains: each device's g_min and g_max, and which devices do not switch."""
+
+    pulses: int = Field(4, ge=1, le=100, description="pulses per saturating train")
+    set_voltage_v: float = Field(2.0, gt=0)
+    reset_voltage_v: float = Field(2.0, gt=0)
+    pulse_width_s: float = Field(10e-6, gt=0)
+    reads: int = Field(8, ge=1, le=1000, description="reads averaged at each bound")
+    stuck_fraction: float = Field(0.2, gt=0, lt=1,
+                                  description="a device whose window is below this fraction of the median is stuck")
+
+
+class PulseResponseOptions(_Options):
+    """SET and RESET trains of identical pulses at a few amplitudes, read after every pulse."""
+
+    amplitudes_v: list[float] = Field(default_factory=lambda: [1.1, 1.3, 1.5], min_length=1, max_length=16)
+    pulses: int = Field(30, ge=1, le=1000)
+    pulse_width_s: float = Field(1e-6, gt=0)
+    cells: int = Field(16, ge=1, le=4096, description="devices per amplitude and polarity")
+    saturate_voltage_v: float = Field(2.0, gt=0, description="amplitude of the pulses that set the starting state")
+
+    @model_validator(mode="after")
+    def _positive(self):
+        if any(a <= 0 for a in self.amplitudes_v):
+            raise ValueError("amplitudes_v are magnitudes and must be positive")
+        return self
+
+
+class ProgrammingOptions(_Options):
+    """Write-verify to random levels, repeated; achieved minus target is the programming error."""
+
+    levels: int = Field(8, ge=2, le=64)
+    g_low_s: float = Field(5e-6, gt=0, le=1)
+    g_high_s: float = Field(80e-6, gt=0, le=1)
+    repeats: int = Field(2, ge=1, le=100)
+    tolerance: float = Field(0.02, gt=0, le=0.5, description="write-verify tolerance, fraction of the level span")
+    max_iterations: int = Field(20, ge=1, le=1000)
+    settle_s: float = Field(1.0, ge=0, le=3600, description="wait between programming and measuring (s)")
+    reads: int = Field(8, ge=1, le=1000, description="reads averaged to measure the achieved conductance")
+    start_set_voltage_v: float = Field(0.9, gt=0)
+    max_set_voltage_v: float = Field(2.0, gt=0)
+    start_reset_voltage_v: float = Field(0.9, gt=0)
+    max_reset_voltage_v: float = Field(2.0, gt=0)
+    pulse_width_s: float = Field(1e-6, gt=0)
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.g_low_s >= self.g_high_s:
+            raise ValueError(f"g_low_s ({self.g_low_s}) must be below g_high_s ({self.g_high_s})")
+        return self
+
+
+class ReadNoiseOptions(_Options):
+    """Repeated reads of the programmed levels: read noise against conductance."""
+
+    reads: int = Field(50, ge=3, le=10000)
+
+
+class DriftOptions(_Options):
+    """Reads at a series of times after programming (waits on the instrument's clock: real time on a bench)."""
+
+    times_s: list[float] = Field(default_factory=lambda: [1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0,
+                                                          10000.0], min_length=3, max_length=100)
+    reads: int = Field(4, ge=1, le=1000, description="reads averaged at each time")
+
+    @model_validator(mode="after")
+    def _increasing(self):
+        t = self.times_s
+        if t[0] <= 0 or any(b <= a for a, b in zip(t, t[1:])):
+            raise ValueError("times_s must be positive and strictly increasing")
+        return self
+
+
+class PeripheryOptions(_Options):
+    """MVMs with zero and swept inputs: ADC step, ADC full scale and output noise."""
+
+    repeats: int = Field(200, ge=10, le=100000, description="MVMs of the zero input for the output noise")
+    sweep_points: int = Field(512, ge=16, le=100000)
+
+
+class CalibrationOptions(_Options):
+    read_voltage_v: float = Field(0.2, gt=0)
+    window: WindowOptions | None = Field(default_factory=WindowOptions)
+    pulse_response: PulseResponseOptions | None = Field(default_factory=PulseResponseOptions)
+    programming: ProgrammingOptions | None = Field(default_factory=ProgrammingOptions)
+    read_noise: ReadNoiseOptions | None = Field(default_factory=ReadNoiseOptions)
+    drift: DriftOptions | None = Field(default_factory=DriftOptions)
+    periphery: PeripheryOptions | None = Field(default_factory=PeripheryOptions)
+
+    @model_validator(mode="after")
+    def _dependencies(self):
+        if (self.read_noise or self.drift) and not self.programming:
+            raise ValueError("read_noise and drift measure the programmed levels: they need programming")
+        return self
+
+    def write_voltages(self) -> Iterator[tuple[tuple, float]]:
+        """(field path, amplitude) of every programming pulse amplitude this calibration may use."""
+        if self.window:
+            yield ("window", "set_voltage_v"), self.window.set_voltage_v
+            yield ("window", "reset_voltage_v"), self.window.reset_voltage_v
+        if self.pulse_response:
+            for i, a in enumerate(self.pulse_response.amplitudes_v):
+                yield ("pulse_response", "amplitudes_v", i), a
+            yield ("pulse_response", "saturate_voltage_v"), self.pulse_response.saturate_voltage_v
+        if self.programming:
+            for name in ("start_set_voltage_v", "max_set_voltage_v", "start_reset_voltage_v", "max_reset_voltage_v"):
+                yield ("programming", name), getattr(self.programming, name)
+
+    def pulse_widths(self) -> Iterator[tuple[tuple, float]]:
+        for part in ("window", "pulse_response", "programming"):
+            options = getattr(self, part)
+            if options:
+                yield (part, "pulse_width_s"), options.pulse_width_s

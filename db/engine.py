@@ -4,6 +4,8 @@ SQLite is the default, a file in the current directory. It is set up for a bench
 where a run writes while other processes read its progress: write-ahead logging so
 readers do not block the writer, a generous busy timeout so concurrent writers wait
 instead of failing, and foreign keys enforced so deleting a run removes its children.
+A database server (PostgreSQL: ``postgresql+psycopg://user:password@host/db``) is
+used as it is configured; only the connection set-up is ours.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ DEFAULT_URL = "sqlite:///hil.db"
 ENV_VAR = "HIL_DB_URL"
 
 BUSY_TIMEOUT_MS = 30_000
+# How long to wait for a database server to answer at all: a wrong host should fail
+# a run before it starts, not leave it hanging on the operating system's TCP timeout.
+CONNECT_TIMEOUT_S = 10
 
 
 def resolve_url(url: str | None = None) -> str:
@@ -45,7 +50,10 @@ def resolve_url(url: str | None = None) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets the pragmas above, other backends are left as they are.
+    """An engine for ``url``; SQLite gets the pragmas above, database servers a connect timeout.
+
+    A bare ``postgresql://`` URL means psycopg (version 3, installed with this package)
+    rather than SQLAlchemy's default of psycopg2.
 
     Raises :class:`DatabaseError` if the URL cannot be parsed, names an unknown dialect
     or a missing driver, or is a SQLite file whose directory cannot be created.
@@ -53,10 +61,21 @@ def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
         if parsed.get_backend_name() != "sqlite":
-            return create_engine(parsed)
+            return _server_engine(parsed)
         return _sqlite_engine(parsed)
     except (ArgumentError, ImportError, OSError) as exc:
         raise DatabaseError(url, exc) from exc
+
+
+def _server_engine(url: URL) -> Engine:
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    connect_args: dict[str, Any] = {}
+    if url.get_driver_name() in ("psycopg", "psycopg2") and "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+    # A bench process keeps its pool for hours; pre-ping replaces connections the
+    # server dropped meanwhile (restart, idle timeout) instead of failing a step.
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def _is_memory(url: URL) -> bool:

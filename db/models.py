@@ -195,3 +195,76 @@ class DeviceResult(Base):
 
     def __repr__(self) -> str:
         return f"DeviceResult(id={self.id}, array_fk={self.array_fk}, row={self.row}, col={self.col})"
+
+
+class DeviceStat(Base):
+    """One statistic of one device (cell ``row``, ``col``) from one run, e.g. its g_max in siemens.
+
+    ``quantity`` names the statistic and carries its unit in its name ("g_min_s",
+    "drift_nu"); flags such as "stuck" are 0.0 / 1.0. NULL where it could not be estimated.
+    """
+
+    __tablename__ = "device_stats"
+    # (array, quantity, row, col) serves the per-device and per-quantity histories; the
+    # run and step indexes keep the cascading deletes of a run from scanning the table.
+    __table_args__ = (Index(None, "array_fk", "quantity", "row", "col"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_fk: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step_fk: Mapped[int | None] = mapped_column(ForeignKey("run_steps.id", ondelete="CASCADE"), index=True)
+    array_fk: Mapped[int] = mapped_column(ForeignKey("arrays.id", ondelete="RESTRICT"))
+    row: Mapped[int] = mapped_column(Integer)
+    col: Mapped[int] = mapped_column(Integer)
+    quantity: Mapped[str] = mapped_column(String(128))
+    value: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    def __repr__(self) -> str:
+        return (f"DeviceStat(id={self.id}, array_fk={self.array_fk}, row={self.row}, col={self.col}, "
+                f"quantity={self.quantity!r}, value={self.value})")
+
+
+class ArrayStat(Base):
+    """One statistic of a whole array from one run, e.g. its yield, with its unit."""
+
+    __tablename__ = "array_stats"
+    __table_args__ = (Index(None, "array_fk", "quantity"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_fk: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step_fk: Mapped[int | None] = mapped_column(ForeignKey("run_steps.id", ondelete="CASCADE"))
+    array_fk: Mapped[int] = mapped_column(ForeignKey("arrays.id", ondelete="RESTRICT"))
+    quantity: Mapped[str] = mapped_column(String(128))
+    value: Mapped[float | None] = mapped_column(Float)
+    unit: Mapped[str] = mapped_column(String(32))  # "" where none was given
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"ArrayStat(id={self.id}, array_fk={self.array_fk}, quantity={self.quantity!r}, value={self.value})"
+
+
+class NoiseModelRecord(Base):
+    """A fitted noise model of an array: its parameters as JSON, and the runs it was fitted from.
+
+    A model outlives the run that fitted it: deleting that run only clears ``run_fk``
+    and ``step_fk``, while ``source_runs`` keeps the ids as they were.
+    """
+
+    __tablename__ = "noise_models"
+    __table_args__ = (Index(None, "array_fk", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    array_fk: Mapped[int] = mapped_column(ForeignKey("arrays.id", ondelete="RESTRICT"))
+    run_fk: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    step_fk: Mapped[int | None] = mapped_column(ForeignKey("run_steps.id", ondelete="SET NULL"))
+    # The version of the params layout, so that a reader can refuse what it does not understand.
+    schema_version: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    source_runs: Mapped[list[int]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    crossbar_array: Mapped[CrossbarArray] = relationship()
+
+    def __repr__(self) -> str:
+        return (f"NoiseModelRecord(id={self.id}, array_fk={self.array_fk}, "
+                f"schema_version={self.schema_version})")

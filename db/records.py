@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
 from db.arrays import decode_array, encode_array, summarize
-from db.models import (FINAL_STATUSES, RUNNING, CrossbarArray, DeviceResult, Instrument, Measurement, Run,
-                       RunStep)
+from db.models import (FINAL_STATUSES, RUNNING, ArrayStat, CrossbarArray, DeviceResult, DeviceStat, Instrument,
+                       Measurement, NoiseModelRecord, Run, RunStep)
 from db.timestamps import utcnow
 
 
@@ -159,6 +160,162 @@ def add_device_results(session: Session, run: Run, step: RunStep, crossbar_array
     if records:
         session.execute(insert(DeviceResult), records)
     return len(records)
+
+
+def add_device_stats(session: Session, run: Run, step: RunStep | None, crossbar_array: CrossbarArray,
+                     quantities: Mapping[str, np.ndarray]) -> int:
+    """One row per device and quantity from (rows, cols) arrays; returns the number of rows.
+
+    ``quantities`` maps a name ("g_min_s", "stuck", "drift_nu") to its values over
+    the whole array. NaN (not estimable for that device) is stored as NULL; booleans
+    as 0.0 / 1.0. Every array is checked before anything is written.
+    """
+    shape = (crossbar_array.rows, crossbar_array.cols)
+    grids = {_quantity_name(name): _stat_grid(name, values, shape) for name, values in quantities.items()}
+    rows, cols = np.indices(shape)
+    rows, cols = rows.ravel().tolist(), cols.ravel().tolist()
+    shared = {"run_fk": run.id, "step_fk": None if step is None else step.id, "array_fk": crossbar_array.id,
+              "created_at": utcnow()}
+    records = [(r, c, name, v) for name, grid in grids.items() for r, c, v in zip(rows, cols, _nullable(grid))]
+    _insert_many(session, DeviceStat.__table__, shared, ("row", "col", "quantity", "value"), records)
+    return len(records)
+
+
+def add_array_stats(session: Session, run: Run, step: RunStep | None, crossbar_array: CrossbarArray,
+                    stats: Mapping[str, float], units: Mapping[str, str] | None = None) -> int:
+    """One row per whole-array statistic ("yield", "read_noise_relative"); returns the number of rows.
+
+    ``units`` gives the unit of some or all of them ("S", "1"); the others get "".
+    NaN is stored as NULL, booleans as 0.0 / 1.0.
+    """
+    units = dict(units or {})
+    unknown = sorted(set(units) - set(stats))
+    if unknown:
+        raise ValueError(f"units given for statistics that are not there: {', '.join(map(repr, unknown))}")
+    now = utcnow()
+    records = [{"run_fk": run.id, "step_fk": None if step is None else step.id, "array_fk": crossbar_array.id,
+                "quantity": _quantity_name(name), "value": _stat_value(name, value),
+                "unit": str(units.get(name, "")), "created_at": now}
+               for name, value in stats.items()]
+    if records:
+        session.execute(insert(ArrayStat), records)
+    return len(records)
+
+
+def add_noise_model(session: Session, crossbar_array: CrossbarArray, params: Mapping[str, Any], *,
+                    schema_version: int, run: Run | None = None, step: RunStep | None = None,
+                    source_runs: Iterable[int] = ()) -> NoiseModelRecord:
+    """Store a fitted noise model of ``crossbar_array``.
+
+    ``params`` is the whole model as a JSON-able dict (numpy values are converted;
+    NaN and infinities become null), laid out as ``schema_version`` says. ``run`` and
+    ``step`` are where it was fitted, ``source_runs`` the runs whose measurements it
+    was fitted from.
+    """
+    if not isinstance(params, Mapping):
+        raise ValueError(f"params must be a dict, not {type(params).__name__}")
+    if isinstance(schema_version, (bool, np.bool_)) or not isinstance(schema_version, (int, np.integer)):
+        raise ValueError(f"schema_version must be an integer, not {schema_version!r}")
+    sources = [_run_id(value) for value in source_runs]
+    model = NoiseModelRecord(array_fk=crossbar_array.id, run_fk=None if run is None else run.id,
+                             step_fk=None if step is None else step.id, schema_version=int(schema_version),
+                             params=_jsonable(dict(params)), source_runs=sources, created_at=utcnow())
+    session.add(model)
+    session.flush()
+    return model
+
+
+def get_noise_model(session: Session, model_id: int) -> NoiseModelRecord:
+    """The noise model with id ``model_id``; ``LookupError`` if there is none."""
+    model = session.get(NoiseModelRecord, int(model_id))
+    if model is None:
+        raise LookupError(f"no noise model with id {model_id}")
+    return model
+
+
+def latest_noise_model(session: Session, array_id: str) -> NoiseModelRecord:
+    """The newest noise model of the array named ``array_id``; ``LookupError`` if it has none."""
+    crossbar_array = get_array(session, array_id)
+    model = session.scalars(
+        select(NoiseModelRecord).where(NoiseModelRecord.array_fk == crossbar_array.id)
+        .order_by(NoiseModelRecord.created_at.desc(), NoiseModelRecord.id.desc()).limit(1)
+    ).one_or_none()
+    if model is None:
+        raise LookupError(f"array {array_id!r} has no noise model")
+    return model
+
+
+def get_array(session: Session, array_id: str) -> CrossbarArray:
+    """The array named ``array_id``; ``LookupError`` listing the known names if there is none."""
+    crossbar_array = session.scalars(select(CrossbarArray).where(CrossbarArray.array_id == array_id)).one_or_none()
+    if crossbar_array is None:
+        known = session.scalars(select(CrossbarArray.array_id).order_by(CrossbarArray.array_id)).all()
+        raise LookupError(f"no array named {array_id!r}; known arrays: {', '.join(known) or '(none)'}")
+    return crossbar_array
+
+
+# Placeholders of the DB-API parameter styles that take a tuple per row.
+_POSITIONAL_MARKERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+
+
+def _insert_many(session: Session, table: Table, shared: Mapping[str, Any], columns: Sequence[str],
+                 rows: list[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` (tuples in the order of ``columns``), each with the ``shared`` values, in one executemany.
+
+    SQLAlchemy's own bulk insert passes every value of every row through its column
+    type, which for tens of thousands of rows costs more than the database itself.
+    Here the values shared by all rows are converted once, and the per-row values,
+    which must be what the driver takes as they are (int, float, str, None), go to
+    the driver untouched.
+    """
+    if not rows:
+        return
+    connection = session.connection()
+    dialect = connection.dialect
+    prefix = []
+    for name, value in shared.items():
+        processor = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        prefix.append(value if processor is None or value is None else processor(value))
+    names = [*shared, *columns]
+    marker = _POSITIONAL_MARKERS.get(dialect.paramstyle)
+    if marker is None:  # a driver that only takes named parameters
+        session.execute(insert(table), [dict(zip(names, (*shared.values(), *row))) for row in rows])
+        return
+    head = tuple(prefix)
+    quote = dialect.identifier_preparer.quote
+    sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(name) for name in names)}) "
+           f"VALUES ({', '.join([marker] * len(names))})")
+    connection.exec_driver_sql(sql, [head + row for row in rows])
+
+
+def _quantity_name(name: Any) -> str:
+    if not isinstance(name, str) or not name or len(name) > 128:
+        raise ValueError(f"a statistic's name must be a non-empty string of at most 128 characters, not {name!r}")
+    return name
+
+
+def _stat_grid(name: str, values: Any, shape: tuple[int, int]) -> np.ndarray:
+    a = np.asarray(values)
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be real numbers or booleans, not {a.dtype}")
+    _check_shape(name, a, shape)
+    return a.astype(np.float64)
+
+
+def _stat_value(name: str, value: Any) -> float | None:
+    if isinstance(value, (bool, np.bool_)):
+        return float(value)
+    if not isinstance(value, (int, float, np.integer, np.floating)) and not (
+            isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "biuf"):
+        raise ValueError(f"{name} must be a real number, not {value!r}")
+    number = float(value)
+    return None if number != number else number
+
+
+def _run_id(value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"source_runs must hold run ids (integers), not {value!r}")
+    return int(value)
 
 
 def _dtype_label(dtype: np.dtype) -> str:

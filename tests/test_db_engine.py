@@ -89,3 +89,36 @@ def test_password_is_masked():
 def test_repr_masks_password(tmp_path):
     with Database.open(f"sqlite:///{tmp_path / 'r.db'}") as db:
         assert "r.db" in repr(db)
+
+
+def test_server_urls_get_no_sqlite_pragmas_and_psycopg_by_default():
+    sqlite_engine = make_engine("sqlite://")
+    bare = make_engine("postgresql://bench:pw@127.0.0.1/hil")
+    explicit = make_engine("postgresql+psycopg://bench:pw@127.0.0.1/hil?connect_timeout=3")
+    def listeners(engine):
+        return [getattr(fn, "__qualname__", "") for fn in engine.pool.dispatch.connect]
+
+    try:
+        assert any("_set_pragmas" in name for name in listeners(sqlite_engine))
+        for engine in (bare, explicit):
+            assert engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
+            assert not any("_set_pragmas" in name for name in listeners(engine))
+    finally:
+        for engine in (sqlite_engine, bare, explicit):
+            engine.dispose()
+
+
+def test_unreachable_server_raises_database_error_quickly():
+    # Port 1 on the loopback interface: nothing listens there, so the refusal is immediate.
+    url = "postgresql+psycopg://bench:s3cret@127.0.0.1:1/hil"
+    with pytest.raises(DatabaseError) as info:
+        Database.open(url)
+    message = str(info.value)
+    assert "127.0.0.1:1" in message and "s3cret" not in message and "OperationalError" in message
+
+
+def test_open_works_on_postgresql(postgres_url):
+    with Database.open(postgres_url) as database, database.session() as session:
+        assert database.engine.dialect.name == "postgresql"
+        assert session.execute(text("SELECT count(*) FROM runs")).scalar() == 0
+        assert session.execute(text("SHOW server_version")).scalar()

@@ -12,17 +12,14 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from db import Database
-from db.models import CrossbarArray, DeviceResult, Instrument, Measurement, Run, RunStep
-from db.records import (add_device_results, add_measurement, finish_run, finish_step, get_or_create_array,
-                        get_or_create_instrument, load_measurement_array, start_run, start_step)
+from db.models import (ArrayStat, CrossbarArray, DeviceResult, DeviceStat, Instrument, Measurement, NoiseModelRecord,
+                       Run, RunStep)
+from db.records import (add_array_stats, add_device_results, add_device_stats, add_measurement, add_noise_model,
+                        finish_run, finish_step, get_noise_model, get_or_create_array, get_or_create_instrument,
+                        latest_noise_model, load_measurement_array, start_run, start_step)
 
 PROTOCOL = "name: program\nsteps:\n  - kind: program\n    target: ramp\n"
 ROWS = COLS = 64
-
-
-@pytest.fixture
-def db_url(tmp_path):
-    return f"sqlite:///{tmp_path / 'hil.db'}"
 
 
 @pytest.fixture
@@ -32,8 +29,10 @@ def db(db_url):
 
 
 @pytest.fixture
-def memory_db():
-    with Database.open("sqlite://") as database:
+def scratch_db(db_backend, request):
+    """An empty database that need not outlive the test: SQLite in memory, or the PostgreSQL test database."""
+    url = "sqlite://" if db_backend == "sqlite" else request.getfixturevalue("db_url")
+    with Database.open(url) as database:
         yield database
 
 
@@ -157,19 +156,19 @@ def test_deleting_a_run_removes_its_children_only(db):
         assert session.scalar(select(func.count()).select_from(Instrument)) == 1
 
 
-def test_database_cascades_without_the_orm(memory_db):
-    with memory_db.session() as session:
+def test_database_cascades_without_the_orm(scratch_db):
+    with scratch_db.session() as session:
         run_id = _record_run(session, np.random.default_rng(2))["run_id"]
-    with memory_db.session() as session:
+    with scratch_db.session() as session:
         session.execute(delete(Run).where(Run.id == run_id))
-    with memory_db.session() as session:
+    with scratch_db.session() as session:
         assert session.scalar(select(func.count()).select_from(DeviceResult)) == 0
         assert session.scalar(select(func.count()).select_from(Measurement)) == 0
         assert session.scalar(select(func.count()).select_from(RunStep)) == 0
 
 
-def test_get_or_create_is_idempotent(memory_db):
-    with memory_db.session() as session:
+def test_get_or_create_is_idempotent(scratch_db):
+    with scratch_db.session() as session:
         instrument, crossbar = _bench(session)
         again = get_or_create_instrument(session, "mock", "mock-0", "SoftCrossbar", "1.1")
         assert again.id == instrument.id and again.firmware == "1.1"
@@ -181,22 +180,22 @@ def test_get_or_create_is_idempotent(memory_db):
         assert session.scalar(select(func.count()).select_from(Instrument)) == 2
 
 
-def test_objects_can_be_finished_in_a_later_session(memory_db):
-    with memory_db.session() as session:
+def test_objects_can_be_finished_in_a_later_session(scratch_db):
+    with scratch_db.session() as session:
         run = start_run(session, protocol_name="p", protocol_path=None, protocol_text="t", backend="mock",
                         seed=None, code_version="0")
         step = start_step(session, run, 0, "s", "read")
-    with memory_db.session() as session:
+    with scratch_db.session() as session:
         finish_step(session, step, "failed", error="timeout")
         finish_run(session, run, "failed", error="step 0 failed")
-    with memory_db.session() as session:
+    with scratch_db.session() as session:
         stored = session.get(Run, run.id)
         assert (stored.status, stored.error, stored.steps[0].error) == ("failed", "step 0 failed", "timeout")
         assert stored.options is None and stored.seed is None
 
 
-def test_invalid_statuses_are_refused(memory_db):
-    with memory_db.session() as session:
+def test_invalid_statuses_are_refused(scratch_db):
+    with scratch_db.session() as session:
         run = start_run(session, protocol_name="p", protocol_path=None, protocol_text="t", backend="mock",
                         seed=None, code_version="0")
         with pytest.raises(ValueError, match="final status"):
@@ -204,45 +203,45 @@ def test_invalid_statuses_are_refused(memory_db):
         with pytest.raises(ValueError, match="final status"):
             finish_step(session, start_step(session, run, 0, "s", "read"), "done")
     with pytest.raises(IntegrityError):
-        with memory_db.session() as session:
+        with scratch_db.session() as session:
             session.get(Run, run.id).status = "bogus"
 
 
-def test_duplicate_step_index_is_refused(memory_db):
+def test_duplicate_step_index_is_refused(scratch_db):
     with pytest.raises(IntegrityError):
-        with memory_db.session() as session:
+        with scratch_db.session() as session:
             run = start_run(session, protocol_name="p", protocol_path=None, protocol_text="t", backend="mock",
                             seed=None, code_version="0")
             start_step(session, run, 0, "a", "read")
             start_step(session, run, 0, "b", "read")
 
 
-def test_session_rolls_back_on_error(memory_db):
+def test_session_rolls_back_on_error(scratch_db):
     with pytest.raises(RuntimeError):
-        with memory_db.session() as session:
+        with scratch_db.session() as session:
             start_run(session, protocol_name="p", protocol_path=None, protocol_text="t", backend="mock",
                       seed=None, code_version="0")
             raise RuntimeError("abort")
-    with memory_db.session() as session:
+    with scratch_db.session() as session:
         assert session.scalar(select(func.count()).select_from(Run)) == 0
 
 
-def test_naive_timestamps_are_refused(memory_db):
+def test_naive_timestamps_are_refused(scratch_db):
     with pytest.raises(StatementError, match="naive"):
-        with memory_db.session() as session:
+        with scratch_db.session() as session:
             run = start_run(session, protocol_name="p", protocol_path=None, protocol_text="t", backend="mock",
                             seed=None, code_version="0")
             run.finished_at = datetime(2024, 1, 1)
             session.flush()
 
 
-def test_timestamps_are_stored_in_utc(memory_db):
+def test_timestamps_are_stored_in_utc(scratch_db):
     local = datetime(2024, 6, 1, 14, 30, tzinfo=timezone(timedelta(hours=2)))
-    with memory_db.session() as session:
+    with scratch_db.session() as session:
         run = start_run(session, protocol_name="p", protocol_path=None, protocol_text="t", backend="mock",
                         seed=None, code_version="0")
         run.finished_at = local
-    with memory_db.session() as session:
+    with scratch_db.session() as session:
         stored = session.get(Run, run.id).finished_at
         assert stored == local and stored.tzinfo == timezone.utc and stored.hour == 12
 
@@ -252,8 +251,8 @@ def test_timestamps_are_stored_in_utc(memory_db):
     ("iterations", np.zeros((ROWS, COLS)), "integers"),
     ("success", np.ones((1, ROWS, COLS), dtype=bool), "success has shape"),
 ])
-def test_device_results_check_their_inputs(memory_db, field, value, message):
-    with memory_db.session() as session:
+def test_device_results_check_their_inputs(scratch_db, field, value, message):
+    with scratch_db.session() as session:
         _, crossbar = _bench(session)
         run = start_run(session, protocol_name="p", protocol_path=None, protocol_text="t", backend="mock",
                         seed=None, code_version="0")
@@ -265,26 +264,161 @@ def test_device_results_check_their_inputs(memory_db, field, value, message):
             add_device_results(session, run, step, crossbar, **grids)
 
 
-def test_measurement_without_step_or_array(memory_db):
-    with memory_db.session() as session:
+def test_measurement_without_step_or_array(scratch_db):
+    with scratch_db.session() as session:
         run = start_run(session, protocol_name="p", protocol_path=None, protocol_text="t", backend="mock",
                         seed=None, code_version="0")
         m = add_measurement(session, run, None, "scalar", "temperature", "K", np.float64(300.5))
-    with memory_db.session() as session:
+    with scratch_db.session() as session:
         m = session.get(Measurement, m.id)
         assert m.step_fk is None and m.array_fk is None and m.meta is None and m.shape == []
         assert load_measurement_array(m)[()] == 300.5
 
 
-def test_json_columns_take_numpy_values_and_drop_non_finite_floats(memory_db):
-    with memory_db.session() as session:
+def test_json_columns_take_numpy_values_and_drop_non_finite_floats(scratch_db):
+    with scratch_db.session() as session:
         run = start_run(session, protocol_name="p", protocol_path=None, protocol_text="t", backend="mock",
                         seed=np.uint32(7), code_version="0",
                         options={"gains": np.array([1.5, np.nan]), 3: (np.bool_(True), np.float32(np.inf))})
         step = start_step(session, run, 0, "s", "read")
         finish_step(session, step, "completed", summary={"rms_error_s": float("nan"), "cells": np.int64(4096)})
-    with memory_db.session() as session:
+    with scratch_db.session() as session:
         stored = session.get(Run, run.id)
         assert stored.seed == 7
         assert stored.options == {"gains": [1.5, None], "3": [True, None]}
         assert stored.steps[0].summary == {"rms_error_s": None, "cells": 4096}
+
+
+def _calibration_run(session, crossbar):
+    run = start_run(session, protocol_name="calibrate", protocol_path=None, protocol_text="t", backend="mock",
+                    seed=None, code_version="0", crossbar_array=crossbar)
+    return run, start_step(session, run, 0, "statistics", "calibrate")
+
+
+def test_device_stats_one_row_per_device_and_quantity_in_one_fast_insert(db):
+    rng = np.random.default_rng(3)
+    quantities = {f"q{i}_s": rng.uniform(1e-6, 1e-4, size=(ROWS, COLS)) for i in range(6)}
+    quantities["q0_s"][2, 3] = np.nan
+    quantities["drift_nu"] = rng.normal(0.05, 0.01, size=(ROWS, COLS)).astype(np.float32)
+    quantities["stuck"] = rng.random((ROWS, COLS)) < 0.02
+    with db.session() as session:
+        _, crossbar = _bench(session)
+        run, step = _calibration_run(session, crossbar)
+        add_device_stats(session, run, step, crossbar, {"warm_up": np.zeros((ROWS, COLS))})
+        start = time.perf_counter()
+        count = add_device_stats(session, run, step, crossbar, quantities)
+        elapsed = time.perf_counter() - start
+    assert count == ROWS * COLS * 8
+    if db.engine.dialect.name == "sqlite":
+        assert elapsed < 0.5
+    with db.session() as session:
+        per_quantity = dict(session.execute(
+            select(DeviceStat.quantity, func.count()).where(DeviceStat.run_fk == run.id)
+            .group_by(DeviceStat.quantity)).all())
+        assert per_quantity == {name: ROWS * COLS for name in [*quantities, "warm_up"]}
+
+        def value(quantity, row, col):
+            return session.scalars(select(DeviceStat.value).where(
+                DeviceStat.array_fk == crossbar.id, DeviceStat.quantity == quantity,
+                DeviceStat.row == row, DeviceStat.col == col)).one()
+
+        assert value("q0_s", 2, 3) is None
+        assert value("q0_s", 17, 42) == quantities["q0_s"][17, 42]
+        assert value("q5_s", 63, 0) == quantities["q5_s"][63, 0]
+        assert value("drift_nu", 5, 9) == float(quantities["drift_nu"][5, 9])
+        stuck = session.scalars(select(DeviceStat.value).where(DeviceStat.quantity == "stuck")).all()
+        assert set(stuck) <= {0.0, 1.0} and sum(stuck) == quantities["stuck"].sum()
+        stat = session.scalars(select(DeviceStat).where(DeviceStat.quantity == "q1_s").limit(1)).one()
+        assert (stat.run_fk, stat.step_fk) == (run.id, step.id)
+        assert stat.created_at.tzinfo is not None
+
+
+@pytest.mark.parametrize("quantities, message", [
+    ({"g_min_s": np.zeros((ROWS, COLS - 1))}, "g_min_s has shape"),
+    ({"label": np.full((ROWS, COLS), "x")}, "real numbers"),
+    ({"": np.zeros((ROWS, COLS))}, "name"),
+    ({"ok": np.zeros((ROWS, COLS)), "bad": np.zeros((2, 2))}, "bad has shape"),
+])
+def test_device_stats_check_every_input_before_writing(scratch_db, quantities, message):
+    with scratch_db.session() as session:
+        _, crossbar = _bench(session)
+        run, step = _calibration_run(session, crossbar)
+        with pytest.raises(ValueError, match=message):
+            add_device_stats(session, run, step, crossbar, quantities)
+        assert session.scalar(select(func.count()).select_from(DeviceStat)) == 0
+
+
+def test_array_stats_with_units_and_without_step(scratch_db):
+    with scratch_db.session() as session:
+        _, crossbar = _bench(session)
+        run, step = _calibration_run(session, crossbar)
+        count = add_array_stats(session, run, step, crossbar,
+                                {"yield": np.float64(0.97), "read_noise_relative": 0.012, "stuck_any": np.bool_(True),
+                                 "programming_sigma_s@level3": float("nan"), "cells": np.int64(4096)},
+                                units={"yield": "1", "programming_sigma_s@level3": "S"})
+        assert count == 5
+        assert add_array_stats(session, run, None, crossbar, {}) == 0
+        add_array_stats(session, run, None, crossbar, {"temperature_k": 300.0}, units={"temperature_k": "K"})
+        with pytest.raises(ValueError, match="'tmp'"):
+            add_array_stats(session, run, None, crossbar, {"temperature_k": 1.0}, units={"tmp": "K"})
+        with pytest.raises(ValueError, match="real number"):
+            add_array_stats(session, run, None, crossbar, {"bad": "0.5"})
+    with scratch_db.session() as session:
+        stats = {s.quantity: s for s in session.scalars(select(ArrayStat))}
+        assert {q: (s.value, s.unit) for q, s in stats.items()} == {
+            "yield": (0.97, "1"), "read_noise_relative": (0.012, ""), "stuck_any": (1.0, ""),
+            "programming_sigma_s@level3": (None, "S"), "cells": (4096.0, ""), "temperature_k": (300.0, "K")}
+        assert stats["yield"].step_fk == step.id and stats["temperature_k"].step_fk is None
+
+
+def test_noise_models_add_get_latest(scratch_db):
+    params = {"read_noise": {"relative": np.float32(0.01), "floor_s": 1e-8}, "levels": np.array([1.0, 2.0]),
+              "drift_nu": float("inf")}
+    with scratch_db.session() as session:
+        _, crossbar = _bench(session)
+        run, step = _calibration_run(session, crossbar)
+        first = add_noise_model(session, crossbar, params, schema_version=1, run=run, step=step,
+                                source_runs=[run.id, np.int64(run.id)])
+        second = add_noise_model(session, crossbar, {"read_noise": {"relative": 0.02}}, schema_version=2)
+        # The newest by creation time, whatever the ids say.
+        first.created_at = second.created_at + timedelta(seconds=1)
+        with pytest.raises(ValueError, match="source_runs"):
+            add_noise_model(session, crossbar, {}, schema_version=1, source_runs=["3"])
+        with pytest.raises(ValueError, match="dict"):
+            add_noise_model(session, crossbar, [1, 2], schema_version=1)
+        with pytest.raises(ValueError, match="schema_version"):
+            add_noise_model(session, crossbar, {}, schema_version=1.5)
+    with scratch_db.session() as session:
+        stored = get_noise_model(session, first.id)
+        assert stored.params == {"read_noise": {"relative": pytest.approx(0.01), "floor_s": 1e-8},
+                                 "levels": [1.0, 2.0], "drift_nu": None}
+        assert (stored.schema_version, stored.run_fk, stored.step_fk) == (1, run.id, step.id)
+        assert stored.source_runs == [run.id, run.id]
+        assert stored.crossbar_array.array_id == "chip-A"
+        assert get_noise_model(session, second.id).source_runs == []
+        assert latest_noise_model(session, "chip-A").id == first.id
+        with pytest.raises(LookupError, match="12345"):
+            get_noise_model(session, 12345)
+        with pytest.raises(LookupError, match="no array named 'chip-Z'; known arrays: chip-A"):
+            latest_noise_model(session, "chip-Z")
+        other = get_or_create_array(session, get_or_create_instrument(session, "mock", "mock-0", "S", "1"),
+                                    "chip-B", 4, 4)
+        with pytest.raises(LookupError, match="'chip-B' has no noise model"):
+            latest_noise_model(session, other.array_id)
+
+
+def test_deleting_a_run_removes_its_statistics_and_keeps_its_noise_models(db):
+    with db.session() as session:
+        _, crossbar = _bench(session)
+        run, step = _calibration_run(session, crossbar)
+        add_device_stats(session, run, step, crossbar, {"g_max_s": np.ones((ROWS, COLS))})
+        add_array_stats(session, run, step, crossbar, {"yield": 1.0})
+        model = add_noise_model(session, crossbar, {"a": 1}, schema_version=1, run=run, step=step,
+                                source_runs=[run.id])
+    with db.session() as session:
+        session.execute(delete(Run).where(Run.id == run.id))
+    with db.session() as session:
+        assert session.scalar(select(func.count()).select_from(DeviceStat)) == 0
+        assert session.scalar(select(func.count()).select_from(ArrayStat)) == 0
+        kept = session.get(NoiseModelRecord, model.id)
+        assert (kept.run_fk, kept.step_fk, kept.source_runs, kept.params) == (None, None, [run.id], {"a": 1})

@@ -46,7 +46,9 @@ class RunContext:
     base_dir: Path
     rng: np.random.Generator
     console: Console
+    report_dir: Path = Path("reports")
     last_program: ProgrammedPattern | None = None
+    noise_model_id: int | None = None
 
     def save(self, step: RunStep, name: str, kind: str, unit: str, array: np.ndarray, **meta) -> None:
         """Store one measured array of ``step`` in its own committed transaction."""

@@ -19,11 +19,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from calibration.options import CalibrationOptions
 from drivers.device_model import DeviceConfig
 from drivers.limits import SafetyLimits
 
 __all__ = [
-    "ArraySpec", "CheckerboardPattern", "FilePattern", "LevelsPattern", "MockSpec", "Pattern",
+    "ArraySpec", "CalibrateStep", "CheckerboardPattern", "FilePattern", "LevelsPattern", "MockSpec", "Pattern",
     "ProgramStep", "Protocol", "RandomPattern", "ReadStep", "Step", "MAX_ARRAY_DIM",
 ]
 
@@ -275,7 +276,17 @@ class ReadStep(_Model):
     repeats: int = Field(1, ge=1, le=10000)
 
 
-Step = Annotated[Union[ProgramStep, ReadStep], Field(discriminator="kind")]
+class CalibrateStep(CalibrationOptions):
+    """Calibrate the array and fit its noise model; each part (window, pulse_response, programming,
+    read_noise, drift, periphery) takes its own options and is skipped when set to null."""
+
+    kind: Literal["calibrate"] = "calibrate"
+    name: Name | None = None
+    fit: bool = Field(True, description="fit and store a noise model")
+    report: bool = Field(True, description="write a Markdown report with figures")
+
+
+Step = Annotated[Union[ProgramStep, ReadStep, CalibrateStep], Field(discriminator="kind")]
 
 
 # --------------------------------------------------------------------------- protocol
@@ -318,18 +329,28 @@ class Protocol(_Model):
                                  f"step name is already used by steps[{first_use[step.name]}]", step.name))
             else:
                 first_use[step.name] = index
-            problems.extend((("steps", index, field), kind, message, value)
+            problems.extend((("steps", index, *(field if isinstance(field, tuple) else (field,))), kind, message, value)
                             for field, kind, message, value in _limit_violations(step, self.limits))
         _raise_at("Protocol", problems)
         return self
 
 
-def _limit_violations(step: ProgramStep | ReadStep, limits: SafetyLimits):
+def _limit_violations(step: ProgramStep | ReadStep | CalibrateStep, limits: SafetyLimits):
     """(field, error type, message, value) for every setting of ``step`` outside ``limits``."""
     if step.read_voltage_v > limits.max_read_voltage_v:
         yield ("read_voltage_v", "safety_limit",
                f"exceeds the safety limit limits.max_read_voltage_v = {limits.max_read_voltage_v} V",
                step.read_voltage_v)
+    if isinstance(step, CalibrateStep):
+        for loc, value in step.write_voltages():
+            if value > limits.max_write_voltage_v:
+                yield (loc, "safety_limit",
+                       f"exceeds the safety limit limits.max_write_voltage_v = {limits.max_write_voltage_v} V", value)
+        for loc, value in step.pulse_widths():
+            if not limits.min_pulse_width_s <= value <= limits.max_pulse_width_s:
+                yield (loc, "safety_limit",
+                       f"outside the safety limits [{limits.min_pulse_width_s}, {limits.max_pulse_width_s}] s", value)
+        return
     if not isinstance(step, ProgramStep):
         return
     for field in ("start_set_voltage_v", "max_set_voltage_v", "start_reset_voltage_v", "max_reset_voltage_v"):

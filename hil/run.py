@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", metavar="URL", default=None,
                         help="database URL (default: $HIL_DB_URL, else sqlite:///hil.db)")
     parser.add_argument("--seed", type=int, default=None, help="seed for the mock and for random patterns")
+    parser.add_argument("--report-dir", default="reports", metavar="DIR",
+                        help="where calibration reports are written (default: ./reports)")
     return parser
 
 
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with db:
         outcome = execute(loaded, xbar, db, backend=args.backend, seed=options.get("seed"), options=options,
-                          console=err)
+                          console=err, report_dir=Path(args.report_dir))
         print_summary(outcome, loaded.protocol.name, mask_url(db.url), out)
     if outcome.status == "completed":
         return EXIT_OK

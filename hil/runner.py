@@ -50,7 +50,8 @@ def describe(exc: BaseException) -> str:
 
 
 def execute(loaded: LoadedProtocol, xbar: Crossbar, db: Database, *, backend: str, seed: int | None,
-            options: dict | None = None, console: Console | None = None) -> RunOutcome:
+            options: dict | None = None, console: Console | None = None,
+            report_dir: Path = Path("reports")) -> RunOutcome:
     """Run every step of ``loaded`` on ``xbar``; returns the outcome, never raises for a run failure."""
     console = console or Console(stderr=True)
     protocol = loaded.protocol
@@ -71,7 +72,7 @@ def execute(loaded: LoadedProtocol, xbar: Crossbar, db: Database, *, backend: st
                 run.array_fk = array.id
             ctx = RunContext(db=db, run=run, array=array, xbar=xbar, protocol=protocol,
                              base_dir=Path(loaded.path).resolve().parent,
-                             rng=np.random.default_rng(seed), console=console)
+                             rng=np.random.default_rng(seed), console=console, report_dir=Path(report_dir))
             for index, step in enumerate(protocol.steps):
                 outcome.steps.append(_run_step(ctx, index, step))
         status, error = "completed", None

@@ -1,0 +1,130 @@
+"""The ``calibrate`` step: measure the array, store raw data and statistics, fit and store its noise model."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from calibration.pipeline import Calibration, fit_noise_model, run_calibration, stages
+from calibration.report import write_report
+from db import records
+from db.models import RunStep
+
+from ..context import RunContext, StepReport
+from ..protocol import CalibrateStep
+
+
+def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepReport:
+    names = stages(step)
+    with Progress(TextColumn(f"[bold]{step.name}[/] {{task.fields[stage]:<14}}"), BarColumn(),
+                  TextColumn("{task.fields[message]}"), TimeElapsedColumn(), console=ctx.console,
+                  transient=True) as bar:
+        task = bar.add_task("calibrate", total=len(names), stage="", message="")
+
+        def progress(stage: str, done: float, message: str) -> None:
+            bar.update(task, completed=names.index(stage) + done, stage=stage, message=message)
+
+        cal = run_calibration(ctx.xbar, step, ctx.rng, progress=progress)
+
+    _save_raw(ctx, row, cal)
+    ident = ctx.xbar.identity
+    summary: dict = {"stages": names}
+    report = StepReport(detail="")
+    model = None
+    if step.fit:
+        model = fit_noise_model(cal, array_id=ident.array_id, rows=ident.rows, cols=ident.cols,
+                                source_runs=[ctx.run.id])
+        with ctx.db.session() as session:
+            stored = records.add_noise_model(session, ctx.array, model.to_json_dict(),
+                                             schema_version=model.schema_version, run=ctx.run, step=row,
+                                             source_runs=[ctx.run.id])
+            records.add_array_stats(session, ctx.run, row, ctx.array, *_array_stats(cal, model))
+        ctx.noise_model_id = stored.id
+        summary["noise_model_id"] = stored.id
+        report.detail = (f"noise model {stored.id}: read noise {model.read.floor_s * 1e6:.3f} µS + "
+                         f"{100 * model.read.relative:.2f}%")
+        if model.drift:
+            report.detail += f", drift ν {model.drift.nu_mean:.4f}±{model.drift.nu_std:.4f}"
+    if cal.window is not None:
+        n = cal.stuck_on.size
+        working = int(n - cal.stuck_on.sum() - cal.stuck_off.sum())
+        report.cells = f"{working}/{n} working ({100 * working / n:.1f}%)"
+        summary.update(yield_fraction=working / n, stuck_on=int(cal.stuck_on.sum()),
+                       stuck_off=int(cal.stuck_off.sum()))
+    if step.report and model is not None:
+        out = ctx.report_dir / f"run-{ctx.run.id}-{step.name}"
+        path = write_report(cal, model, out, title=f"Calibration of {ident.array_id} (run {ctx.run.id}, "
+                                                    f"step {step.name})")
+        summary["report"] = str(path)
+        report.detail += f"; report {path}"
+    report.summary = summary
+    return report
+
+
+def _save_raw(ctx: RunContext, row: RunStep, cal: Calibration) -> None:
+    """Every raw array of the calibration, and the per-device statistics, with the step."""
+    save = ctx.save
+    devices: dict[str, np.ndarray] = {}
+    if cal.window is not None:
+        save(row, "window.after_reset", "conductance", "S", cal.window.low_reads_s)
+        save(row, "window.after_set", "conductance", "S", cal.window.high_reads_s)
+        devices.update(g_min_s=cal.window.g_min_s, g_max_s=cal.window.g_max_s, stuck_on=cal.stuck_on,
+                       stuck_off=cal.stuck_off)
+    if cal.pulse_response is not None:
+        pr = cal.pulse_response
+        save(row, "pulse_response.set", "conductance", "S", pr.set_curves_s, amplitudes_v=pr.amplitudes_v.tolist())
+        save(row, "pulse_response.reset", "conductance", "S", pr.reset_curves_s,
+             amplitudes_v=(-pr.amplitudes_v).tolist())
+        save(row, "pulse_response.set_cells", "cell_index", "1", pr.set_cells)
+        save(row, "pulse_response.reset_cells", "cell_index", "1", pr.reset_cells)
+    if cal.programming is not None:
+        p = cal.programming
+        save(row, "programming.targets", "target_conductance", "S", p.targets_s, levels_s=p.levels_s.tolist())
+        save(row, "programming.achieved", "conductance", "S", p.achieved_s, reads=p.reads,
+             write_verify=p.write_verify)
+        devices["programming_error_s"] = p.error_s[-1]
+    if cal.read_noise is not None:
+        save(row, "read_noise.reads", "conductance", "S", cal.read_noise.reads_s)
+        devices["read_sigma_s"] = cal.read_noise.std_s
+    if cal.drift is not None:
+        save(row, "drift.mean", "conductance", "S", cal.drift.mean_s, times_s=cal.drift.times_s.tolist(),
+             reads=cal.drift.reads)
+        devices["drift_nu"] = cal.drift_fit.nu
+    if cal.periphery is not None:
+        save(row, "periphery.zero_input", "current", "A", cal.periphery.zero_outputs_a)
+        save(row, "periphery.sweep", "current", "A", cal.periphery.sweep_outputs_a,
+             sweep_v=cal.periphery.sweep_v.tolist())
+    if devices:
+        with ctx.db.session() as session:
+            records.add_device_stats(session, ctx.run, row, ctx.array, devices)
+
+
+def _array_stats(cal: Calibration, model) -> tuple[dict[str, float], dict[str, str]]:
+    stats: dict[str, float] = {}
+    units: dict[str, str] = {}
+
+    def put(name: str, value, unit: str) -> None:
+        if value is not None:
+            stats[name] = float(value)
+            units[name] = unit
+
+    if cal.window is not None:
+        put("yield", cal.window.yield_fraction, "1")
+    put("stuck_on_rate", model.defects.stuck_on_rate, "1")
+    put("stuck_off_rate", model.defects.stuck_off_rate, "1")
+    put("g_min_s", model.window.g_min_s, "S")
+    put("g_max_s", model.window.g_max_s, "S")
+    put("g_max_spread", model.window.g_max_spread, "1")
+    put("read_noise_floor_s", model.read.floor_s, "S")
+    put("read_noise_relative", model.read.relative, "1")
+    if model.drift:
+        put("drift_nu_mean", model.drift.nu_mean, "1")
+        put("drift_nu_std", model.drift.nu_std, "1")
+        put("drift_t0_s", model.drift.t0_s, "s")
+    if model.programming:
+        for k, sigma in enumerate(model.programming.sigma_s):
+            put(f"programming_sigma_s[{k}]", sigma, "S")
+        put("programming_sigma_s_mean", np.mean(model.programming.sigma_s), "S")
+    put("adc_step_a", model.periphery.adc_step_a, "A")
+    put("output_noise_a", model.periphery.output_noise_a, "A")
+    return stats, units

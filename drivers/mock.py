@@ -53,10 +53,10 @@ class DeviceTruth:
 
 
 class SoftwareCrossbar(Crossbar):
-    """A ``rows x cols`` simulated RRAM array; same seed, same behaviour, call for call."""
+    """A ``rows x cols`` simulated RRAM array; same seeds, same behaviour, call for call."""
 
     def __init__(self, rows: int = 64, cols: int = 64, *, config: DeviceConfig | None = None, seed: int = 0,
-                 limits: SafetyLimits | None = None, array_id: str | None = None,
+                 noise_seed: int | None = None, limits: SafetyLimits | None = None, array_id: str | None = None,
                  fail_on_transaction: int | None = None):
         if rows < 1 or cols < 1:
             raise ValueError(f"array shape must be positive, got {rows}x{cols}")
@@ -88,6 +88,10 @@ class SoftwareCrossbar(Crossbar):
         self._g_prog[self._stuck] = self._stuck_value[self._stuck]
         self._t_prog = np.full(shape, -_FORMED_AGO_S)
         self._clock = 0.0
+        # ``seed`` makes the chip (its hidden device parameters); ``noise_seed``, when given, the
+        # session's cycle and read noise, so one simulated chip can be measured in many runs.
+        if noise_seed is not None:
+            rng = np.random.default_rng([noise_seed, seed])
         self._rng = rng
         self._pool = rng.standard_normal(_POOL_SIZE, dtype=np.float32)
 

@@ -22,11 +22,15 @@ def make_backend(name: str, protocol: Protocol, seed: int | None) -> tuple[Cross
     """The crossbar for ``name`` with the protocol's limits applied, and the options to record with the run."""
     if name != "mock":
         raise BackendError(f"backend {name!r} is not available; choose one of: {', '.join(BACKENDS)}")
-    seed = seed if seed is not None else protocol.mock.seed if protocol.mock.seed is not None else DEFAULT_SEED
-    xbar = SoftwareCrossbar(protocol.array.rows, protocol.array.cols, config=protocol.mock.device, seed=seed)
+    # The protocol's mock.seed is the simulated chip; the run seed (--seed) its session's noise and
+    # random patterns, so several runs can measure the same chip.
+    chip = protocol.mock.seed if protocol.mock.seed is not None else DEFAULT_SEED
+    run_seed = seed if seed is not None else chip
+    xbar = SoftwareCrossbar(protocol.array.rows, protocol.array.cols, config=protocol.mock.device, seed=chip,
+                            noise_seed=None if run_seed == chip else run_seed)
     check_shape(xbar, protocol)
     xbar.restrict_limits(protocol.limits)
-    return xbar, {"seed": seed, "device": protocol.mock.device.model_dump()}
+    return xbar, {"seed": run_seed, "chip_seed": chip, "device": protocol.mock.device.model_dump()}
 
 
 def check_shape(xbar: Crossbar, protocol: Protocol) -> None:

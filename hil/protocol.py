@@ -299,7 +299,7 @@ class ArraySpec(_Model):
 class MockSpec(_Model):
     """Settings that only the software crossbar reads; a real instrument ignores them."""
 
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, description="which simulated chip: its hidden device parameters and id")
     device: DeviceConfig = Field(default_factory=DeviceConfig)
 
 

@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="mock", choices=BACKENDS, help="instrument backend (default: mock)")
     parser.add_argument("--db", metavar="URL", default=None,
                         help="database URL (default: $HIL_DB_URL, else sqlite:///hil.db)")
-    parser.add_argument("--seed", type=int, default=None, help="seed for the mock and for random patterns")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the run: random patterns and the mock's noise (the simulated chip is the "
+                             "protocol's mock.seed)")
     parser.add_argument("--report-dir", default="reports", metavar="DIR",
                         help="where calibration reports are written (default: ./reports)")
     return parser

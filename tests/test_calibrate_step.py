@@ -41,7 +41,7 @@ def test_calibration_run_stores_data_model_and_report(tmp_path):
             values = s.scalar(select(func.sum(Measurement.n)))
             assert values > 32 * 32 * 20
             summary = run.steps[0].summary
-        model = load_noise_model(db, array_id="mock-32x32-seed3")
+        model = load_noise_model(db, array_id="mock-32x32-seed0")
         assert load_noise_model(db, model_id=summary["noise_model_id"]) == model
     assert model.rows == 32 and model.drift is not None and len(model.programming.levels_s) == 4
     assert model.read.relative == pytest.approx(0.005, rel=0.2)
@@ -68,3 +68,27 @@ def test_calibration_voltage_beyond_limits_is_rejected_with_its_line(tmp_path, c
     err = capsys.readouterr().err
     assert ":6:" in err and "pulse_response.amplitudes_v[1]" in err and "max_write_voltage_v" in err
     assert not (tmp_path / "x.db").exists()
+
+
+def test_trend_over_several_calibrations_of_the_same_chip(tmp_path):
+    """Three runs (different run seeds) on one simulated chip: one array, three points in its history."""
+    from db.history import array_trend, device_history, to_frame
+
+    protocol = tmp_path / "cal.yaml"
+    protocol.write_text(SMALL_CALIBRATION.replace("name: cal\n", "name: cal\n    report: false\n"),
+                        encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'cal.db'}"
+    for seed in (1, 2, 3):
+        assert hil.run.main([str(protocol), "--db", url, "--seed", str(seed)]) == 0
+    with Database.open(url) as db, db.session() as s:
+        trend = array_trend(s, "mock-32x32-seed0", "read_noise_relative")
+        runs = s.scalars(select(Run).order_by(Run.id)).all()
+        history = device_history(s, "mock-32x32-seed0", 5, 7, quantity="g_max_s")
+    assert [t["run_id"] for t in trend] == [r.id for r in runs]
+    values = [t["value"] for t in trend]
+    assert all(v == pytest.approx(0.005, rel=0.1) for v in values)
+    assert len(set(values)) == 3                      # three sessions, three different measurements
+    assert list(to_frame(trend)["value"]) == values
+    # the chip is the same, so its devices' bounds agree across runs to within read noise
+    g_max = [h["value"] for h in history]
+    assert len(g_max) == 3 and max(g_max) - min(g_max) < 0.03 * max(g_max)

@@ -1,0 +1,186 @@
+"""Analog-aware layers: weights that will live on a crossbar, trained with its non-idealities.
+
+``AnalogLinear`` is a drop-in ``nn.Linear``. With no :class:`AnalogSpec` (the default) it is exactly
+the plain layer. With one it quantises its weights (straight-through) and, given a calibrated
+:class:`~calibration.noise_model.NoiseModel`, perturbs them as the array would: each weight becomes a
+differential pair of conductances scaled into the array's window, which gets programming noise,
+stuck devices, drift to an evaluation time with global drift compensation, and read noise; inputs
+and outputs pass through DAC and ADC quantisers. The perturbation is redrawn at every forward pass
+in training (noise injection) and its gradient is the identity (straight-through).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.nn import functional as F
+
+from calibration.noise_model import NoiseModel
+
+from .quantize import absmax_signal, straight_through, ternary, uniform
+
+
+class AnalogSpec(BaseModel):
+    """How a layer is trained for the array. Defaults: full precision, no noise."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    weights: Literal["float", "kbit", "ternary"] = "float"
+    bits: int = Field(8, ge=2, le=16, description="weight bits when weights = kbit")
+    noise_model: NoiseModel | None = None
+    noise_scale: float = Field(1.0, ge=0, description="multiplies every injected noise")
+    programming_noise: bool = True
+    read_noise: bool = True
+    stuck_cells: bool = True
+    drift_time_s: float | None = Field(None, ge=0, description="drift the weights to this time after programming")
+    drift_compensation: bool = True
+    dac_bits: int | None = Field(None, ge=2, le=24, description="None: the noise model's, or exact without one")
+    adc_bits: int | None = Field(None, ge=2, le=24, description="None: the noise model's, or exact without one")
+    noise_in_eval: bool = False
+
+    def converter_bits(self) -> tuple[int | None, int | None]:
+        periphery = self.noise_model.periphery if self.noise_model is not None else None
+        dac = self.dac_bits if self.dac_bits is not None else (periphery.dac_bits if periphery else None)
+        adc = self.adc_bits if self.adc_bits is not None else (periphery.adc_bits if periphery else None)
+        return dac, adc
+
+
+def _interp(x: torch.Tensor, xp: list[float], fp: list[float]) -> torch.Tensor:
+    """np.interp for tensors (constant beyond the ends)."""
+    xp_t = torch.as_tensor(xp, dtype=x.dtype)
+    fp_t = torch.as_tensor(fp, dtype=x.dtype)
+    if len(xp) == 1:
+        return fp_t.expand_as(x)
+    idx = torch.searchsorted(xp_t, x.clamp(xp[0], xp[-1])).clamp(1, len(xp) - 1)
+    x0, x1 = xp_t[idx - 1], xp_t[idx]
+    f0, f1 = fp_t[idx - 1], fp_t[idx]
+    t = (x.clamp(xp[0], xp[-1]) - x0) / (x1 - x0)
+    return f0 + t * (f1 - f0)
+
+
+def perturb_weights(weight: torch.Tensor, spec: AnalogSpec, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``weight`` as the array would realise it, with an identity gradient.
+
+    The largest |w| maps to the full window g_max - g_min; w > 0 raises the positive device of the
+    pair, w < 0 the negative one, the other device sits at g_min.
+    """
+    model = spec.noise_model
+    if model is None or spec.noise_scale == 0:
+        return weight
+    w = weight.detach()
+    w_max = w.abs().max()
+    if w_max == 0:
+        return weight
+    g_min, g_max = model.window.g_min_s, model.window.g_max_s
+    span = g_max - g_min
+    scale = spec.noise_scale
+
+    def normal(like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(like.shape, dtype=like.dtype, generator=generator)
+
+    pair = torch.stack([g_min + F.relu(w) / w_max * span, g_min + F.relu(-w) / w_max * span])
+    target = pair
+    if spec.programming_noise and model.programming is not None:
+        sigma = _interp(target, model.programming.levels_s, model.programming.sigma_s)
+        bias = _interp(target, model.programming.levels_s, model.programming.bias_s)
+        pair = pair + scale * (bias + sigma * normal(pair))
+    if spec.stuck_cells:
+        u = torch.rand(pair.shape, dtype=pair.dtype, generator=generator)
+        on = u < scale * model.defects.stuck_on_rate
+        off = (u >= scale * model.defects.stuck_on_rate) & (
+            u < scale * (model.defects.stuck_on_rate + model.defects.stuck_off_rate))
+        pair = torch.where(on, torch.full_like(pair, g_max), torch.where(off, torch.full_like(pair, g_min), pair))
+    if spec.drift_time_s is not None and model.drift is not None:
+        d = model.drift
+        nu = d.nu_mean + scale * d.nu_std * normal(pair)
+        pair = pair * ((spec.drift_time_s + d.t0_s) / d.t0_s) ** (-nu)
+    if spec.read_noise:
+        sigma = torch.sqrt(model.read.floor_s ** 2 + (model.read.relative * pair) ** 2)
+        pair = pair + scale * sigma * normal(pair)
+    realised = (pair[0] - pair[1]) / span * w_max
+    if spec.drift_time_s is not None and model.drift is not None and spec.drift_compensation:
+        # Global drift compensation: one scalar per layer restoring the total weight magnitude, as a
+        # reference MVM read before and after drift would.
+        realised = realised * (w.abs().sum() / realised.abs().sum().clamp_min(1e-30))
+    return straight_through(weight, realised)
+
+
+def apply_weight_spec(weight: torch.Tensor, spec: AnalogSpec | None, training: bool,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Quantisation, then (in training, or in eval if asked) the array's perturbation."""
+    if spec is None:
+        return weight
+    if spec.weights == "ternary":
+        weight = ternary(weight)
+    elif spec.weights == "kbit":
+        weight = uniform(weight, spec.bits)
+    if spec.noise_model is not None and (training or spec.noise_in_eval):
+        weight = perturb_weights(weight, spec, generator)
+    return weight
+
+
+class AnalogLinear(nn.Linear):
+    """A linear layer whose product may be computed on a crossbar."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs):
+        super().__init__(in_features, out_features, bias=bias, **kwargs)
+        self.analog: AnalogSpec | None = None
+        self._chip: torch.Tensor | None = None
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the product uses now (quantised and perturbed when analog training is on)."""
+        if self._chip is not None:
+            return self._chip
+        return apply_weight_spec(self.weight, self.analog, self.training)
+
+    def freeze_noise(self, generator: torch.Generator) -> None:
+        """Draw one realisation of the array's perturbation and keep it: one programmed chip."""
+        with torch.no_grad():
+            self._chip = apply_weight_spec(self.weight, self.analog, True, generator)
+
+    def unfreeze_noise(self) -> None:
+        self._chip = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spec = self.analog
+        if spec is None:
+            return F.linear(x, self.weight, self.bias)
+        dac, adc = spec.converter_bits()
+        if dac is not None:
+            x = absmax_signal(x, dac)
+        y = F.linear(x, self.effective_weight())
+        if adc is not None:
+            y = absmax_signal(y, adc)
+        return y if self.bias is None else y + self.bias
+
+
+@contextmanager
+def simulated_chip(model: nn.Module, seed: int):
+    """Within the block, every analog layer uses one fixed draw of its perturbation (seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    layers = [m for m in model.modules() if hasattr(m, "freeze_noise")]
+    try:
+        for layer in layers:
+            layer.freeze_noise(generator)
+        yield model
+    finally:
+        for layer in layers:
+            layer.unfreeze_noise()
+
+
+def configure_analog(model: nn.Module, spec: AnalogSpec | None) -> int:
+    """Give every analog layer of ``model`` the same spec; returns how many layers took it."""
+    n = 0
+    for module in model.modules():
+        if hasattr(module, "analog"):
+            module.analog = spec
+            n += 1
+    return n
+
+
+__all__ = ["AnalogLinear", "AnalogSpec", "apply_weight_spec", "configure_analog", "perturb_weights",
+           "simulated_chip"]

@@ -1,0 +1,131 @@
+"""The analog-aware layer: exact identity when off, exact quantisers, noise with the calibrated statistics."""
+
+import pytest
+import torch
+from torch import nn
+
+from calibration.noise_model import (ConductanceWindow, Defects, Drift, NoiseModel, Periphery, ProgrammingNoise,
+                                     ReadNoise)
+from hil.nn.analog import AnalogLinear, AnalogSpec, configure_analog, perturb_weights
+from hil.nn.quantize import absmax_signal, ternary, uniform
+
+G_MIN, G_MAX = 1e-6, 101e-6
+
+
+def noise_model(prog=0.0, read_floor=0.0, read_rel=0.0, on=0.0, off=0.0, nu=0.0, nu_std=0.0, dac=None, adc=None):
+    return NoiseModel(
+        array_id="test", rows=8, cols=8,
+        window=ConductanceWindow(g_min_s=G_MIN, g_max_s=G_MAX, g_min_spread=0, g_max_spread=0),
+        programming=ProgrammingNoise(levels_s=[G_MIN, G_MAX], sigma_s=[prog, prog], bias_s=[0, 0], tolerance_s=1e-6),
+        read=ReadNoise(floor_s=read_floor, relative=read_rel),
+        drift=Drift(nu_mean=nu, nu_std=nu_std, t0_s=1.0),
+        defects=Defects(stuck_on_rate=on, stuck_off_rate=off),
+        periphery=Periphery(read_voltage_v=0.2, dac_bits=dac, adc_bits=adc))
+
+
+def test_without_spec_or_with_a_neutral_spec_the_layer_is_exactly_linear():
+    torch.manual_seed(0)
+    plain = nn.Linear(7, 5)
+    analog = AnalogLinear(7, 5)
+    analog.load_state_dict(plain.state_dict())
+    x = torch.randn(11, 7)
+    assert torch.equal(analog(x), plain(x))
+    analog.analog = AnalogSpec()
+    assert torch.equal(analog(x), plain(x))
+    analog.analog = AnalogSpec(noise_model=noise_model(), noise_scale=0.0)
+    analog.train()
+    assert torch.equal(analog(x), plain(x))
+    analog.analog = AnalogSpec(noise_model=noise_model(prog=1e-6))
+    analog.eval()                       # noise is a training-time injection unless asked for in eval
+    assert torch.equal(analog(x), plain(x))
+
+
+def test_ternary_weights_are_exactly_three_values_and_pass_gradients_straight_through():
+    w = torch.randn(64, 32, requires_grad=True)
+    q = ternary(w)
+    values = torch.unique(q.detach())
+    assert len(values) == 3
+    s = values.max()
+    assert torch.equal(values, torch.stack([-s, torch.zeros(()), s]))
+    q.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+
+
+def test_kbit_weights_lie_on_the_grid():
+    w = torch.randn(40, 30)
+    q = uniform(w, 4)
+    step = w.abs().max() / 7
+    codes = q / step
+    assert torch.allclose(codes, codes.round(), atol=1e-5)
+    assert codes.abs().max() <= 7 + 1e-5
+    assert (q - w).abs().max() <= step / 2 + 1e-6
+
+
+def test_signal_quantiser_has_its_levels():
+    x = torch.randn(5, 100)
+    q = absmax_signal(x, 3)
+    levels = (q / x.abs().amax(dim=-1, keepdim=True) * 3)
+    assert torch.allclose(levels, levels.round(), atol=1e-5)
+
+
+def test_programming_noise_has_the_calibrated_spread():
+    sigma = 2e-6
+    spec = AnalogSpec(noise_model=noise_model(prog=sigma), read_noise=False, stuck_cells=False)
+    w = torch.full((200, 200), 0.5)
+    w[0, 0] = 1.0                       # sets the mapping: 1.0 <-> the full window
+    error = perturb_weights(w, spec, torch.Generator().manual_seed(1)) - w
+    # two devices of the pair, each with sigma, scaled back into weight units
+    expected = (2 ** 0.5) * sigma / (G_MAX - G_MIN) * 1.0
+    assert error.std().item() == pytest.approx(expected, rel=0.03)
+    assert abs(error.mean().item()) < 0.05 * expected
+
+
+def test_stuck_devices_appear_at_the_calibrated_rate():
+    spec = AnalogSpec(noise_model=noise_model(on=0.02, off=0.0), programming_noise=False, read_noise=False)
+    w = torch.zeros(300, 300)
+    w[0, 0] = 1.0
+    realised = perturb_weights(w, spec, torch.Generator().manual_seed(2))
+    # a stuck-on device of a zero weight's pair shows as +-1 (the full window)
+    hit = (realised.abs() > 0.99)
+    assert hit.float().mean().item() == pytest.approx(2 * 0.02, rel=0.1)
+
+
+def test_drift_with_global_compensation_keeps_the_layer_scale():
+    spec = AnalogSpec(noise_model=noise_model(nu=0.05, nu_std=0.0), programming_noise=False, read_noise=False,
+                      stuck_cells=False, drift_time_s=3600.0)
+    w = torch.randn(50, 50)
+    realised = perturb_weights(w, spec)
+    assert realised.abs().sum().item() == pytest.approx(w.abs().sum().item(), rel=1e-5)
+    uncompensated = perturb_weights(w, spec.model_copy(update={"drift_compensation": False}))
+    assert (uncompensated.abs().sum() / w.abs().sum()).item() < 0.8
+
+
+def test_perturbation_gradient_is_straight_through():
+    spec = AnalogSpec(noise_model=noise_model(prog=3e-6, read_rel=0.01))
+    w = torch.randn(10, 10, requires_grad=True)
+    perturb_weights(w, spec).sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+
+
+def test_configure_reaches_every_analog_layer():
+    model = nn.Sequential(AnalogLinear(3, 4), nn.ReLU(), AnalogLinear(4, 2))
+    assert configure_analog(model, AnalogSpec(weights="ternary")) == 2
+    assert all(m.analog.weights == "ternary" for m in model if isinstance(m, AnalogLinear))
+
+
+def test_a_simulated_chip_is_one_fixed_draw_and_seeded():
+    from hil.nn.analog import simulated_chip
+
+    layer = AnalogLinear(20, 10)
+    layer.analog = AnalogSpec(noise_model=noise_model(prog=2e-6, read_rel=0.01))
+    layer.eval()
+    x = torch.randn(4, 20)
+    clean = layer(x)
+    with simulated_chip(layer, seed=3):
+        a1, a2 = layer(x), layer(x)
+    with simulated_chip(layer, seed=3):
+        b = layer(x)
+    with simulated_chip(layer, seed=4):
+        c = layer(x)
+    assert torch.equal(a1, a2) and torch.equal(a1, b) and not torch.equal(a1, c)
+    assert not torch.equal(a1, clean) and torch.equal(layer(x), clean)

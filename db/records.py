@@ -14,10 +14,13 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Table, insert, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.arrays import decode_array, encode_array, summarize
-from db.models import (FINAL_STATUSES, RUNNING, ArrayStat, CrossbarArray, DeviceResult, DeviceStat, Instrument,
+from db.models import (FINAL_STATUSES, RUNNING, ArrayStat, Base, CrossbarArray, DeviceResult, DeviceStat, Instrument,
                        Measurement, NoiseModelRecord, Run, RunStep)
 from db.timestamps import utcnow
 
@@ -34,15 +37,15 @@ def get_or_create_instrument(session: Session, backend: str, instrument_id: str,
     ``model`` and ``firmware`` are refreshed to the values given: the row describes the
     instrument as last seen (a firmware update does not make it a different instrument).
     """
-    instrument = session.scalars(
-        select(Instrument).where(Instrument.backend == backend, Instrument.instrument_id == instrument_id)
-    ).one_or_none()
+    which = select(Instrument).where(Instrument.backend == backend, Instrument.instrument_id == instrument_id)
+    instrument = session.scalars(which).one_or_none()
     if instrument is None:
-        instrument = Instrument(backend=backend, instrument_id=instrument_id, model=model, firmware=firmware)
-        session.add(instrument)
-    else:
-        instrument.model = model
-        instrument.firmware = firmware
+        _insert_unless_present(session, Instrument, ("backend", "instrument_id"), {
+            "backend": backend, "instrument_id": instrument_id, "model": model, "firmware": firmware,
+            "created_at": utcnow()})
+        instrument = session.scalars(which).one()
+    instrument.model = model
+    instrument.firmware = firmware
     session.flush()
     return instrument
 
@@ -54,16 +57,36 @@ def get_or_create_array(session: Session, instrument: Instrument, array_id: str,
     Raises ``ValueError`` if the array is known with another shape: the same id for
     a different array would mix the histories of two devices.
     """
-    crossbar_array = session.scalars(select(CrossbarArray).where(CrossbarArray.array_id == array_id)).one_or_none()
+    which = select(CrossbarArray).where(CrossbarArray.array_id == array_id)
+    crossbar_array = session.scalars(which).one_or_none()
     if crossbar_array is None:
-        crossbar_array = CrossbarArray(array_id=array_id, instrument_fk=instrument.id, rows=int(rows),
-                                       cols=int(cols))
-        session.add(crossbar_array)
-        session.flush()
-    elif (crossbar_array.rows, crossbar_array.cols) != (rows, cols):
+        _insert_unless_present(session, CrossbarArray, ("array_id",), {
+            "array_id": array_id, "instrument_fk": instrument.id, "rows": int(rows), "cols": int(cols),
+            "created_at": utcnow()})
+        crossbar_array = session.scalars(which).one()
+    if (crossbar_array.rows, crossbar_array.cols) != (rows, cols):
         raise ValueError(f"array {array_id!r} is recorded as {crossbar_array.rows}x{crossbar_array.cols}, "
                          f"not {rows}x{cols}")
     return crossbar_array
+
+
+def _insert_unless_present(session: Session, entity: type[Base], unique: tuple[str, ...],
+                           values: dict[str, Any]) -> None:
+    """Insert a row unless one with the same ``unique`` columns exists, also when another process is inserting it now.
+
+    Two runs starting at once on a new instrument or array would otherwise both find
+    nothing and both insert, and the second would fail on the unique constraint.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        insert_ = sqlite_insert if dialect == "sqlite" else postgresql_insert
+        session.execute(insert_(entity).values(values).on_conflict_do_nothing(index_elements=list(unique)))
+        return
+    try:
+        with session.begin_nested():
+            session.execute(insert(entity).values(values))
+    except IntegrityError:
+        pass  # the other one's row is there now, which is all that was wanted
 
 
 def start_run(session: Session, *, protocol_name: str, protocol_path: str | None, protocol_text: str,

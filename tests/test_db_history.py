@@ -4,57 +4,21 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import numpy as np
 import pytest
 
 from db import Database
-from db.models import Run
 from db.history import (array_quantities, array_trend, device_history, list_arrays, list_noise_models, list_runs,
                         to_frame)
-from db.records import (add_array_stats, add_device_stats, add_noise_model, finish_run, finish_step,
-                        get_array, get_or_create_array, get_or_create_instrument, start_run, start_step)
-
-T0 = datetime(2025, 3, 1, 9, 0, tzinfo=timezone.utc)
-YIELDS = [0.91, 0.93, 0.92, 0.95, 0.97]
-
-
-def record_run(session, crossbar, started, *, protocol="calibrate", status="completed", minutes=5.0, seed=None,
-               step_name="statistics"):
-    """A finished run of ``protocol`` on ``crossbar`` that started at ``started``, with one step."""
-    run = start_run(session, protocol_name=protocol, protocol_path=None, protocol_text=f"name: {protocol}\n",
-                    backend="mock", seed=seed, code_version="0.1.0", crossbar_array=crossbar)
-    step = start_step(session, run, 0, step_name, "calibrate")
-    finish_step(session, step, status)
-    finish_run(session, run, status, error="InstrumentTimeout: no reply" if status == "failed" else None)
-    run.started_at = step.started_at = started
-    run.finished_at = step.finished_at = started + timedelta(minutes=minutes)
-    session.flush()
-    return run, step
+from db.models import Run
+from db.records import add_noise_model, get_array
+from history_data import T0, YIELDS, build_history
 
 
 @pytest.fixture
 def history(db_url):
-    """Two arrays: chip-A with five calibrations (recorded out of time order) and chip-B with one."""
     with Database.open(db_url) as database:
         with database.session() as session:
-            instrument = get_or_create_instrument(session, "mock", "bench-1", "SoftCrossbar", "1.0")
-            chip_a = get_or_create_array(session, instrument, "chip-A", 8, 8)
-            chip_b = get_or_create_array(session, instrument, "chip-B", 4, 4)
-            get_or_create_array(session, instrument, "chip-unused", 2, 2)
-            runs = {}
-            for day in (3, 0, 4, 1, 2):
-                run, step = record_run(session, chip_a, T0 + timedelta(days=day), seed=day,
-                                       status="failed" if day == 2 else "completed")
-                add_array_stats(session, run, step, chip_a, {"yield": YIELDS[day], "read_noise_relative": 0.01 * day},
-                                units={"yield": "1"})
-                g_max = np.full((8, 8), 5e-5 + 1e-6 * day)
-                g_max[0, 0] = np.nan
-                add_device_stats(session, run, step, chip_a, {"g_max_s": g_max, "stuck": np.eye(8, dtype=bool)})
-                runs[day] = run.id
-            other, step = record_run(session, chip_b, T0 + timedelta(days=1, hours=1), protocol="program")
-            add_array_stats(session, other, step, chip_b, {"yield": 0.5})
-            add_device_stats(session, other, step, chip_b, {"g_max_s": np.zeros((4, 4))})
-            runs["B"] = other.id
+            runs = build_history(session)
         yield database, runs
 
 

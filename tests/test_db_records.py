@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -422,3 +423,29 @@ def test_deleting_a_run_removes_its_statistics_and_keeps_its_noise_models(db):
         assert session.scalar(select(func.count()).select_from(ArrayStat)) == 0
         kept = session.get(NoiseModelRecord, model.id)
         assert (kept.run_fk, kept.step_fk, kept.source_runs, kept.params) == (None, None, [run.id], {"a": 1})
+
+
+def test_runs_starting_at_once_on_a_new_array_all_get_it(db):
+    # Every thread looks first, finds nothing, and inserts: only one insert can win.
+    barrier = threading.Barrier(4)
+    errors, ids = [], []
+
+    def start():
+        try:
+            with db.session() as session:
+                session.execute(select(func.count()).select_from(CrossbarArray))
+                barrier.wait(timeout=30)
+                instrument = get_or_create_instrument(session, "mock", "bench-9", "SoftCrossbar", "1.0")
+                ids.append(get_or_create_array(session, instrument, "chip-new", 16, 16).id)
+        except Exception as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(ids) == 4 and len(set(ids)) == 1
+    with db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Instrument)) == 1

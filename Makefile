@@ -24,3 +24,4 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_mvm.py
+	$(PY) benchmarks/bench_db.py

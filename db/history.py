@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, literal, select, union_all
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import (STATUSES, ArrayStat, CrossbarArray, DeviceStat, Instrument, NoiseModelRecord, Run,
@@ -111,14 +111,12 @@ def array_quantities(session: Session, array_id: str) -> list[dict[str, Any]]:
     whole-array values, "device_stats" for per-device ones) and ``unit`` (None for per-device
     quantities, whose names carry it), sorted by table and name."""
     crossbar_array = get_array(session, array_id)
-    whole = (select(ArrayStat.quantity, literal("array_stats").label("table"), func.max(ArrayStat.unit).label("unit"))
-             .where(ArrayStat.array_fk == crossbar_array.id).group_by(ArrayStat.quantity))
-    per_device = (select(DeviceStat.quantity, literal("device_stats").label("table"),
-                         literal(None, ArrayStat.unit.type).label("unit"))
-                  .where(DeviceStat.array_fk == crossbar_array.id).group_by(DeviceStat.quantity))
-    both = union_all(whole, per_device).subquery()
-    statement = select(both.c.quantity, both.c.table, both.c.unit).order_by(both.c.table, both.c.quantity)
-    return _rows(session, statement)
+    whole = (select(ArrayStat.quantity, func.max(ArrayStat.unit).label("unit"))
+             .where(ArrayStat.array_fk == crossbar_array.id).group_by(ArrayStat.quantity).order_by(ArrayStat.quantity))
+    found = [{"quantity": row.quantity, "table": "array_stats", "unit": row.unit} for row in session.execute(whole)]
+    found += [{"quantity": quantity, "table": "device_stats", "unit": None}
+              for quantity in _device_quantities(session, crossbar_array.id)]
+    return found
 
 
 def device_history(session: Session, array_id: str, row: int, col: int, *,
@@ -129,14 +127,16 @@ def device_history(session: Session, array_id: str, row: int, col: int, *,
     if not (0 <= row < crossbar_array.rows and 0 <= col < crossbar_array.cols):
         raise ValueError(f"device ({row}, {col}) is outside array {array_id!r}, which is "
                          f"{crossbar_array.rows}x{crossbar_array.cols}")
+    # Naming the quantities lets the (array, quantity, row, col) index find the device's
+    # rows directly instead of reading the whole history of the array.
+    wanted = [quantity] if quantity is not None else _device_quantities(session, crossbar_array.id)
     statement = (
         select(DeviceStat.run_fk.label("run_id"), Run.started_at, DeviceStat.quantity, DeviceStat.value)
         .join(Run, DeviceStat.run_fk == Run.id)
-        .where(DeviceStat.array_fk == crossbar_array.id, DeviceStat.row == row, DeviceStat.col == col)
+        .where(DeviceStat.array_fk == crossbar_array.id, DeviceStat.quantity.in_(wanted),
+               DeviceStat.row == row, DeviceStat.col == col)
         .order_by(Run.started_at, Run.id, DeviceStat.quantity, DeviceStat.id))
-    if quantity is not None:
-        statement = statement.where(DeviceStat.quantity == quantity)
-    return _rows(session, statement)
+    return _rows(session, statement) if wanted else []
 
 
 def to_frame(records: list[dict[str, Any]]) -> pandas.DataFrame:
@@ -151,6 +151,23 @@ def as_utc(moment: datetime) -> datetime:
     if moment.tzinfo is None or moment.utcoffset() is None:
         return moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc)
+
+
+def _device_quantities(session: Session, array_fk: int) -> list[str]:
+    """The distinct per-device quantities of an array, in order.
+
+    One index lookup per quantity, each asking for the next name after the last one
+    found: a DISTINCT would read the rows of every device of every run of the array.
+    """
+    found: list[str] = []
+    while True:
+        statement = select(DeviceStat.quantity).where(DeviceStat.array_fk == array_fk)
+        if found:
+            statement = statement.where(DeviceStat.quantity > found[-1])
+        following = session.scalar(statement.order_by(DeviceStat.quantity).limit(1))
+        if following is None:
+            return found
+        found.append(following)
 
 
 def _rows(session: Session, statement: Any) -> list[dict[str, Any]]:

@@ -175,13 +175,11 @@ def add_device_results(session: Session, run: Run, step: RunStep, crossbar_array
     with np.errstate(invalid="ignore"):
         error = achieved - target
     rows, cols = np.indices(shape)
-    columns = zip(rows.ravel().tolist(), cols.ravel().tolist(), _nullable(target), _nullable(achieved),
-                  _nullable(error), iters.ravel().tolist(), ok.astype(bool).ravel().tolist())
-    base = {"run_fk": run.id, "step_fk": step.id, "array_fk": crossbar_array.id}
-    records = [dict(base, row=r, col=c, target_s=t, achieved_s=a, error_s=e, iterations=i, success=s)
-               for r, c, t, a, e, i, s in columns]
-    if records:
-        session.execute(insert(DeviceResult), records)
+    records = list(zip(rows.ravel().tolist(), cols.ravel().tolist(), _nullable(target), _nullable(achieved),
+                       _nullable(error), iters.ravel().tolist(), ok.astype(bool).ravel().tolist()))
+    shared = {"run_fk": run.id, "step_fk": step.id, "array_fk": crossbar_array.id}
+    _insert_many(session, DeviceResult.__table__, shared,
+                 ("row", "col", "target_s", "achieved_s", "error_s", "iterations", "success"), records)
     return len(records)
 
 

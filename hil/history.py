@@ -182,8 +182,8 @@ def _open(url: str | None) -> Database:
         parsed = make_url(resolved)
     except ArgumentError:
         parsed = None  # Database.open reports it, naming the URL
-    if parsed is not None and parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
-            and parsed.query.get("mode") != "memory" and not Path(parsed.database).exists():
+    if (parsed is not None and parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+            and parsed.query.get("mode") != "memory" and not Path(parsed.database).exists()):
         # Opening would create an empty database: a mistyped path would then look like no history.
         raise BadInput(f"no database at {parsed.database} (give one with --db URL or $HIL_DB_URL)")
     return Database.open(resolved)

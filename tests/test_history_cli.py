@@ -246,7 +246,7 @@ def test_missing_sqlite_file_is_not_created(tmp_path, capsys):
 
 def test_module_runs_as_a_program(recorded_sqlite):
     url, runs, _ = recorded_sqlite
-    proc = subprocess.run([sys.executable, "-m", "hil.history", "--db", url, "--format", "json", "runs", "--limit", "1"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "hil.history", "--db", url, "--format", "json", "runs",
+                           "--limit", "1"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert [row["id"] for row in json.loads(proc.stdout)] == [runs[4]]

@@ -8,11 +8,18 @@ import sys
 from sqlalchemy import func, select
 
 from db import Database
-from db.models import DeviceResult, Measurement, Run, RunStep
+from db.models import DeviceResult, DeviceStat, Measurement, NoiseModelRecord, Run, RunStep
 
-PROTOCOL = """name: program_and_read
+PROTOCOL = """name: calibrate_program_read
 array: {rows: 16, cols: 16}
 steps:
+  - kind: calibrate
+    report: false
+    pulse_response: {amplitudes_v: [1.3], pulses: 5, cells: 4}
+    programming: {levels: 4, repeats: 1}
+    read_noise: {reads: 10}
+    drift: {times_s: [1, 10, 100], reads: 2}
+    periphery: {repeats: 20, sweep_points: 32}
   - kind: program
     pattern: {kind: levels, levels: 4, g_low_s: 1.0e-5, g_high_s: 6.0e-5}
   - kind: read
@@ -21,7 +28,7 @@ steps:
 
 
 def test_four_concurrent_runs_share_one_sqlite_file(tmp_path):
-    protocol = tmp_path / "program_and_read.yaml"
+    protocol = tmp_path / "calibrate_program_read.yaml"
     protocol.write_text(PROTOCOL, encoding="utf-8")
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     seeds = [11, 12, 13, 14]
@@ -39,17 +46,21 @@ def test_four_concurrent_runs_share_one_sqlite_file(tmp_path):
         # One simulated chip (the protocol's, whatever the run seed): the four also raced to register it.
         assert len({run.array_fk for run in runs}) == 1
         for run in runs:
-            assert [(step.kind, step.status) for step in run.steps] == [("program", "completed"),
+            assert [(step.kind, step.status) for step in run.steps] == [("calibrate", "completed"),
+                                                                       ("program", "completed"),
                                                                        ("read", "completed")]
             for step in run.steps:
                 names = session.scalars(select(Measurement.name).where(Measurement.step_fk == step.id)).all()
                 assert names, f"step {step.name} of run {run.id} has no measurements"
-            read = session.scalars(select(Measurement).where(Measurement.step_fk == run.steps[1].id)).one()
+            read = session.scalars(select(Measurement).where(Measurement.step_fk == run.steps[2].id)).one()
             assert read.shape == [3, 16, 16]
             count = select(func.count()).select_from(DeviceResult).where(DeviceResult.run_fk == run.id)
             assert session.scalar(count) == 256
         assert session.scalar(select(func.count()).select_from(DeviceResult)) == 4 * 256
-        assert session.scalar(select(func.count()).select_from(RunStep)) == 8
+        assert session.scalar(select(func.count()).select_from(RunStep)) == 12
+        # every calibration stored its per-device statistics and its noise model
+        assert session.scalar(select(func.count()).select_from(DeviceStat)) == 4 * 256 * 7   # g_min, g_max, stuck on/off, programming error, read sigma, drift nu
+        assert session.scalar(select(func.count()).select_from(NoiseModelRecord)) == 4
         with database.engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
             assert connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []

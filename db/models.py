@@ -268,3 +268,28 @@ class NoiseModelRecord(Base):
     def __repr__(self) -> str:
         return (f"NoiseModelRecord(id={self.id}, array_fk={self.array_fk}, "
                 f"schema_version={self.schema_version})")
+
+
+class Checkpoint(Base):
+    """A trained model: its weights (an opaque blob written by the training code), its configuration,
+    its metrics, and the noise model it was trained against. It outlives the run that made it."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (Index(None, "name", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_fk: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+    step_fk: Mapped[int | None] = mapped_column(ForeignKey("run_steps.id", ondelete="SET NULL"), index=True)
+    noise_model_fk: Mapped[int | None] = mapped_column(ForeignKey("noise_models.id", ondelete="SET NULL"),
+                                                       index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    model_kind: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    code_version: Mapped[str] = mapped_column(String(128))
+    state: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Checkpoint(id={self.id}, name={self.name!r}, model_kind={self.model_kind!r})"

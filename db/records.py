@@ -20,8 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.arrays import decode_array, encode_array, summarize
-from db.models import (FINAL_STATUSES, RUNNING, ArrayStat, Base, CrossbarArray, DeviceResult, DeviceStat, Instrument,
-                       Measurement, NoiseModelRecord, Run, RunStep)
+from db.models import (FINAL_STATUSES, RUNNING, ArrayStat, Base, Checkpoint, CrossbarArray, DeviceResult, DeviceStat,
+                       Instrument, Measurement, NoiseModelRecord, Run, RunStep)
 from db.timestamps import utcnow
 
 
@@ -321,6 +321,36 @@ def _stat_grid(name: str, values: Any, shape: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"{name} must be real numbers or booleans, not {a.dtype}")
     _check_shape(name, a, shape)
     return a.astype(np.float64)
+
+
+def add_checkpoint(session: Session, *, name: str, model_kind: str, task: str, config: Mapping[str, Any],
+                   state: bytes, code_version: str, metrics: Mapping[str, Any] | None = None, run: Run | None = None,
+                   step: RunStep | None = None, noise_model_id: int | None = None) -> Checkpoint:
+    """Store a trained model; ``state`` is the serialised weights exactly as the training code wrote them."""
+    checkpoint = Checkpoint(name=name, model_kind=model_kind, task=task, config=_jsonable(dict(config)),
+                            metrics=None if metrics is None else _jsonable(dict(metrics)), state=bytes(state),
+                            code_version=code_version, run_fk=None if run is None else run.id,
+                            step_fk=None if step is None else step.id, noise_model_fk=noise_model_id,
+                            created_at=utcnow())
+    session.add(checkpoint)
+    session.flush()
+    return checkpoint
+
+
+def get_checkpoint(session: Session, checkpoint_id: int) -> Checkpoint:
+    checkpoint = session.get(Checkpoint, int(checkpoint_id))
+    if checkpoint is None:
+        raise LookupError(f"no checkpoint with id {checkpoint_id}")
+    return checkpoint
+
+
+def latest_checkpoint(session: Session, name: str) -> Checkpoint:
+    """The newest checkpoint stored under ``name`` (LookupError naming it if there is none)."""
+    checkpoint = session.scalars(select(Checkpoint).where(Checkpoint.name == name)
+                                 .order_by(Checkpoint.created_at.desc(), Checkpoint.id.desc()).limit(1)).first()
+    if checkpoint is None:
+        raise LookupError(f"no checkpoint named {name!r}")
+    return checkpoint
 
 
 def _stat_value(name: str, value: Any) -> float | None:

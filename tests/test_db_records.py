@@ -449,3 +449,24 @@ def test_runs_starting_at_once_on_a_new_array_all_get_it(db):
     assert len(ids) == 4 and len(set(ids)) == 1
     with db.session() as session:
         assert session.scalar(select(func.count()).select_from(Instrument)) == 1
+
+
+def test_checkpoints_round_trip_and_latest_by_name(tmp_path):
+    from db import Database
+    from db.records import add_checkpoint, get_checkpoint, latest_checkpoint
+
+    blob = bytes(range(256)) * 10
+    with Database.open(f"sqlite:///{tmp_path / 'ck.db'}") as db:
+        with db.session() as s:
+            first = add_checkpoint(s, name="s4d_digits", model_kind="s4d", task="digits", config={"d_model": 64},
+                                   state=blob, code_version="x", metrics={"test_accuracy": 0.97})
+            second = add_checkpoint(s, name="s4d_digits", model_kind="s4d", task="digits", config={"d_model": 32},
+                                    state=b"later", code_version="x")
+        with db.session() as s:
+            assert get_checkpoint(s, first.id).state == blob
+            assert get_checkpoint(s, first.id).metrics == {"test_accuracy": 0.97}
+            assert latest_checkpoint(s, "s4d_digits").id == second.id
+            with pytest.raises(LookupError, match="no checkpoint named 'other'"):
+                latest_checkpoint(s, "other")
+            with pytest.raises(LookupError, match="12345"):
+                get_checkpoint(s, 12345)

@@ -172,12 +172,19 @@ def simulated_chip(model: nn.Module, seed: int):
             layer.unfreeze_noise()
 
 
-def configure_analog(model: nn.Module, spec: AnalogSpec | None) -> int:
-    """Give every analog layer of ``model`` the same spec; returns how many layers took it."""
+def configure_analog(model: nn.Module, spec: AnalogSpec | None, recurrent: AnalogSpec | None = None) -> int:
+    """Give every analog layer of ``model`` its spec; returns how many layers took one.
+
+    Recurrent blocks (``analog_role == "recurrent"``, e.g. the S4D recurrence) take ``recurrent``; without
+    it they take ``spec`` at full weight precision, since coarse quantisation of poles near the unit
+    circle destroys the memory they hold.
+    """
+    if recurrent is None and spec is not None:
+        recurrent = spec.model_copy(update={"weights": "float"})
     n = 0
     for module in model.modules():
         if hasattr(module, "analog"):
-            module.analog = spec
+            module.analog = recurrent if getattr(module, "analog_role", None) == "recurrent" else spec
             n += 1
     return n
 

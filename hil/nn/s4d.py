@@ -100,7 +100,11 @@ class S4D(nn.Module):
         return f"d_model={self.d_model}, d_state={self.d_state}"
 
     def discretize(self) -> Params:
-        """The discrete system both forms use, as real tensors (after ``param_transform``).
+        """The discrete system both forms use: :meth:`exact_discretization` through ``param_transform``."""
+        return self.param_transform(self.exact_discretization())
+
+    def exact_discretization(self) -> Params:
+        """The ZOH discretisation of the layer's parameters, as real tensors.
 
         ``alpha``, ``beta`` (H, M): Ā = alpha + i beta; ``b_re``, ``b_im`` (H, M): B̄;
         ``c_re``, ``c_im`` (H, M): C (the output is 2 Re(C x)); ``d`` (H,): D.
@@ -119,9 +123,8 @@ class S4D(nn.Module):
         norm = lam_re**2 + lam_im**2
         b_re = (num_re * lam_re + num_im * lam_im) / norm
         b_im = (num_im * lam_re - num_re * lam_im) / norm
-        params = {"alpha": alpha, "beta": beta, "b_re": b_re, "b_im": b_im,
-                  "c_re": self.c_re, "c_im": self.c_im, "d": self.d}
-        return self.param_transform(params)
+        return {"alpha": alpha, "beta": beta, "b_re": b_re, "b_im": b_im,
+                "c_re": self.c_re, "c_im": self.c_im, "d": self.d}
 
     @staticmethod
     def kernel_from(params: Params, length: int) -> torch.Tensor:

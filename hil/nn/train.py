@@ -99,7 +99,7 @@ def train(model: nn.Module, data: TaskData, cfg: TrainConfig,
             optimizer.step()
             if hasattr(model, "after_step"):
                 model.after_step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(dim=-1) == y).sum())
             step += 1
             if on_batch is not None:

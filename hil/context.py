@@ -48,7 +48,8 @@ class RunContext:
     console: Console
     report_dir: Path = Path("reports")
     last_program: ProgrammedPattern | None = None
-    noise_model_id: int | None = None
+    noise_models: dict[str, int] = field(default_factory=dict)    # calibrate step name -> noise model id
+    checkpoints: dict[str, int] = field(default_factory=dict)     # train step name -> checkpoint id
 
     def save(self, step: RunStep, name: str, kind: str, unit: str, array: np.ndarray, **meta) -> None:
         """Store one measured array of ``step`` in its own committed transaction."""

@@ -20,11 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from calibration.options import CalibrationOptions
+from hil.nn.zoo import ModelConfig
 from drivers.device_model import DeviceConfig
 from drivers.limits import SafetyLimits
 
 __all__ = [
-    "ArraySpec", "CalibrateStep", "CheckerboardPattern", "FilePattern", "LevelsPattern", "MockSpec", "Pattern",
+    "AnalogTraining", "ArraySpec", "CalibrateStep", "NoiseModelRef", "TaskSpec", "TrainStep", "CheckerboardPattern", "FilePattern", "LevelsPattern", "MockSpec", "Pattern",
     "ProgramStep", "Protocol", "RandomPattern", "ReadStep", "Step", "MAX_ARRAY_DIM",
 ]
 
@@ -286,7 +287,61 @@ class CalibrateStep(CalibrationOptions):
     report: bool = Field(True, description="write a Markdown report with figures")
 
 
-Step = Annotated[Union[ProgramStep, ReadStep, CalibrateStep], Field(discriminator="kind")]
+class NoiseModelRef(_Model):
+    """Which stored noise model: by ``id``, the newest for an array (``latest_for``), or the one a
+    ``calibrate`` step earlier in this protocol fits (``from_step``)."""
+
+    id: int | None = Field(None, ge=1)
+    latest_for: str | None = Field(None, min_length=1)
+    from_step: Name | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in ("id", "latest_for", "from_step") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of id, latest_for, from_step (got {', '.join(given) or 'none'})")
+        return self
+
+
+class AnalogTraining(_Model):
+    """Noise- and quantisation-aware training for the crossbar."""
+
+    weights: Literal["float", "kbit", "ternary"] = "float"
+    bits: int = Field(8, ge=2, le=16)
+    recurrent_weights: Literal["float", "kbit"] = "float"
+    recurrent_bits: int = Field(8, ge=2, le=16)
+    noise_model: NoiseModelRef | None = None
+    noise_scale: float = Field(1.0, ge=0, le=10)
+    drift_time_s: float | None = Field(None, ge=0)
+    dac_bits: int | None = Field(None, ge=2, le=24)
+    adc_bits: int | None = Field(None, ge=2, le=24)
+
+
+class TaskSpec(_Model):
+    name: Literal["digits", "digits_permuted", "mnist1d", "period", "cue"]
+    seed: int = Field(0, ge=0)
+
+
+class TrainStep(_Model):
+    """Train a sequence model on a task, optionally aware of an array's calibrated noise, and store a checkpoint."""
+
+    kind: Literal["train"] = "train"
+    name: Name | None = None
+    task: TaskSpec
+    model: ModelConfig
+    epochs: int = Field(30, ge=1, le=10000)
+    lr: float = Field(1e-2, gt=0, le=1)
+    batch_size: int = Field(64, ge=1, le=65536)
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    seed: int = Field(0, ge=0)
+    analog: AnalogTraining | None = None
+    evaluate_under: NoiseModelRef | None = Field(None, description="noise model for the evaluation; default: the "
+                                                                   "training one")
+    noise_draws: int = Field(5, ge=0, le=1000, description="simulated chips in the noisy evaluation")
+    checkpoint: Name | None = Field(None, description="name the checkpoint is stored under; default protocol.step")
+
+
+Step = Annotated[Union[ProgramStep, ReadStep, CalibrateStep, TrainStep], Field(discriminator="kind")]
 
 
 # --------------------------------------------------------------------------- protocol
@@ -331,12 +386,25 @@ class Protocol(_Model):
                 first_use[step.name] = index
             problems.extend((("steps", index, *(field if isinstance(field, tuple) else (field,))), kind, message, value)
                             for field, kind, message, value in _limit_violations(step, self.limits))
+            if isinstance(step, TrainStep):
+                refs = [(("analog", "noise_model"), step.analog.noise_model if step.analog else None),
+                        (("evaluate_under",), step.evaluate_under)]
+                for where, ref in refs:
+                    if ref is None or ref.from_step is None:
+                        continue
+                    source = next((s for s in self.steps[:index] if s.name == ref.from_step), None)
+                    if not isinstance(source, CalibrateStep) or not source.fit:
+                        problems.append((("steps", index, *where, "from_step"), "step_reference",
+                                         "must name an earlier calibrate step that fits a noise model",
+                                         ref.from_step))
         _raise_at("Protocol", problems)
         return self
 
 
-def _limit_violations(step: ProgramStep | ReadStep | CalibrateStep, limits: SafetyLimits):
+def _limit_violations(step, limits: SafetyLimits):
     """(field, error type, message, value) for every setting of ``step`` outside ``limits``."""
+    if isinstance(step, TrainStep):
+        return      # touches no instrument
     if step.read_voltage_v > limits.max_read_voltage_v:
         yield ("read_voltage_v", "safety_limit",
                f"exceeds the safety limit limits.max_read_voltage_v = {limits.max_read_voltage_v} V",

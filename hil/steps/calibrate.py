@@ -39,7 +39,7 @@ def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepRep
                                              schema_version=model.schema_version, run=ctx.run, step=row,
                                              source_runs=[ctx.run.id])
             records.add_array_stats(session, ctx.run, row, ctx.array, *_array_stats(cal, model))
-        ctx.noise_model_id = stored.id
+        ctx.noise_models[step.name] = stored.id
         summary["noise_model_id"] = stored.id
         report.detail = (f"noise model {stored.id}: read noise {model.read.floor_s * 1e6:.3f} µS + "
                          f"{100 * model.read.relative:.2f}%")

@@ -1,0 +1,107 @@
+"""The ``train`` step: train a sequence model (optionally against an array's noise model), evaluate it
+digitally and on simulated chips, and store a checkpoint."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from calibration.noise_model import NoiseModel
+from db import records
+from db.models import RunStep
+
+from ..context import RunContext, StepReport
+from ..nn.analog import AnalogSpec, configure_analog
+from ..nn.s4d_analog import attach
+from ..nn.tasks import load_task
+from ..nn.train import TrainConfig, accuracy_under_noise, train
+from ..nn.zoo import build_model
+from ..noise_models import load_noise_model
+from ..protocol import NoiseModelRef, TrainStep
+from ..version import code_version
+
+
+def resolve_noise_model(ctx: RunContext, ref: NoiseModelRef | None) -> tuple[NoiseModel | None, int | None]:
+    if ref is None:
+        return None, None
+    if ref.from_step is not None:
+        model_id = ctx.noise_models[ref.from_step]
+        return load_noise_model(ctx.db, model_id=model_id), model_id
+    if ref.id is not None:
+        return load_noise_model(ctx.db, model_id=ref.id), ref.id
+    model = load_noise_model(ctx.db, array_id=ref.latest_for)
+    from db.history import list_noise_models
+    with ctx.db.session() as session:
+        newest = list_noise_models(session, array_id=ref.latest_for)[0]["id"]
+    return model, newest
+
+
+def _specs(step: TrainStep, noise: NoiseModel | None) -> tuple[AnalogSpec | None, AnalogSpec | None]:
+    a = step.analog
+    if a is None:
+        return None, None
+    common = dict(noise_model=noise, noise_scale=a.noise_scale, drift_time_s=a.drift_time_s, dac_bits=a.dac_bits,
+                  adc_bits=a.adc_bits)
+    dense = AnalogSpec(weights=a.weights, bits=a.bits, **common)
+    recurrent = AnalogSpec(weights=a.recurrent_weights, bits=a.recurrent_bits, **common)
+    return dense, recurrent
+
+
+def run_train(ctx: RunContext, step: TrainStep, row: RunStep) -> StepReport:
+    data = load_task(step.task.name, step.task.seed)
+    torch.manual_seed(step.seed)
+    model = build_model(step.model, data.d_input, data.n_classes)
+    attach(model)
+    train_noise, train_noise_id = resolve_noise_model(ctx, step.analog.noise_model if step.analog else None)
+    dense, recurrent = _specs(step, train_noise)
+    configure_analog(model, dense, recurrent)
+
+    cfg = TrainConfig(epochs=step.epochs, lr=step.lr, batch_size=step.batch_size, weight_decay=step.weight_decay,
+                      seed=step.seed)
+    with Progress(TextColumn(f"[bold]{step.name}[/] {step.model.kind} on {step.task.name}"), BarColumn(),
+                  MofNCompleteColumn(), TextColumn("epochs · val {task.fields[val]}"), TimeElapsedColumn(),
+                  console=ctx.console, transient=True) as bar:
+        task = bar.add_task("train", total=step.epochs, val="–")
+        result = train(model, data, cfg,
+                       on_epoch=lambda s: bar.update(task, completed=s.epoch + 1, val=f"{100 * s.val_accuracy:.1f}%"))
+
+    metrics = {"test_accuracy": result.test_accuracy, "best_val_accuracy": result.best_val_accuracy,
+               "best_epoch": result.best_epoch, "train_seconds": result.seconds,
+               "parameters": model.parameter_count(), "state_bytes": model.streaming_state_bytes(),
+               "history": [vars(h) for h in result.history]}
+    eval_noise, eval_noise_id = (resolve_noise_model(ctx, step.evaluate_under) if step.evaluate_under
+                                 else (train_noise, train_noise_id))
+    if eval_noise is not None and step.noise_draws > 0:
+        # The same weights, now each realised on a simulated chip (noise off in training or not).
+        eval_dense = (dense or AnalogSpec()).model_copy(update={"noise_model": eval_noise, "noise_scale": 1.0})
+        eval_rec = (recurrent or AnalogSpec()).model_copy(update={"noise_model": eval_noise, "noise_scale": 1.0})
+        configure_analog(model, eval_dense, eval_rec)
+        mean, std, values = accuracy_under_noise(model, data.test, draws=step.noise_draws, seed=step.seed)
+        metrics.update(noisy_test_accuracy_mean=mean, noisy_test_accuracy_std=std, noisy_test_accuracies=values,
+                       evaluated_under_noise_model=eval_noise_id)
+        configure_analog(model, dense, recurrent)
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    config = {"task": step.task.model_dump(), "model": step.model.model_dump(),
+              "training": cfg.__dict__, "analog": step.analog.model_dump() if step.analog else None,
+              "noise_model_id": train_noise_id}
+    name = step.checkpoint or f"{ctx.protocol.name}.{step.name}"
+    with ctx.db.session() as session:
+        stored = records.add_checkpoint(session, name=name, model_kind=step.model.kind, task=step.task.name,
+                                        config=config, state=buffer.getvalue(), code_version=code_version(),
+                                        metrics=metrics, run=ctx.run, step=row, noise_model_id=train_noise_id)
+    ctx.checkpoints[step.name] = stored.id
+
+    detail = (f"{step.model.kind} on {step.task.name}: test {100 * result.test_accuracy:.2f}% "
+              f"({metrics['parameters']:,} parameters, {metrics['state_bytes']:,} B streaming state, "
+              f"{result.seconds:.0f} s)")
+    if "noisy_test_accuracy_mean" in metrics:
+        detail += (f"; on {step.noise_draws} simulated chips {100 * metrics['noisy_test_accuracy_mean']:.2f}"
+                   f" ± {100 * metrics['noisy_test_accuracy_std']:.2f}%")
+    detail += f"; checkpoint {stored.id} ({name})"
+    summary = {k: v for k, v in metrics.items() if k != "history"}
+    summary["checkpoint_id"] = stored.id
+    return StepReport(cells="", iterations=f"{result.best_epoch + 1}/{step.epochs}", detail=detail, summary=summary)

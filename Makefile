@@ -25,3 +25,4 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_mvm.py
 	$(PY) benchmarks/bench_db.py
+	$(PY) benchmarks/bench_seq.py

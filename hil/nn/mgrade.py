@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from hil.nn.analog import AnalogLinear
-from hil.nn.delay_conv import DelayConv1d, delay_convs
+from hil.nn.delay_conv import DelayConv1d, clamp_delay_positions, delay_convs, sigma_schedule
 from hil.nn.matvec import digital_matvec
 from hil.nn.mingru import MinGRU
 
@@ -151,6 +151,19 @@ class SequenceClassifier(nn.Module):
         self.norm_out = nn.LayerNorm(d_model)
         self.decoder = AnalogLinear(d_model, d_output)
         self.matvec = digital_matvec
+
+    def after_step(self) -> None:
+        """Called by the training loop after each optimiser step: keep delays inside the span."""
+        clamp_delay_positions(self)
+
+    def after_epoch(self, epoch: int, epochs: int) -> None:
+        """Narrow the delay interpolation over the first half of training (wide first, so every
+        position gets a gradient; near one-hot at the end, so delays become precise)."""
+        for conv in delay_convs(self):
+            start = getattr(conv, "sigma_start", None)
+            if start is None:
+                start = conv.sigma_start = float(conv.sigma)
+            conv.set_sigma(sigma_schedule(epoch + 1, start, max(epochs // 2, 1)))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """x (batch, length, d_input) -> per-step features (batch, length, d_model), causal."""

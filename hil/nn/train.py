@@ -65,7 +65,7 @@ def _param_groups(model: nn.Module, cfg: TrainConfig):
 def train(model: nn.Module, data: TaskData, cfg: TrainConfig,
           on_epoch: Callable[[EpochStats], None] | None = None,
           on_batch: Callable[[int, int], None] | None = None) -> TrainResult:
-    """AdamW with warm-up and cosine decay; keeps the weights of the best validation epoch."""
+    """AdamW with warm-up and cosine decay; keeps the weights of the best (latest among equals) validation epoch."""
     torch.manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg))
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -109,7 +109,8 @@ def train(model: nn.Module, data: TaskData, cfg: TrainConfig,
         val = accuracy(model, data.val)
         stats = EpochStats(epoch, loss_sum / n, correct / n, val, time.perf_counter() - t0)
         result.history.append(stats)
-        if val > result.best_val_accuracy or result.best_epoch < 0:
+        # ">=": among equally good epochs keep the latest, which has seen the most of the annealed schedule
+        if val >= result.best_val_accuracy or result.best_epoch < 0:
             result.best_val_accuracy, result.best_epoch = val, epoch
             best_state = copy.deepcopy(model.state_dict())
         if on_epoch is not None:

@@ -40,11 +40,7 @@ def measure_programming(xbar: Crossbar, options: ProgrammingOptions, read_voltag
     rows, cols = xbar.shape
     levels = np.linspace(options.g_low_s, options.g_high_s, options.levels)
     tolerance = options.tolerance * (options.g_high_s - options.g_low_s)
-    settings = WriteVerifySettings(
-        tolerance_s=tolerance, max_iterations=options.max_iterations, read_voltage_v=read_voltage_v,
-        start_set_voltage_v=options.start_set_voltage_v, max_set_voltage_v=options.max_set_voltage_v,
-        start_reset_voltage_v=options.start_reset_voltage_v, max_reset_voltage_v=options.max_reset_voltage_v,
-        pulse_width_s=options.pulse_width_s)
+    settings = WriteVerifySettings.from_options(options, tolerance_s=tolerance, read_voltage_v=read_voltage_v)
     indices, achieved, summaries = [], [], []
     programmed_at = xbar.now()
     for repeat in range(options.repeats):

@@ -47,6 +47,14 @@ class WriteVerifySettings:
     # verify does not push cells that settled at the edge of the band out of it.
     aim_fraction: float = 0.6
 
+    @classmethod
+    def from_options(cls, options, *, tolerance_s: float, read_voltage_v: float) -> "WriteVerifySettings":
+        """Settings taking every same-named attribute of ``options`` (a protocol step, calibration options)."""
+        names = ("max_iterations", "start_set_voltage_v", "max_set_voltage_v", "start_reset_voltage_v",
+                 "max_reset_voltage_v", "voltage_step_v", "pulse_width_s")
+        given = {n: getattr(options, n) for n in names if hasattr(options, n)}
+        return cls(tolerance_s=tolerance_s, read_voltage_v=read_voltage_v, **given)
+
     def __post_init__(self):
         if not 0 < self.aim_fraction <= 1:
             raise ValueError(f"aim_fraction must be in (0, 1], got {self.aim_fraction}")

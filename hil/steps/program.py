@@ -19,11 +19,7 @@ def run_program(ctx: RunContext, step: ProgramStep, row: RunStep) -> StepReport:
     span = float(np.nanmax(targets) - np.nanmin(targets))
     # A uniform pattern has no span; fall back to its level so the tolerance stays meaningful.
     tolerance_s = step.tolerance * (span if span > 0 else float(np.nanmax(targets)))
-    settings = WriteVerifySettings(
-        tolerance_s=tolerance_s, max_iterations=step.max_iterations, read_voltage_v=step.read_voltage_v,
-        start_set_voltage_v=step.start_set_voltage_v, max_set_voltage_v=step.max_set_voltage_v,
-        start_reset_voltage_v=step.start_reset_voltage_v, max_reset_voltage_v=step.max_reset_voltage_v,
-        voltage_step_v=step.voltage_step_v, pulse_width_s=step.pulse_width_s)
+    settings = WriteVerifySettings.from_options(step, tolerance_s=tolerance_s, read_voltage_v=step.read_voltage_v)
     ctx.save(row, "target", "target_conductance", "S", targets)
 
     n_cells = int(np.isfinite(targets).sum())

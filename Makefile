@@ -8,12 +8,12 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch is installed on its own, pinned, so pip takes the CPU build that lies on
-# this machine's disk instead of resolving the range to a multi-GB CUDA build.
+# torch is pinned in the same install, so pip takes the CPU build that lies on this
+# machine's disk instead of resolving the range to a multi-GB CUDA build. --no-compile:
+# byte code is written on first import, not for every file of every package up front.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile torch==2.13.0 -e '.[dev]'
 	touch $(STAMP)
 
 quickstart: $(STAMP)

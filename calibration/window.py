@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,27 +16,20 @@ class WindowMeasurement:
     low_reads_s: np.ndarray     # (reads, rows, cols) after saturating RESET pulses
     high_reads_s: np.ndarray    # (reads, rows, cols) after saturating SET pulses
     stuck_fraction: float
+    # derived once from the reads (every later stage asks for them)
+    g_min_s: np.ndarray = field(init=False)
+    g_max_s: np.ndarray = field(init=False)
+    stuck_on: np.ndarray = field(init=False)
+    stuck_off: np.ndarray = field(init=False)
 
-    @property
-    def g_min_s(self) -> np.ndarray:
-        return self.low_reads_s.mean(axis=0)
-
-    @property
-    def g_max_s(self) -> np.ndarray:
-        return self.high_reads_s.mean(axis=0)
-
-    @property
-    def stuck_on(self) -> np.ndarray:
-        return classify_stuck(self.g_min_s, self.g_max_s, self.stuck_fraction)[0]
-
-    @property
-    def stuck_off(self) -> np.ndarray:
-        return classify_stuck(self.g_min_s, self.g_max_s, self.stuck_fraction)[1]
+    def __post_init__(self):
+        self.g_min_s = self.low_reads_s.mean(axis=0)
+        self.g_max_s = self.high_reads_s.mean(axis=0)
+        self.stuck_on, self.stuck_off = classify_stuck(self.g_min_s, self.g_max_s, self.stuck_fraction)
 
     @property
     def stuck(self) -> np.ndarray:
-        on, off = classify_stuck(self.g_min_s, self.g_max_s, self.stuck_fraction)
-        return on | off
+        return self.stuck_on | self.stuck_off
 
     @property
     def yield_fraction(self) -> float:

@@ -261,7 +261,7 @@ class SoftwareCrossbar(Crossbar):
     # ---------------------------------------------------------------- physics
     def _conductance_now(self) -> np.ndarray:
         t = self._clock
-        if self._g_cache is not None and (t - self._t_cache) <= _DRIFT_REFRESH * (self._t_cache - self._newest_prog()
+        if self._g_cache is not None and (t - self._t_cache) <= _DRIFT_REFRESH * (self._t_cache - self._newest
                                                                                   + self.config.drift_t0_s):
             return self._g_cache
         t0 = self.config.drift_t0_s
@@ -278,9 +278,6 @@ class SoftwareCrossbar(Crossbar):
         self._t_cache = t
         self._newest = float(self._t_prog.max())
         return g
-
-    def _newest_prog(self) -> float:
-        return self._newest
 
     def _refresh_mvm_conductance(self) -> None:
         g = self._conductance_now()

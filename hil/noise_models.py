@@ -6,11 +6,16 @@ from calibration.noise_model import NoiseModel
 from db import Database, records
 
 
-def load_noise_model(db: Database, *, model_id: int | None = None, array_id: str | None = None) -> NoiseModel:
+def load_noise_model_with_id(db: Database, *, model_id: int | None = None,
+                             array_id: str | None = None) -> tuple[NoiseModel, int]:
     """``model_id`` picks one model; ``array_id`` alone picks that array's latest. LookupError if none."""
     if (model_id is None) == (array_id is None):
         raise ValueError("give exactly one of model_id or array_id")
     with db.session() as session:
         row = (records.get_noise_model(session, model_id) if model_id is not None
                else records.latest_noise_model(session, array_id))
-        return NoiseModel.model_validate(row.params)
+        return NoiseModel.model_validate(row.params), row.id
+
+
+def load_noise_model(db: Database, *, model_id: int | None = None, array_id: str | None = None) -> NoiseModel:
+    return load_noise_model_with_id(db, model_id=model_id, array_id=array_id)[0]

@@ -18,7 +18,7 @@ from ..nn.s4d_analog import attach
 from ..nn.tasks import load_task
 from ..nn.train import TrainConfig, accuracy_under_noise, train
 from ..nn.zoo import build_model
-from ..noise_models import load_noise_model
+from ..noise_models import load_noise_model_with_id
 from ..protocol import NoiseModelRef, TrainStep
 from ..version import code_version
 
@@ -27,15 +27,10 @@ def resolve_noise_model(ctx: RunContext, ref: NoiseModelRef | None) -> tuple[Noi
     if ref is None:
         return None, None
     if ref.from_step is not None:
-        model_id = ctx.noise_models[ref.from_step]
-        return load_noise_model(ctx.db, model_id=model_id), model_id
+        return load_noise_model_with_id(ctx.db, model_id=ctx.noise_models[ref.from_step])
     if ref.id is not None:
-        return load_noise_model(ctx.db, model_id=ref.id), ref.id
-    model = load_noise_model(ctx.db, array_id=ref.latest_for)
-    from db.history import list_noise_models
-    with ctx.db.session() as session:
-        newest = list_noise_models(session, array_id=ref.latest_for)[0]["id"]
-    return model, newest
+        return load_noise_model_with_id(ctx.db, model_id=ref.id)
+    return load_noise_model_with_id(ctx.db, array_id=ref.latest_for)
 
 
 def _specs(step: TrainStep, noise: NoiseModel | None) -> tuple[AnalogSpec | None, AnalogSpec | None]:

@@ -68,26 +68,43 @@ def test_signal_quantiser_has_its_levels():
     assert torch.allclose(levels, levels.round(), atol=1e-5)
 
 
-def test_programming_noise_has_the_calibrated_spread():
+def test_programming_noise_has_the_calibrated_spread_in_each_rows_own_scale():
     sigma = 2e-6
     spec = AnalogSpec(noise_model=noise_model(prog=sigma), read_noise=False, stuck_cells=False)
     w = torch.full((200, 200), 0.5)
-    w[0, 0] = 1.0                       # sets the mapping: 1.0 <-> the full window
+    w[:100, 0] = 1.0                    # rows 0..99 map 1.0 to the full window, rows 100.. map 0.5 to it
     error = perturb_weights(w, spec, torch.Generator().manual_seed(1)) - w
-    # two devices of the pair, each with sigma, scaled back into weight units
-    expected = (2 ** 0.5) * sigma / (G_MAX - G_MIN) * 1.0
-    assert error.std().item() == pytest.approx(expected, rel=0.03)
-    assert abs(error.mean().item()) < 0.05 * expected
+    # two devices of the pair, each with sigma, scaled back into weight units by the row's maximum
+    per_unit = (2 ** 0.5) * sigma / (G_MAX - G_MIN)
+    assert error[:100].std().item() == pytest.approx(per_unit * 1.0, rel=0.03)
+    assert error[100:].std().item() == pytest.approx(per_unit * 0.5, rel=0.03)
+    assert abs(error.mean().item()) < 0.05 * per_unit
 
 
-def test_stuck_devices_appear_at_the_calibrated_rate():
-    spec = AnalogSpec(noise_model=noise_model(on=0.02, off=0.0), programming_noise=False, read_noise=False)
+def test_uncompensated_stuck_devices_appear_at_the_calibrated_rate():
+    spec = AnalogSpec(noise_model=noise_model(on=0.02, off=0.0), programming_noise=False, read_noise=False,
+                      stuck_compensation=False)
     w = torch.zeros(300, 300)
-    w[0, 0] = 1.0
+    w[:, 0] = 1.0
     realised = perturb_weights(w, spec, torch.Generator().manual_seed(2))
     # a stuck-on device of a zero weight's pair shows as +-1 (the full window)
-    hit = (realised.abs() > 0.99)
+    hit = (realised[:, 1:].abs() > 0.99)
     assert hit.float().mean().item() == pytest.approx(2 * 0.02, rel=0.1)
+
+
+def test_compensated_stuck_devices_cost_at_most_the_weight():
+    """With the stuck map known, the partner device is programmed around a stuck one: a zero
+    weight stays exactly zero, and no weight moves by more than its own size."""
+    spec = AnalogSpec(noise_model=noise_model(on=0.05, off=0.05), programming_noise=False, read_noise=False)
+    w = torch.randn(300, 300, generator=torch.Generator().manual_seed(0))
+    w[:, :100] = 0.0
+    realised = perturb_weights(w, spec, torch.Generator().manual_seed(3))
+    uncompensated = perturb_weights(w, spec.model_copy(update={"stuck_compensation": False}),
+                                    torch.Generator().manual_seed(3))
+    both_stuck_bound = 0.05 ** 2 * 4          # both devices stuck (rare): the pair is fixed
+    assert (realised[:, :100] != 0).float().mean() <= both_stuck_bound
+    assert ((realised - w).abs() > w.abs() + 1e-6).float().mean() <= both_stuck_bound
+    assert (realised - w).abs().mean() < 0.3 * (uncompensated - w).abs().mean()
 
 
 def test_drift_with_global_compensation_keeps_the_layer_scale():

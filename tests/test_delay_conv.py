@@ -181,3 +181,26 @@ def test_sigma_schedule_and_setter():
     conv = make()
     set_delay_sigma(conv, 0.5)
     assert float(conv.sigma) == 0.5 and "sigma" in conv.state_dict()
+
+
+def test_an_analog_spec_reaches_the_taps_in_both_forms():
+    """A simulated chip perturbs the kernel once, per channel row; parallel and step forms see it alike."""
+    from hil.nn.analog import AnalogSpec, configure_analog, simulated_chip
+    from tests.test_analog import noise_model
+
+    conv = make(sigma=0.8)
+    assert configure_analog(conv, AnalogSpec(noise_model=noise_model(prog=2e-6, read_rel=0.01))) == 1
+    conv.eval()
+    x = torch.randn(B, L, C, dtype=torch.float64)
+    clean = conv(x)
+    assert torch.equal(conv.taps.kernel(), conv.kernel())          # noise is off in eval
+    with simulated_chip(conv, seed=1):
+        chip_kernel = conv.taps.kernel()
+        parallel, streamed = conv(x), run_steps(conv, x)
+    assert torch.allclose(parallel, streamed, atol=1e-12)
+    assert not torch.allclose(parallel, clean)
+    error = (chip_kernel - conv.kernel()).abs()
+    row_max = conv.kernel().abs().amax(-1, keepdim=True)
+    assert (error < 0.2 * row_max).all()
+    configure_analog(conv, AnalogSpec(weights="ternary"))
+    assert len(torch.unique(conv.taps.kernel().detach())) <= 3

@@ -36,6 +36,8 @@ class AnalogSpec(BaseModel):
     programming_noise: bool = True
     read_noise: bool = True
     stuck_cells: bool = True
+    stuck_compensation: bool = Field(True, description="the mapping knows the stuck devices and programs their "
+                                                       "partners around them")
     drift_time_s: float | None = Field(None, ge=0, description="drift the weights to this time after programming")
     drift_compensation: bool = True
     dac_bits: int | None = Field(None, ge=2, le=24, description="None: the noise model's, or exact without one")
@@ -62,19 +64,28 @@ def _interp(x: torch.Tensor, xp: list[float], fp: list[float]) -> torch.Tensor:
     return f0 + t * (f1 - f0)
 
 
-def perturb_weights(weight: torch.Tensor, spec: AnalogSpec, generator: torch.Generator | None = None) -> torch.Tensor:
+def perturb_weights(weight: torch.Tensor, spec: AnalogSpec, generator: torch.Generator | None = None,
+                    working: torch.Tensor | None = None) -> torch.Tensor:
     """``weight`` as the array would realise it, with an identity gradient.
 
-    The largest |w| maps to the full window g_max - g_min; w > 0 raises the positive device of the
-    pair, w < 0 the negative one, the other device sits at g_min.
+    Each row (the last dimension) is one crossbar output with its own digital rescale, so each row
+    is mapped separately: its largest |w| spans the full window g_max - g_min; w > 0 raises the
+    positive device of the pair, w < 0 the negative one, the other device sits at g_min.
+
+    Stuck devices are known from calibration, so (with ``stuck_compensation``) the mapping programs
+    the partner of a stuck device to keep the pair's difference where the window allows: a stuck
+    device then costs at most the weight itself, never a full-window error. Stuck devices neither
+    take programming noise nor drift. ``working`` (a boolean mask broadcasting to ``weight``) marks
+    entries the mapping places on working devices: they are never stuck.
     """
     model = spec.noise_model
     if model is None or spec.noise_scale == 0:
         return weight
     w = weight.detach()
-    w_max = w.abs().max()
-    if w_max == 0:
+    w_max = w.abs().amax(dim=-1, keepdim=True)
+    if not bool((w_max > 0).any()):
         return weight
+    safe_max = torch.where(w_max > 0, w_max, torch.ones_like(w_max))
     g_min, g_max = model.window.g_min_s, model.window.g_max_s
     span = g_max - g_min
     scale = spec.noise_scale
@@ -82,22 +93,33 @@ def perturb_weights(weight: torch.Tensor, spec: AnalogSpec, generator: torch.Gen
     def normal(like: torch.Tensor) -> torch.Tensor:
         return torch.randn(like.shape, dtype=like.dtype, generator=generator)
 
-    pair = torch.stack([g_min + F.relu(w) / w_max * span, g_min + F.relu(-w) / w_max * span])
-    target = pair
-    if spec.programming_noise and model.programming is not None:
-        sigma = _interp(target, model.programming.levels_s, model.programming.sigma_s)
-        bias = _interp(target, model.programming.levels_s, model.programming.bias_s)
-        pair = pair + scale * (bias + sigma * normal(pair))
+    pair = torch.stack([g_min + F.relu(w) / safe_max * span, g_min + F.relu(-w) / safe_max * span])
+    stuck = torch.zeros_like(pair, dtype=torch.bool)
     if spec.stuck_cells:
         u = torch.rand(pair.shape, dtype=pair.dtype, generator=generator)
-        on = u < scale * model.defects.stuck_on_rate
-        off = (u >= scale * model.defects.stuck_on_rate) & (
-            u < scale * (model.defects.stuck_on_rate + model.defects.stuck_off_rate))
-        pair = torch.where(on, torch.full_like(pair, g_max), torch.where(off, torch.full_like(pair, g_min), pair))
+        on_rate, off_rate = scale * model.defects.stuck_on_rate, scale * model.defects.stuck_off_rate
+        on = u < on_rate
+        stuck = u < on_rate + off_rate
+        if working is not None:
+            stuck = stuck & ~working.expand_as(w)
+            on = on & stuck
+        stuck_value = torch.where(on, torch.full_like(pair, g_max), torch.full_like(pair, g_min))
+        if spec.stuck_compensation:
+            difference = pair[0] - pair[1]
+            only_pos, only_neg = stuck[0] & ~stuck[1], stuck[1] & ~stuck[0]
+            pos_target = torch.where(only_neg, (stuck_value[1] + difference).clamp(g_min, g_max), pair[0])
+            neg_target = torch.where(only_pos, (stuck_value[0] - difference).clamp(g_min, g_max), pair[1])
+            pair = torch.stack([pos_target, neg_target])
+    if spec.programming_noise and model.programming is not None:
+        sigma = _interp(pair, model.programming.levels_s, model.programming.sigma_s)
+        bias = _interp(pair, model.programming.levels_s, model.programming.bias_s)
+        pair = pair + scale * (bias + sigma * normal(pair))
     if spec.drift_time_s is not None and model.drift is not None:
         d = model.drift
         nu = d.nu_mean + scale * d.nu_std * normal(pair)
         pair = pair * ((spec.drift_time_s + d.t0_s) / d.t0_s) ** (-nu)
+    if spec.stuck_cells:
+        pair = torch.where(stuck, stuck_value, pair)
     if spec.read_noise:
         sigma = torch.sqrt(model.read.floor_s ** 2 + (model.read.relative * pair) ** 2)
         pair = pair + scale * sigma * normal(pair)
@@ -110,16 +132,22 @@ def perturb_weights(weight: torch.Tensor, spec: AnalogSpec, generator: torch.Gen
 
 
 def apply_weight_spec(weight: torch.Tensor, spec: AnalogSpec | None, training: bool,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """Quantisation, then (in training, or in eval if asked) the array's perturbation."""
+                      generator: torch.Generator | None = None, per_row: bool = False,
+                      working: torch.Tensor | None = None) -> torch.Tensor:
+    """Quantisation, then (in training, or in eval if asked) the array's perturbation.
+
+    ``per_row``: k-bit quantisation takes one scale per row (last dimension) instead of one for the
+    tensor, for weights whose rows hold values of very different size (the S4D recurrence).
+    ``working``: entries placed on working devices (see :func:`perturb_weights`).
+    """
     if spec is None:
         return weight
     if spec.weights == "ternary":
         weight = ternary(weight)
     elif spec.weights == "kbit":
-        weight = uniform(weight, spec.bits)
+        weight = uniform(weight, spec.bits, per_row=per_row)
     if spec.noise_model is not None and (training or spec.noise_in_eval):
-        weight = perturb_weights(weight, spec, generator)
+        weight = perturb_weights(weight, spec, generator, working)
     return weight
 
 
@@ -139,6 +167,8 @@ class AnalogLinear(nn.Linear):
 
     def freeze_noise(self, generator: torch.Generator) -> None:
         """Draw one realisation of the array's perturbation and keep it: one programmed chip."""
+        if self.analog is None:
+            return
         with torch.no_grad():
             self._chip = apply_weight_spec(self.weight, self.analog, True, generator)
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from hil.nn.analog import AnalogSpec, apply_weight_spec
 from hil.nn.matvec import digital_matvec
 
 SIGMA_END = 0.23
@@ -43,6 +44,10 @@ class DelayTaps(nn.Module):
     — or (batch, channels, max_delay); output (batch, channels). Like a linear layer it exposes
     ``in_features``, ``out_features``, ``effective_weight()`` (the (C, C·max_delay)
     block-diagonal matrix) and ``bias`` (None).
+
+    Like an :class:`~hil.nn.analog.AnalogLinear` it takes an ``analog`` spec: the kernel is then
+    quantised and perturbed as the array would hold it (one row, with its own scale, per channel),
+    in both the parallel and the streaming form.
     """
 
     bias = None
@@ -54,9 +59,24 @@ class DelayTaps(nn.Module):
         self._kernel_fn = kernel_fn
         self.channels, self.max_delay = channels, max_delay
         self.in_features, self.out_features = channels * max_delay, channels
+        self.analog: AnalogSpec | None = None
+        self._chip: torch.Tensor | None = None
 
     def kernel(self) -> torch.Tensor:
-        return self._kernel_fn()
+        """The dense kernel (channels, max_delay) the products use now."""
+        if self._chip is not None:
+            return self._chip
+        return apply_weight_spec(self._kernel_fn(), self.analog, self.training)
+
+    def freeze_noise(self, generator: torch.Generator) -> None:
+        """Draw one realisation of the array's perturbation and keep it: one programmed chip."""
+        if self.analog is None:
+            return
+        with torch.no_grad():
+            self._chip = apply_weight_spec(self._kernel_fn(), self.analog, True, generator)
+
+    def unfreeze_noise(self) -> None:
+        self._chip = None
 
     def effective_weight(self) -> torch.Tensor:
         return torch.block_diag(*self.kernel().unsqueeze(1))          # (C, C·max_delay)
@@ -132,7 +152,7 @@ class DelayConv1d(nn.Module):
         u = F.pad(x.transpose(1, 2), (self.max_delay - 1, 0))    # (B, C, max_delay - 1 + L)
         # conv1d correlates: output t reads u[t + i] = x[t + i - (max_delay-1)], i.e. delay
         # max_delay-1-i, so the delay-indexed kernel is flipped.
-        w = self.kernel().flip(-1).unsqueeze(1)                     # (C, 1, max_delay)
+        w = self.taps.kernel().flip(-1).unsqueeze(1)                # (C, 1, max_delay)
         return F.conv1d(u, w, groups=self.channels).transpose(1, 2)
 
     def init_state(self, batch: int, device=None, dtype=None) -> torch.Tensor:

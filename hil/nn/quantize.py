@@ -28,15 +28,15 @@ def ternary(weight: torch.Tensor, threshold_factor: float = 0.7) -> torch.Tensor
     return straight_through(weight, q)
 
 
-def uniform(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """Symmetric uniform k-bit quantisation on the grid s * {-(2^(k-1)-1) .. 2^(k-1)-1}, s from max|w|."""
+def uniform(weight: torch.Tensor, bits: int, per_row: bool = False) -> torch.Tensor:
+    """Symmetric uniform k-bit quantisation on the grid s * {-(2^(k-1)-1) .. 2^(k-1)-1}, s from max|w|
+    (of the whole tensor, or of each row along the last dimension with ``per_row``)."""
     if bits < 2:
         raise ValueError(f"uniform quantisation needs at least 2 bits, got {bits}")
     levels = 2 ** (bits - 1) - 1
     w = weight.detach()
-    step = w.abs().max() / levels
-    if step == 0:
-        return weight
+    top = w.abs().amax(dim=-1, keepdim=True) if per_row else w.abs().max()
+    step = torch.where(top > 0, top / levels, torch.ones_like(top))
     return straight_through(weight, torch.round(w / step).clamp(-levels, levels) * step)
 
 

@@ -15,7 +15,8 @@ training form and the streaming form alike:
 
 * parallel (training): y = K * u + D u with K_l = 2 Re(Σ_n C_n B̄_n Ā_n^l), a causal FFT convolution;
 * streaming (inference): per channel one (N+1)x(N+1) real matrix maps [x_{k-1}; u_k] to
-  [x_k; y_k], so a single crossbar MVM per step advances the state and produces the output.
+  [x_k - x_{k-1}; y_k], so a single crossbar MVM per step advances the state and produces the
+  output; the state itself is added back digitally.
 """
 
 from __future__ import annotations
@@ -152,8 +153,8 @@ class S4D(nn.Module):
     def step(self, u_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Streaming form: u_t (B, H), state (B, H, N) -> (y_t (B, H), new state (B, H, N))."""
         s = torch.cat([state, u_t[..., None]], dim=-1)  # (B, H, N+1)
-        out = self.matvec(self.recurrence, s)  # (B, H, N+1)
-        return out[..., self.d_state], out[..., : self.d_state]
+        out = self.matvec(self.recurrence, s)  # (B, H, N+1): [x_k - x_{k-1}; y_k]
+        return out[..., self.d_state], state + out[..., : self.d_state]
 
 
 class S4DRecurrence(nn.Module):
@@ -167,8 +168,13 @@ class S4DRecurrence(nn.Module):
 
     The output row reads the previous state and the current input (y_k = c_r x_k + D u_k with
     x_k expanded), which is what lets the state update and the output come out of the same MVM.
-    This module owns no parameters: it reads them from its S4D, so a crossbar executor can program
-    :meth:`block_matrices` as H tiles (or one block-diagonal matrix).
+
+    What the product computes (and a crossbar holds) is the residual form :meth:`crossbar_matrices`,
+    the step matrix minus the identity on the state rows: the array produces x_k - x_{k-1} and the
+    state is added back digitally. A pole near the unit circle then sits on the array as Ā - 1,
+    which is small, so the array's errors (relative to each row's largest entry) move the pole by
+    an amount proportional to |Ā - 1| instead of |Ā| ≈ 1: the long memories stay stable.
+    This module owns no parameters: it reads them from its S4D.
     """
 
     def __init__(self, layer: S4D):
@@ -195,9 +201,24 @@ class S4DRecurrence(nn.Module):
         bottom = torch.cat([out_state, out_input[:, None]], dim=-1)[:, None, :]  # (H, 1, N+1)
         return torch.cat([top, bottom], dim=-2)  # (H, N+1, N+1)
 
+    def crossbar_matrices(self) -> torch.Tensor:
+        """The residual step matrices (H, N+1, N+1): :meth:`block_matrices` minus the identity on the
+        state rows, mapping [x_{k-1}; u_k] to [x_k - x_{k-1}; y_k]."""
+        blocks = self.block_matrices()
+        n = self._layer.d_state
+        eye = torch.zeros(n + 1, n + 1, dtype=blocks.dtype, device=blocks.device)
+        eye[:n, :n] = torch.eye(n, dtype=blocks.dtype, device=blocks.device)
+        return blocks - eye
+
+    @property
+    def in_features(self) -> int:
+        return self._layer.d_state + 1
+
+    out_features = in_features
+
     def forward(self, s: torch.Tensor) -> torch.Tensor:
-        """[state; u] (B, H, N+1) -> [next state; y] (B, H, N+1)."""
-        return torch.einsum("hij,bhj->bhi", self.block_matrices(), s)
+        """[state; u] (B, H, N+1) -> [next state - state; y] (B, H, N+1)."""
+        return torch.einsum("hij,bhj->bhi", self.crossbar_matrices(), s)
 
 
 class S4DBlock(nn.Module):

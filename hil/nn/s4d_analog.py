@@ -1,11 +1,15 @@
 """Analog-aware training of the S4D recurrence: perturb what the crossbar will actually hold.
 
-The streaming step multiplies [state; u] by the block matrix [[Ā_r, B̄_r], [c_r Ā_r, c_r B̄_r + D]],
-so the array holds alpha and beta (the rotation blocks), B̄, the fused output row C·Ā and the fused
-skip 2 Re(C B̄) + D. This transform quantises and perturbs exactly those entries, each group with its
-own scale (an executor maps each group into the conductance window separately), then rewrites them
-as (alpha, beta, B̄, C, D) for both forms: C = (C·Ā)' / Ā', D = D̃' - 2 Re(C' B̄'). The one
-approximation is that the two copies of alpha (and of beta) in a rotation block share one draw.
+The streaming step multiplies [state; u] by the residual matrix
+[[Ā_r - I, B̄_r], [c_r Ā_r, c_r B̄_r + D]] (see :class:`~hil.nn.s4d.S4DRecurrence`), so the array
+holds, per mode, Ā - 1 and B̄ on its two state rows and, per channel, the fused output row C·Ā with
+the fused skip 2 Re(C B̄) + D. Each row is mapped with its own scale (a digital rescale per crossbar
+output), so this transform quantises and perturbs per mode [Re Ā - 1, Im Ā, Re B̄, Im B̄] and per
+channel [2 Re C·Ā, -2 Im C·Ā, skip], then rewrites them as (alpha, beta, B̄, C, D) for both forms:
+C = (C·Ā)' / Ā', D = skip' - 2 Re(C' B̄'). The approximation is that the two rows of a mode share
+one scale and one draw of Ā's entries (on the array they are separate devices), so that the
+perturbed system stays diagonal and keeps its FFT training form. Stuck devices are not drawn on
+the diagonal entries Re Ā - 1, which the mapping keeps on working devices.
 """
 
 from __future__ import annotations
@@ -16,6 +20,12 @@ from torch import nn
 from .analog import AnalogSpec, apply_weight_spec
 
 Params = dict[str, torch.Tensor]
+
+# A stuck device on the diagonal entry Re Ā - 1 would set it to zero (the most compensation can
+# do), putting the pole on or outside the unit circle. The mapping therefore places the diagonal on
+# working devices (it knows the stuck map and can permute the state's lines freely), and training
+# draws stuck devices only for the other entries of the state rows.
+_DIAGONAL_ON_WORKING_DEVICES = torch.tensor([True, False, False, False])
 
 
 class S4DAnalog(nn.Module):
@@ -52,30 +62,28 @@ class S4DAnalog(nn.Module):
         if spec.weights == "float" and spec.noise_model is None:
             return params            # nothing to do, and the C = (C Ā) / Ā round trip would not be exact
         a = torch.complex(params["alpha"], params["beta"])
-        b = torch.complex(params["b_re"], params["b_im"])
         c = torch.complex(params["c_re"], params["c_im"])
         ca = c * a
+        b = torch.complex(params["b_re"], params["b_im"])
         skip = 2 * (c * b).real.sum(dim=-1) + params["d"]      # (H,): the sum over modes
+        modes = params["alpha"].shape[-1]
 
-        def realise(*tensors: torch.Tensor) -> list[torch.Tensor]:
-            # One group, one scale: the tensors are mapped into the window together.
-            flat = torch.cat([t.reshape(-1) for t in tensors])
-            out = apply_weight_spec(flat, spec, True, generator)
-            return [piece.reshape(t.shape) for piece, t in zip(torch.split(out, [t.numel() for t in tensors]),
-                                                                 tensors)]
+        state_rows = torch.stack([params["alpha"] - 1, params["beta"], params["b_re"], params["b_im"]], dim=-1)
+        state_rows = apply_weight_spec(state_rows, spec, True, generator, per_row=True,
+                                       working=_DIAGONAL_ON_WORKING_DEVICES)             # (H, M, 4)
+        out_row = torch.cat([2 * ca.real, -2 * ca.imag, skip[:, None]], dim=-1)
+        out_row = apply_weight_spec(out_row, spec, True, generator, per_row=True)          # (H, 2M + 1)
 
-        alpha, beta = realise(params["alpha"], params["beta"])
-        b_re, b_im = realise(params["b_re"], params["b_im"])
-        ca_re, ca_im = realise(ca.real, ca.imag)
-        (skip,) = realise(skip)
+        alpha, beta = 1 + state_rows[..., 0], state_rows[..., 1]
+        b_re, b_im = state_rows[..., 2], state_rows[..., 3]
         a_new = torch.complex(alpha, beta)
         b_new = torch.complex(b_re, b_im)
-        ca_new = torch.complex(ca_re, ca_im)
-        # A pole quantised to exactly zero keeps no memory; its output row then carries nothing either.
+        ca_new = torch.complex(out_row[:, :modes] / 2, -out_row[:, modes:2 * modes] / 2)
+        # A pole realised at exactly zero keeps no memory; its output row then carries nothing either.
         nonzero = a_new.abs() > 0
         c_new = torch.where(nonzero, ca_new / torch.where(nonzero, a_new, torch.ones_like(a_new)),
                             torch.zeros_like(ca_new))
-        d_new = skip - 2 * (c_new * b_new).real.sum(dim=-1)
+        d_new = out_row[:, -1] - 2 * (c_new * b_new).real.sum(dim=-1)
         return {"alpha": alpha, "beta": beta, "b_re": b_re, "b_im": b_im, "c_re": c_new.real,
                 "c_im": c_new.imag, "d": d_new}
 

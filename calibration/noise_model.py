@@ -100,5 +100,14 @@ class NoiseModel(_Part):
     periphery: Periphery
     source_runs: list[int] = Field(default_factory=list)
 
+    def weight_window(self) -> tuple[float, float]:
+        """The conductance range (S) weights are mapped into: the range of levels write-verify was
+        measured to reach, or without that measurement the window narrowed by two spreads, so that
+        nearly every device can reach both ends."""
+        if self.programming is not None and len(self.programming.levels_s) > 1:
+            return float(min(self.programming.levels_s)), float(max(self.programming.levels_s))
+        w = self.window
+        return float(w.g_min_s * np.exp(2 * w.g_min_spread)), float(w.g_max_s * np.exp(-2 * w.g_max_spread))
+
     def to_json_dict(self) -> dict:
         return self.model_dump(mode="json")

@@ -151,6 +151,22 @@ class SoftwareCrossbar(Crossbar):
         """Noise-free conductance of every cell now (S); not part of the Crossbar interface."""
         return self._conductance_now().copy()
 
+    def program_exactly(self, targets_s: np.ndarray) -> None:
+        """Set every cell with a finite target to it at once, as a perfect programmer would.
+
+        Not part of the Crossbar interface: it isolates what runs on programmed arrays (an
+        executor's arithmetic, say) from programming error in tests. Each target is clipped to
+        its device's window; stuck cells keep their value.
+        """
+        targets = np.asarray(targets_s, dtype=np.float64)
+        if targets.shape != self.shape:
+            raise ValueError(f"targets have shape {targets.shape}, the array is {self.shape}")
+        cells = np.isfinite(targets) & ~self._stuck
+        self._g_prog[cells] = np.clip(targets, self._gmin, self._gmax)[cells]
+        self._t_prog[cells] = self._clock
+        self._g_cache = None
+        self._g_mvm = None
+
     def read_noise_sigma(self, g: np.ndarray) -> np.ndarray:
         """The configured read-noise sigma (S) at conductance ``g`` (S)."""
         cfg = self.config

@@ -69,8 +69,8 @@ def perturb_weights(weight: torch.Tensor, spec: AnalogSpec, generator: torch.Gen
     """``weight`` as the array would realise it, with an identity gradient.
 
     Each row (the last dimension) is one crossbar output with its own digital rescale, so each row
-    is mapped separately: its largest |w| spans the full window g_max - g_min; w > 0 raises the
-    positive device of the pair, w < 0 the negative one, the other device sits at g_min.
+    is mapped separately: its largest |w| spans the noise model's weight window g_hi - g_lo; w > 0
+    raises the positive device of the pair, w < 0 the negative one, the other device sits at g_lo.
 
     Stuck devices are known from calibration, so (with ``stuck_compensation``) the mapping programs
     the partner of a stuck device to keep the pair's difference where the window allows: a stuck
@@ -87,13 +87,14 @@ def perturb_weights(weight: torch.Tensor, spec: AnalogSpec, generator: torch.Gen
         return weight
     safe_max = torch.where(w_max > 0, w_max, torch.ones_like(w_max))
     g_min, g_max = model.window.g_min_s, model.window.g_max_s
-    span = g_max - g_min
+    g_lo, g_hi = model.weight_window()
+    span = g_hi - g_lo
     scale = spec.noise_scale
 
     def normal(like: torch.Tensor) -> torch.Tensor:
         return torch.randn(like.shape, dtype=like.dtype, generator=generator)
 
-    pair = torch.stack([g_min + F.relu(w) / safe_max * span, g_min + F.relu(-w) / safe_max * span])
+    pair = torch.stack([g_lo + F.relu(w) / safe_max * span, g_lo + F.relu(-w) / safe_max * span])
     stuck = torch.zeros_like(pair, dtype=torch.bool)
     if spec.stuck_cells:
         u = torch.rand(pair.shape, dtype=pair.dtype, generator=generator)

@@ -210,12 +210,6 @@ class S4DRecurrence(nn.Module):
         eye[:n, :n] = torch.eye(n, dtype=blocks.dtype, device=blocks.device)
         return blocks - eye
 
-    @property
-    def in_features(self) -> int:
-        return self._layer.d_state + 1
-
-    out_features = in_features
-
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         """[state; u] (B, H, N+1) -> [next state - state; y] (B, H, N+1)."""
         return torch.einsum("hij,bhj->bhi", self.crossbar_matrices(), s)

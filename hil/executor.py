@@ -1,0 +1,140 @@
+"""The crossbar executor: a model's streaming-step products run on programmed arrays.
+
+:class:`CrossbarExecutor` is a matvec (:mod:`hil.nn.matvec`): given a layer and its input batch it
+drives, for every array holding tiles of that layer, one MVM transaction with the whole batch
+(DAC: each tile's inputs scaled per sample so the largest sits at the read voltage), reads the
+column currents (ADC, in the instrument), subtracts each output's negative column from its positive
+one and rescales digitally (per sample and per output), adds the partial sums of tiles that split
+one block, and adds the layer's bias. Everything else in the step (nonlinearities, states, the
+S4D state's residual, the delay buffers) stays digital, in the model's own code.
+
+Drift compensation (optional) is global per array: at :meth:`CrossbarExecutor.reference` the
+executor measures each array's response to a fixed all-ones probe; later, one probe MVM per array
+gives the factor that restores that response, applied to every output of the array's tiles.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from drivers.interface import Crossbar
+
+from .mapping import Mapping, Tile, matvec_layers
+
+
+@dataclass
+class _ArrayPart:
+    """The tiles of one layer held by one array: one MVM evaluates them all."""
+
+    array: int
+    tiles: list[Tile]
+
+
+@dataclass
+class ExecutorStats:
+    transactions: int = 0
+    seconds: float = 0.0
+    per_layer: dict[str, int] = field(default_factory=dict)
+
+
+class CrossbarExecutor:
+    """Runs a model's matvec layers on the arrays of a :class:`~hil.mapping.Mapping`."""
+
+    def __init__(self, model: nn.Module, mapping: Mapping, crossbars: list[Crossbar], *,
+                 drift_compensation: bool = False):
+        if len(crossbars) != len(mapping.arrays):
+            raise ValueError(f"the mapping uses {len(mapping.arrays)} array(s), {len(crossbars)} crossbar(s) given")
+        for xbar, slot in zip(crossbars, mapping.arrays):
+            if xbar.shape != (slot.rows, slot.cols):
+                raise ValueError(f"array {slot.array_id!r} was mapped as {slot.rows}x{slot.cols}, the crossbar "
+                                 f"is {xbar.shape[0]}x{xbar.shape[1]}")
+        self.mapping = mapping
+        self.crossbars = crossbars
+        self.voltage_v = min(mapping.read_voltage_v, *(x.limits.max_read_voltage_v for x in crossbars))
+        self.drift_compensation = drift_compensation
+        self._gain = np.ones(len(crossbars))
+        self._reference: np.ndarray | None = None
+        self.stats = ExecutorStats()
+        self._parts: dict[int, tuple[str, list[_ArrayPart]]] = {}
+        layers = matvec_layers(model)
+        missing = sorted(set(layers) - set(mapping.layers))
+        if missing:
+            raise ValueError(f"the mapping has no tiles for layer(s) {', '.join(missing)}: was it made for this model?")
+        for name, layer in layers.items():
+            by_array: dict[int, list[Tile]] = {}
+            for tile in mapping.layer_tiles(name):
+                by_array.setdefault(tile.array, []).append(tile)
+            self._parts[id(layer)] = (name, [_ArrayPart(a, t) for a, t in sorted(by_array.items())])
+
+    # ------------------------------------------------------------- drift
+    def _probe(self) -> np.ndarray:
+        """Each array's summed |column current| for an all-ones input on its mapped rows."""
+        totals = np.empty(len(self.crossbars))
+        for a, xbar in enumerate(self.crossbars):
+            v = np.zeros((1, xbar.shape[0]))
+            rows = np.unique(np.concatenate([t.rows for t in self.mapping.tiles if t.array == a] or [np.array([], int)]))
+            v[0, rows] = self.voltage_v
+            totals[a] = np.abs(xbar.mvm(v)).sum()
+            self.stats.transactions += 1
+        return totals
+
+    def reference(self) -> None:
+        """Record the arrays' probe response now (right after programming)."""
+        self._reference = self._probe()
+        self._gain[:] = 1.0
+
+    def compensate(self) -> np.ndarray:
+        """Re-probe the arrays and set the global drift factors; returns them."""
+        if self._reference is None:
+            raise RuntimeError("drift compensation needs a reference(): call it right after programming")
+        now = self._probe()
+        self._gain = np.where(now > 0, self._reference / np.where(now > 0, now, 1.0), 1.0)
+        return self._gain.copy()
+
+    # ------------------------------------------------------------- matvec
+    def __call__(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        try:
+            name, parts = self._parts[id(layer)]
+        except KeyError:
+            raise ValueError(f"{type(layer).__name__} is not a layer of the deployed model") from None
+        shape = self.mapping.layers[name]
+        # (batch, in) for linear layers and the taps, (batch, H, N+1) for the S4D recurrence
+        flat = x.detach().reshape(x.shape[0], -1).to(torch.float64).cpu().numpy()
+        if flat.shape[1] != shape.in_features:
+            raise ValueError(f"layer {name!r} takes {shape.in_features} inputs per sample, got {flat.shape[1]}")
+        y = np.zeros((flat.shape[0], shape.out_features))
+        t0 = time.perf_counter()
+        span = self.mapping.span_s
+        gains = self._gain if self.drift_compensation else np.ones(len(self.crossbars))
+        for part in parts:
+            xbar = self.crossbars[part.array]
+            volts = np.zeros((flat.shape[0], xbar.shape[0]))
+            scales = []
+            for tile in part.tiles:
+                xs = flat[:, tile.inputs]
+                top = np.abs(xs).max(axis=1)
+                top = np.where(top > 0, top, 1.0)
+                volts[:, tile.rows] = xs / top[:, None] * self.voltage_v
+                scales.append(top)
+            currents = xbar.mvm(volts)
+            self.stats.transactions += 1
+            self.stats.per_layer[name] = self.stats.per_layer.get(name, 0) + 1
+            for tile, top in zip(part.tiles, scales):
+                diff = currents[:, tile.pos_cols].astype(np.float64) - currents[:, tile.neg_cols]
+                # current / (V * span) is the output in units of each output's full scale
+                out = diff * (top[:, None] / (self.voltage_v * span)) * tile.scale[None, :] * gains[part.array]
+                y[:, tile.outputs] += out          # a block's outputs are distinct; split blocks add up
+        self.stats.seconds += time.perf_counter() - t0
+        result = torch.from_numpy(y).to(x.dtype)
+        bias = getattr(layer, "bias", None)
+        if bias is not None:
+            result = result + bias.detach()
+        return result.reshape(*x.shape[:-1], -1)
+
+
+__all__ = ["CrossbarExecutor", "ExecutorStats"]

@@ -1,0 +1,177 @@
+"""Mapping and the crossbar executor: exact on ideal devices, stuck devices avoided, storage round trip."""
+
+import numpy as np
+import pytest
+import torch
+
+from calibration.noise_model import (ConductanceWindow, Defects, NoiseModel, Periphery, ProgrammingNoise,
+                                     ReadNoise)
+from drivers import SoftwareCrossbar
+from drivers.device_model import DeviceConfig
+from hil.executor import CrossbarExecutor
+from hil.mapping import ArraySlot, Mapping, MappingError, layer_blocks, map_model, matvec_layers, pair_targets
+from hil.nn.matvec import digital_matvec, set_matvec
+from hil.nn.mgrade import MGradeModel
+from hil.nn.s4d import S4DModel
+
+G_LO, G_HI = 5e-6, 80e-6
+
+
+def noise_model(rows=64, cols=64):
+    return NoiseModel(
+        array_id="test", rows=rows, cols=cols,
+        window=ConductanceWindow(g_min_s=1e-6, g_max_s=100e-6, g_min_spread=0, g_max_spread=0),
+        programming=ProgrammingNoise(levels_s=[G_LO, G_HI], sigma_s=[0, 0], bias_s=[0, 0], tolerance_s=1e-6),
+        read=ReadNoise(floor_s=0, relative=0), defects=Defects(stuck_on_rate=0, stuck_off_rate=0),
+        periphery=Periphery(read_voltage_v=0.2))
+
+
+def s4d_model():
+    torch.manual_seed(0)
+    return S4DModel(2, 3, d_model=4, d_state=6, n_layers=2).double().eval()
+
+
+def mgrade_model():
+    torch.manual_seed(1)
+    return MGradeModel(2, 3, d_model=6, n_layers=2, max_delay=5, taps=2).double().eval()
+
+
+def stream(model, x):
+    state = model.init_state(x.shape[0])
+    outputs = []
+    for t in range(x.shape[1]):
+        state = model.step(x[:, t], state)
+        outputs.append(model.readout(state))
+    return torch.stack(outputs, dim=1)
+
+
+def deploy_ideal(model, n_arrays=4, size=64):
+    xbars = [SoftwareCrossbar(size, size, config=DeviceConfig.ideal(), seed=i).open() for i in range(n_arrays)]
+    mapping = map_model(model, [ArraySlot(f"a{i}", size, size) for i in range(n_arrays)], noise_model())
+    for i, xbar in enumerate(xbars):
+        xbar.program_exactly(mapping.targets(i))
+    return mapping, xbars
+
+
+@pytest.mark.parametrize("make", [s4d_model, mgrade_model], ids=["s4d", "mgrade"])
+def test_ideal_crossbar_reproduces_the_digital_step(make):
+    model = make()
+    x = torch.randn(5, 12, 2, dtype=torch.float64)
+    digital = stream(model, x)
+    mapping, xbars = deploy_ideal(model)
+    executor = CrossbarExecutor(model, mapping, xbars)
+    set_matvec(model, executor)
+    on_crossbar = stream(model, x)
+    set_matvec(model, digital_matvec)
+    relative = ((on_crossbar - digital).abs().max() / digital.abs().max()).item()
+    assert relative < 1e-4
+    # one transaction per array holding a layer's tiles, per layer product, per step (stream() reads
+    # out at every step, so the decoder counts too): the whole batch rides along in each
+    per_step = sum(len({t.array for t in mapping.layer_tiles(name)}) for name in matvec_layers(model))
+    assert executor.stats.transactions == per_step * x.shape[1]
+    assert sum(x.total_transactions for x in xbars) == executor.stats.transactions
+
+
+def test_the_executor_is_wrong_when_the_arrays_are_not_programmed():
+    """A check that the test above can fail: unprogrammed arrays give other outputs."""
+    model = s4d_model()
+    x = torch.randn(3, 6, 2, dtype=torch.float64)
+    digital = stream(model, x)
+    mapping, _ = deploy_ideal(model)
+    blank = [SoftwareCrossbar(64, 64, config=DeviceConfig.ideal(), seed=9).open() for _ in range(4)]
+    set_matvec(model, CrossbarExecutor(model, mapping, blank))
+    assert ((stream(model, x) - digital).abs().max() / digital.abs().max()).item() > 0.1
+
+
+def test_blocks_cover_each_layer_product_exactly():
+    for model in (s4d_model(), mgrade_model()):
+        for name, layer in matvec_layers(model).items():
+            n_in, n_out, blocks = layer_blocks(layer)
+            x = torch.randn(3, n_in, dtype=torch.float64)
+            y = np.zeros((3, n_out))
+            for b in blocks:
+                y[:, b.outputs] += x.numpy()[:, b.inputs] @ b.weight.T
+            expected = layer(x.reshape(3, *(( -1, layer._layer.d_state + 1) if hasattr(layer, "_layer") else (-1,))))
+            bias = getattr(layer, "bias", None)
+            expected = expected.reshape(3, -1) - (bias if bias is not None else 0)
+            assert np.allclose(y, expected.detach().numpy(), atol=1e-12), name
+
+
+def test_tiles_of_a_layer_are_block_diagonal_others_stay_out_of_its_mvm_and_large_blocks_split():
+    torch.manual_seed(0)
+    model = S4DModel(1, 3, d_model=40, d_state=4, n_layers=1).double()      # encoder out 40 > 16 column pairs
+    slots = [ArraySlot(f"a{i}", 32, 32) for i in range(30)]
+    mapping = map_model(model, slots, noise_model())
+    for a in range(len(slots)):
+        on_array = [t for t in mapping.tiles if t.array == a]
+        union = {}
+        for layer in {t.layer for t in on_array}:
+            tiles = [t for t in on_array if t.layer == layer]
+            rows = np.concatenate([t.rows for t in tiles])
+            cols = np.concatenate([np.r_[t.pos_cols, t.neg_cols] for t in tiles])
+            assert len(set(rows)) == len(rows) and len(set(cols)) == len(cols)     # block-diagonal
+            union[layer] = set(rows), set(cols)
+        for x, (rx, cx) in union.items():
+            for y, (ry, cy) in union.items():
+                # no layer's MVM (its rows driven, its columns read) reaches another layer's devices
+                assert x == y or not (rx & ry and cx & cy)
+    encoder = mapping.layer_tiles("encoder")
+    assert len(encoder) == 3 and sorted(np.concatenate([t.outputs for t in encoder])) == list(range(40))
+
+
+def test_a_model_that_does_not_fit_is_refused_with_the_layer_named():
+    model = s4d_model()
+    with pytest.raises(MappingError, match="does not fit on 1 array"):
+        map_model(model, [ArraySlot("small", 8, 8)], noise_model())
+
+
+def test_stuck_devices_are_kept_off_the_s4d_diagonal_and_compensated():
+    torch.manual_seed(0)
+    model = S4DModel(1, 3, d_model=4, d_state=8, n_layers=1).double()
+    rng = np.random.default_rng(0)
+    stuck = np.full((128, 128), np.nan)
+    mask = rng.random((128, 128)) < 0.05
+    stuck[mask] = np.where(rng.random(mask.sum()) < 0.5, 100e-6, 1e-6)
+    slot = ArraySlot("a0", 128, 128, stuck)
+    mapping = map_model(model, [slot], noise_model())
+    plain = map_model(model, [ArraySlot("a0", 128, 128)], noise_model())
+    lost, lost_plain = 0.0, 0.0
+    for tile, ref in zip(mapping.layer_tiles("layers.0.s4d.recurrence"), plain.layer_tiles("layers.0.s4d.recurrence")):
+        sp = stuck[np.ix_(tile.rows, tile.pos_cols)].T
+        sn = stuck[np.ix_(tile.rows, tile.neg_cols)].T
+        on_stuck = np.isfinite(sp) | np.isfinite(sn)
+        assert not (on_stuck & tile.critical).any()
+        g = (np.where(np.isfinite(sp), sp, tile.target_pos_s), np.where(np.isfinite(sn), sn, tile.target_neg_s))
+        lost += np.abs(tile.realised_weight(*g, mapping.span_s) - tile.weight).sum()
+        # the same stuck devices under the unoptimised placement, uncompensated
+        sp0 = stuck[np.ix_(ref.rows, ref.pos_cols)].T
+        sn0 = stuck[np.ix_(ref.rows, ref.neg_cols)].T
+        g0 = (np.where(np.isfinite(sp0), sp0, ref.target_pos_s), np.where(np.isfinite(sn0), sn0, ref.target_neg_s))
+        lost_plain += np.abs(ref.realised_weight(*g0, plain.span_s) - ref.weight).sum()
+    assert lost < 0.2 * lost_plain
+
+
+def test_pair_targets_compensate_a_stuck_partner():
+    w = np.array([[0.5, -0.5, 0.0, 0.2]])
+    scale = np.array([1.0])
+    nan = np.nan
+    pos, neg = pair_targets(w, scale, G_LO, G_HI, 1e-6, 100e-6, np.array([[100e-6, nan, 1e-6, nan]]),
+                            np.array([[nan, 100e-6, nan, nan]]))
+    realised = (pos - neg) / (G_HI - G_LO)
+    assert realised[0, 0] == pytest.approx(0.5)          # positive stuck on: negative set 0.5 window below it
+    assert realised[0, 1] == pytest.approx(-0.5)         # negative stuck on: positive set below it
+    assert realised[0, 2] == pytest.approx(0.0)          # zero weight with a stuck-off device: exact
+    assert realised[0, 3] == pytest.approx(0.2)
+
+
+def test_mapping_round_trips_through_bytes():
+    model = mgrade_model()
+    stuck = np.full((64, 64), np.nan)
+    stuck[3, 5] = 1e-6
+    mapping = map_model(model, [ArraySlot("a0", 64, 64, stuck), ArraySlot("a1", 64, 64)], noise_model())
+    back = Mapping.from_bytes(mapping.to_bytes())
+    assert back.layers.keys() == mapping.layers.keys() and len(back.tiles) == len(mapping.tiles)
+    for a in range(2):
+        assert np.array_equal(back.targets(a), mapping.targets(a), equal_nan=True)
+    assert np.array_equal(back.arrays[0].stuck_value_s, stuck, equal_nan=True)
+    assert back.summary() == mapping.summary()

@@ -48,6 +48,8 @@ class ConverterSpec:
     dac_range_v: float | None = None
     adc_bits: int | None = None
     adc_range_a: float | None = None
+    # Full scales an MVM may select (a readout gain), largest first; None: only adc_range_a.
+    adc_ranges_a: tuple[float, ...] | None = None
 
 
 Index = slice | np.ndarray | list[int] | None
@@ -161,9 +163,19 @@ class Crossbar(ABC):
         if n:
             self._guarded("pulse", self._pulse, r, c, amp, width, compliance)
 
-    def mvm(self, voltages_v) -> np.ndarray:
-        """Column currents (A) for row voltages (V): (rows,) -> (cols,) or (batch, rows) -> (batch, cols)."""
+    def mvm(self, voltages_v, *, adc_range_a: float | None = None) -> np.ndarray:
+        """Column currents (A) for row voltages (V): (rows,) -> (cols,) or (batch, rows) -> (batch, cols).
+
+        ``adc_range_a`` selects one of the instrument's declared ADC full scales
+        (``converters().adc_ranges_a``); None keeps its default range.
+        """
         self._require_open("mvm")
+        if adc_range_a is not None:
+            ranges = self.converters().adc_ranges_a or ()
+            if not any(np.isclose(adc_range_a, r, rtol=1e-9, atol=0) for r in ranges):
+                offered = ", ".join(f"{r:g}" for r in ranges) or "none (fixed range)"
+                raise CrossbarError(self._name, "mvm", f"ADC range {adc_range_a:g} A is not one the instrument "
+                                                       f"offers: {offered}")
         v = np.asarray(voltages_v, dtype=np.float32)
         single = v.ndim == 1
         if single:
@@ -177,7 +189,8 @@ class Crossbar(ABC):
             raise LimitViolation(self._name, "mvm",
                                  f"input voltage beyond max_read_voltage_v {limit:g} V (or not finite)")
         self.transactions["mvm"] += 1
-        out = self._guarded("mvm", self._mvm, v)
+        out = self._guarded("mvm", self._mvm, v) if adc_range_a is None else \
+            self._guarded("mvm", self._mvm, v, adc_range_a)
         return out[0] if single else out
 
     # ------------------------------------------------------ backend interface
@@ -195,7 +208,8 @@ class Crossbar(ABC):
                width_s: np.ndarray, compliance_a: float) -> None: ...
 
     @abstractmethod
-    def _mvm(self, voltages_v: np.ndarray) -> np.ndarray: ...
+    def _mvm(self, voltages_v: np.ndarray, adc_range_a: float | None = None) -> np.ndarray:
+        """``adc_range_a`` is only ever one of the declared ``adc_ranges_a``."""
 
     # ----------------------------------------------------------------- helpers
     @property

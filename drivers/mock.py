@@ -101,6 +101,8 @@ class SoftwareCrossbar(Crossbar):
         self._dac_lsb = None if cfg.dac_bits is None else cfg.dac_range_v / self._dac_levels
         adc_range = cfg.adc_range_a or rows * cfg.g_max_s * cfg.dac_range_v / 4
         self.adc_range_a = adc_range
+        # A readout with a programmable gain: the full scale divided by 1, 2, 4 .. 64.
+        self.adc_ranges_a = tuple(adc_range / 2 ** k for k in range(7))
         self._adc_levels = None if cfg.adc_bits is None else float(2 ** (cfg.adc_bits - 1) - 1)
         self._adc_lsb = None if cfg.adc_bits is None else adc_range / self._adc_levels
 
@@ -139,7 +141,8 @@ class SoftwareCrossbar(Crossbar):
     def converters(self) -> ConverterSpec:
         cfg = self.config
         return ConverterSpec(dac_bits=cfg.dac_bits, dac_range_v=cfg.dac_range_v if cfg.dac_bits else None,
-                             adc_bits=cfg.adc_bits, adc_range_a=self.adc_range_a if cfg.adc_bits else None)
+                             adc_bits=cfg.adc_bits, adc_range_a=self.adc_range_a if cfg.adc_bits else None,
+                             adc_ranges_a=self.adc_ranges_a if cfg.adc_bits else None)
 
     # ------------------------------------------------------------ ground truth
     @property
@@ -229,7 +232,7 @@ class SoftwareCrossbar(Crossbar):
         self._g_cache = None
         self._g_mvm = None
 
-    def _mvm(self, v):
+    def _mvm(self, v, adc_range_a=None):
         self._maybe_fail("mvm")
         self._clock += v.shape[0] * self._mvm_time
         if self._g_mvm is None or self._clock - self._t_noise >= self._noise_corr:
@@ -246,11 +249,23 @@ class SoftwareCrossbar(Crossbar):
         else:
             drive = v
         # _g_mvm is pre-scaled to ADC codes per input code, so the product is already in ADC codes.
-        np.matmul(drive, self._g_mvm, out=acc)
+        active = np.flatnonzero(np.any(v != 0, axis=0))
+        if 4 * len(active) < v.shape[1]:
+            # A tile drives a few rows: rows at 0 V carry no current, so only the driven ones are summed.
+            np.matmul(drive[:, active], self._g_mvm[active], out=acc)
+        else:
+            np.matmul(drive, self._g_mvm, out=acc)
         out = np.empty_like(acc)      # a fresh array for the caller: the buffers are reused
         noise = self._output_noise_codes(acc.size)
+        lsb = self._adc_lsb32
+        if adc_range_a is not None and self._adc_levels is not None:
+            # A higher gain: the same codes span a smaller current, output noise included.
+            gain = np.float32(self.adc_range_a / adc_range_a)
+            acc *= gain
+            noise = noise * gain
+            lsb = np.float32(self._adc_lsb / gain)
         if self._adc_levels is not None:
-            kernels.adc_convert(acc, noise, self._adc_levels32, self._adc_lsb32, out)
+            kernels.adc_convert(acc, noise, self._adc_levels32, lsb, out)
             return out
         acc += noise.reshape(acc.shape)
         np.multiply(acc, self._adc_lsb32, out=out)

@@ -29,10 +29,11 @@ from .mapping import Mapping, Tile, matvec_layers
 
 @dataclass
 class _ArrayPart:
-    """The tiles of one layer held by one array: one MVM evaluates them all."""
+    """The tiles of one layer in one group on one array: one MVM evaluates them all."""
 
     array: int
     tiles: list[Tile]
+    adc_range_a: float | None = None     # None: the instrument's fixed range
 
 
 @dataclass
@@ -61,15 +62,30 @@ class CrossbarExecutor:
         self._reference: np.ndarray | None = None
         self.stats = ExecutorStats()
         self._parts: dict[int, tuple[str, list[_ArrayPart]]] = {}
+        self._targets: dict[int, np.ndarray] = {}
         layers = matvec_layers(model)
         missing = sorted(set(layers) - set(mapping.layers))
         if missing:
             raise ValueError(f"the mapping has no tiles for layer(s) {', '.join(missing)}: was it made for this model?")
         for name, layer in layers.items():
-            by_array: dict[int, list[Tile]] = {}
+            by_group: dict[tuple[int, int], list[Tile]] = {}
             for tile in mapping.layer_tiles(name):
-                by_array.setdefault(tile.array, []).append(tile)
-            self._parts[id(layer)] = (name, [_ArrayPart(a, t) for a, t in sorted(by_array.items())])
+                by_group.setdefault((tile.array, tile.group), []).append(tile)
+            self._parts[id(layer)] = (name, [_ArrayPart(a, t, self._adc_range(a, t)) for (a, _), t in
+                                             sorted(by_group.items())])
+
+    def _adc_range(self, array: int, tiles: list[Tile]) -> float | None:
+        """The finest ADC range that holds the largest current the group's columns can carry (every
+        input at full voltage), from the programmed targets: no output can saturate."""
+        ranges = self.crossbars[array].converters().adc_ranges_a
+        if not ranges:
+            return None
+        targets = self._targets.setdefault(array, self.mapping.targets(array))
+        rows = np.concatenate([t.rows for t in tiles])
+        cols = np.concatenate([np.r_[t.pos_cols, t.neg_cols] for t in tiles])
+        worst = self.voltage_v * np.nan_to_num(targets[np.ix_(rows, cols)]).sum(axis=0).max()
+        fitting = [r for r in ranges if r >= worst]
+        return min(fitting) if fitting else max(ranges)
 
     # ------------------------------------------------------------- drift
     def _probe(self) -> np.ndarray:
@@ -121,7 +137,10 @@ class CrossbarExecutor:
                 top = np.where(top > 0, top, 1.0)
                 volts[:, tile.rows] = xs / top[:, None] * self.voltage_v
                 scales.append(top)
-            currents = xbar.mvm(volts)
+            if not np.isfinite(volts).all():
+                raise FloatingPointError(f"layer {name!r} received non-finite inputs: the model's state has "
+                                         "diverged on the array")
+            currents = xbar.mvm(volts, adc_range_a=part.adc_range_a)
             self.stats.transactions += 1
             self.stats.per_layer[name] = self.stats.per_layer.get(name, 0) + 1
             for tile, top in zip(part.tiles, scales):

@@ -10,10 +10,9 @@ A block larger than an array is cut into *tiles* of at most ``rows`` inputs and 
 outputs, whose partial sums are added digitally. Each weight is a differential pair on one row,
 the positive and the negative column of its output; each output (column pair) of a tile is scaled
 on its own, its largest |w| spanning the noise model's weight window, so the digital rescale
-after the ADC is one factor per output. The tiles of one layer sit block-diagonally on an array
-(disjoint rows and columns), so one MVM evaluates every tile of the layer that array holds; tiles
-of different layers share rows or columns but never both, so that no layer's MVM picks up
-another layer's devices.
+after the ADC is one factor per output. Consecutive tiles of a layer form a *group* (at most
+``tiles_per_mvm``) placed block-diagonally in its own rectangle of an array, so one MVM evaluates
+the group; rectangles never overlap, so no MVM reaches another group's devices.
 
 Stuck devices known from calibration are avoided and compensated: within its rows and columns a
 tile permutes its inputs and outputs (Hungarian assignment, :func:`scipy.optimize.linear_sum_assignment`)
@@ -89,10 +88,19 @@ def layer_blocks(layer: nn.Module) -> tuple[int, int, list[Block]]:
             with torch.no_grad():
                 mats = _numpy(layer.crossbar_matrices())          # (H, N+1, N+1)
             h, n1, _ = mats.shape
-            critical = np.zeros((n1, n1), dtype=bool)
-            critical[np.arange(n1 - 1), np.arange(n1 - 1)] = True   # Re Ā - 1: see hil.nn.s4d_analog
-            blocks = [Block(c * n1 + np.arange(n1), c * n1 + np.arange(n1), mats[c], critical)
-                      for c in range(h)]
+            modes = (n1 - 1) // 2
+            # Only the nonzero pattern takes devices: per mode its two state rows read the mode's
+            # two state numbers and the input, (2 x 3); per channel the output row reads everything.
+            # The pole's entries (Re Ā - 1 and Im Ā) are critical (see hil.nn.s4d_analog).
+            critical = np.array([[True, True, False], [True, True, False]])
+            blocks = []
+            for c in range(h):
+                base = c * n1
+                for m in range(modes):
+                    lines = np.array([m, modes + m])
+                    cols = np.array([m, modes + m, n1 - 1])
+                    blocks.append(Block(base + cols, base + lines, mats[c][np.ix_(lines, cols)], critical))
+                blocks.append(Block(base + np.arange(n1), np.array([base + n1 - 1]), mats[c][n1 - 1:, :]))
             return h * n1, h * n1, blocks
     finally:
         layer.train(was_training)
@@ -129,6 +137,7 @@ class Tile:
     target_pos_s: np.ndarray = field(default=None)    # (m, k) conductance targets
     target_neg_s: np.ndarray = field(default=None)
     critical: np.ndarray | None = None
+    group: int = 0              # tiles of one layer with the same (array, group) share one MVM
 
     def realised_weight(self, g_pos: np.ndarray, g_neg: np.ndarray, span: float) -> np.ndarray:
         """The weights the pair conductances (m, k) stand for."""
@@ -160,9 +169,32 @@ class Mapping:
         return [t for t in self.tiles if t.layer == name]
 
     def targets(self, array: int) -> np.ndarray:
-        """Conductance targets (rows, cols) of one array, NaN on cells the mapping leaves alone."""
+        """Conductance targets (rows, cols) of one array, NaN on cells the mapping leaves alone.
+
+        Cells that an MVM drives and reads but no tile holds (off the diagonal of a group of
+        tiles) hold a zero weight: both devices of the pair at the bottom of the weight window, or
+        where one is stuck, the other at its value, so that they cancel in the pair's difference.
+        """
         slot = self.arrays[array]
         out = np.full((slot.rows, slot.cols), np.nan)
+        groups: dict[tuple[str, int], list[Tile]] = {}
+        for t in self.tiles:
+            if t.array == array:
+                groups.setdefault((t.layer, t.group), []).append(t)
+        stuck = slot.stuck_value_s
+        for tiles in groups.values():
+            if len(tiles) > 1:
+                rows = np.concatenate([t.rows for t in tiles])
+                pos = np.concatenate([t.pos_cols for t in tiles])
+                neg = np.concatenate([t.neg_cols for t in tiles])
+                zero = np.zeros((len(pos), len(rows)))
+                sp = np.full(zero.shape, np.nan) if stuck is None else stuck[np.ix_(rows, pos)].T
+                sn = np.full(zero.shape, np.nan) if stuck is None else stuck[np.ix_(rows, neg)].T
+                # a zero weight: a stuck device gets its partner set to the same conductance
+                g_pos, g_neg = pair_targets(zero, np.ones(len(pos)), self.g_lo_s, self.g_hi_s, self.g_min_s,
+                                            self.g_max_s, sp, sn)
+                out[np.ix_(rows, pos)] = g_pos.T
+                out[np.ix_(rows, neg)] = g_neg.T
         for t in self.tiles:
             if t.array == array:
                 out[np.ix_(t.rows, t.pos_cols)] = t.target_pos_s.T
@@ -179,6 +211,7 @@ class Mapping:
             stuck = self.arrays[t.array].stuck()
             cells = np.concatenate([stuck[np.ix_(t.rows, t.pos_cols)], stuck[np.ix_(t.rows, t.neg_cols)]], axis=1)
             rows.append({"tile": i, "layer": t.layer, "block": t.block, "array": self.arrays[t.array].array_id,
+                         "group": t.group,
                          "rows": f"{t.rows.min()}-{t.rows.max()}", "cols": f"{min(t.pos_cols.min(), t.neg_cols.min())}-"
                          f"{max(t.pos_cols.max(), t.neg_cols.max())}", "inputs": len(t.inputs),
                          "outputs": len(t.outputs), "stuck_devices": int(cells.sum())})
@@ -197,7 +230,7 @@ class Mapping:
             if a.stuck_value_s is not None:
                 arrays[f"array{i}.stuck_value_s"] = a.stuck_value_s
         for i, t in enumerate(self.tiles):
-            meta["tiles"].append({"layer": t.layer, "block": t.block, "array": t.array})
+            meta["tiles"].append({"layer": t.layer, "block": t.block, "array": t.array, "group": t.group})
             for name in ("inputs", "outputs", "weight", "rows", "pos_cols", "neg_cols", "scale", "target_pos_s",
                          "target_neg_s", "critical"):
                 value = getattr(t, name)
@@ -219,7 +252,7 @@ class Mapping:
                 get = lambda name: z[f"tile{i}.{name}"] if f"tile{i}.{name}" in z else None  # noqa: E731
                 tiles.append(Tile(t["layer"], t["block"], t["array"], get("inputs"), get("outputs"), get("weight"),
                                   get("rows"), get("pos_cols"), get("neg_cols"), get("scale"), get("target_pos_s"),
-                                  get("target_neg_s"), get("critical")))
+                                  get("target_neg_s"), get("critical"), t["group"]))
         return cls(arrays, meta["g_lo_s"], meta["g_hi_s"], meta["g_min_s"], meta["g_max_s"], meta["read_voltage_v"],
                    {k: LayerShape(*v) for k, v in meta["layers"].items()}, tiles)
 
@@ -293,96 +326,142 @@ def _chunks(block: Block, rows: int, outputs: int):
             yield block.inputs[sl_i], block.outputs[sl_j], block.weight[sl_j, sl_i], crit
 
 
-class _Packer:
-    """Free space of one array.
+@dataclass
+class _Group:
+    """Tiles of one layer evaluated by one MVM: placed along the diagonal of their bounding box."""
 
-    One MVM drives the rows of every tile of a layer on the array and reads their columns, so a
-    cell in (rows of the layer) x (columns of the layer) carries current into that layer's outputs:
-    only the layer's own tiles may sit there, on the diagonal (rows and columns of their own). Tiles
-    of two different layers therefore share rows or columns, never both.
+    layer: str
+    chunks: list = field(default_factory=list)    # (block, inputs, outputs, weight, critical)
+    height: int = 0
+    width: int = 0
+    spare: tuple[int, int] | None = None          # one extra slot (rows, columns) for tiles with critical entries
+    shape: tuple[int, int] | None = None          # (rows, columns) of its tiles, all alike
+
+
+def _groups(model: nn.Module, rows: int, cols: int, tiles_per_mvm: int,
+            max_shared_rows: int) -> tuple[dict[str, LayerShape], list[_Group]]:
+    """Cut every layer's blocks into tiles and gather tiles of a layer into groups of one tile shape
+    whose diagonal fits an array. Blocks are taken by shape in their order, so that e.g. the S4D
+    modes' tiles and its output rows form separate groups."""
+    shapes: dict[str, LayerShape] = {}
+    groups: list[_Group] = []
+    for name, layer in matvec_layers(model).items():
+        n_in, n_out, blocks = layer_blocks(layer)
+        shapes[name] = LayerShape(n_in, n_out)
+        group = None
+        chunks = [(b, c) for b, block in enumerate(blocks) for c in _chunks(block, rows, cols // 2)]
+        chunks.sort(key=lambda bc: (len(bc[1][0]), len(bc[1][1])))       # stable: block order within a shape
+        for b, (inputs, outputs, weight, crit) in chunks:
+            k, w = len(inputs), 2 * len(outputs)
+            if (group is None or len(group.chunks) >= tiles_per_mvm or group.height + k > rows
+                    or group.width + w > cols or group.shape != (k, w)
+                    or len(group.chunks) * k > max_shared_rows):
+                group = _Group(name, shape=(k, w))
+                groups.append(group)
+                if crit is not None and 2 * k <= rows and 2 * w <= cols:
+                    # a spare slot lets a tile whose critical entries meet stuck devices move
+                    group.spare = (k, w)
+                    group.height, group.width = k, w
+            group.chunks.append((b, inputs, outputs, weight, crit))
+            group.height += k
+            group.width += w
+    return shapes, groups
+
+
+def _shelf_pack(groups: list[_Group], arrays: list[ArraySlot]) -> list[tuple[int, int, int]]:
+    """(array, row, col) of each group's bounding box: boxes never overlap, so no MVM (its group's
+    rows driven, its columns read) reaches another group's devices. Shelf packing, tallest first."""
+    order = sorted(range(len(groups)), key=lambda i: -groups[i].height)
+    shelves: list[list[list[int]]] = [[] for _ in arrays]      # per array: [row, height, next col]
+    next_row = [0] * len(arrays)
+    where: list[tuple[int, int, int] | None] = [None] * len(groups)
+    for i in order:
+        g = groups[i]
+        for a, slot in enumerate(arrays):
+            shelf = next((s for s in shelves[a] if g.height <= s[1] and s[2] + g.width <= slot.cols), None)
+            if shelf is None and next_row[a] + g.height <= slot.rows and g.width <= slot.cols:
+                shelf = [next_row[a], g.height, 0]
+                shelves[a].append(shelf)
+                next_row[a] += g.height
+            if shelf is not None:
+                where[i] = (a, shelf[0], shelf[2])
+                shelf[2] += g.width
+                break
+        else:
+            devices = sum(2 * c[3].size for grp in groups for c in grp.chunks)
+            raise MappingError(f"the model does not fit on {len(arrays)} array(s) of {arrays[0].rows}x"
+                               f"{arrays[0].cols}: {devices:,} devices in {len(groups)} groups, and a group of layer "
+                               f"{g.layer!r} ({g.height}x{g.width}) finds no room; use more or larger arrays, "
+                               "or a smaller model")
+    return where
+
+
+def _place(layer: str, group: int, array: int, chunk, at: tuple[int, int], slot: ArraySlot,
+           g: tuple[float, float, float, float]) -> tuple[Tile, float]:
+    """A tile for ``chunk`` with its corner at ``at``, its lines permuted around the stuck devices,
+    and the cost those devices still leave."""
+    b, inputs, outputs, weight, crit = chunk
+    (r0, c0), k, m = at, len(inputs), len(outputs)
+    scale = np.abs(weight).max(axis=1) if weight.size else np.zeros(m)
+    tile = Tile(layer, b, array, inputs, outputs, weight, np.arange(r0, r0 + k), np.arange(c0, c0 + 2 * m, 2),
+                np.arange(c0 + 1, c0 + 2 * m, 2), scale, critical=crit, group=group)
+    _assign(tile, slot, g)
+    if slot.stuck_value_s is None:
+        return tile, 0.0
+    sv = slot.stuck_value_s
+    cost = _placement_error(weight, scale, crit, g, sv[np.ix_(tile.rows, tile.pos_cols)].T,
+                            sv[np.ix_(tile.rows, tile.neg_cols)].T).sum()
+    return tile, float(cost)
+
+
+def map_model(model: nn.Module, arrays: list[ArraySlot], noise: NoiseModel, tiles_per_mvm: int = 8,
+              max_shared_rows: int = 24) -> Mapping:
+    """Place every matvec layer of ``model`` on ``arrays`` and compute the conductance targets,
+    avoiding and compensating the arrays' known stuck devices.
+
+    ``tiles_per_mvm`` caps how many tiles one MVM evaluates together: more means fewer
+    transactions per step, but also more driven-and-read cells off the tiles' diagonal, whose
+    programming error and read noise add to every output of the group; ``max_shared_rows`` caps
+    how many such rows one output's columns cross.
     """
-
-    def __init__(self, rows: int, cols: int):
-        self.shape = (rows, cols)
-        self.layer_rows: dict[str, np.ndarray] = {}
-        self.layer_cols: dict[str, np.ndarray] = {}
-        self.edges = {0}
-
-    def place(self, layer: str, k: int, width: int) -> tuple[int, int] | None:
-        rows, cols = self.shape
-        if k > rows or width > cols or k == 0:
-            return None
-        own_rows = self.layer_rows.get(layer, np.zeros(rows, dtype=bool))
-        own_cols = self.layer_cols.get(layer, np.zeros(cols, dtype=bool))
-        others = [(self.layer_rows[x], self.layer_cols[x]) for x in self.layer_rows if x != layer]
-        for c0 in sorted(self.edges):
-            if c0 + width > cols or own_cols[c0:c0 + width].any():
-                continue
-            layer_cols = own_cols.copy()
-            layer_cols[c0:c0 + width] = True
-            blocked = own_rows.copy()
-            clash = False
-            for x_rows, x_cols in others:
-                if (layer_cols & x_cols).any():
-                    # the layer will read columns X also uses: it may not drive any row of X
-                    clash |= bool((own_rows & x_rows).any())
-                    blocked |= x_rows
-            if clash:
-                continue
-            free = np.convolve(~blocked, np.ones(k, dtype=int), mode="valid")
-            starts = np.flatnonzero(free == k)
-            if not starts.size:
-                continue
-            r0 = int(starts[0])
-            own_rows[r0:r0 + k] = True
-            own_cols[c0:c0 + width] = True
-            self.layer_rows[layer], self.layer_cols[layer] = own_rows, own_cols
-            self.edges.add(c0 + width)
-            return r0, c0
-        return None
-
-
-def map_model(model: nn.Module, arrays: list[ArraySlot], noise: NoiseModel) -> Mapping:
-    """Place every matvec layer of ``model`` on ``arrays`` (in order, block-diagonally) and compute
-    the conductance targets, avoiding and compensating the arrays' known stuck devices."""
+    if tiles_per_mvm < 1:
+        raise MappingError(f"tiles_per_mvm must be at least 1, got {tiles_per_mvm}")
     if not arrays:
         raise MappingError("no arrays to map onto")
     g_lo, g_hi = noise.weight_window()
     g = (g_lo, g_hi, noise.window.g_min_s, noise.window.g_max_s)
-    packers = [_Packer(a.rows, a.cols) for a in arrays]
+    layer_shapes, groups = _groups(model, min(a.rows for a in arrays), min(a.cols for a in arrays), tiles_per_mvm,
+                                   max_shared_rows)
+    where = _shelf_pack(groups, arrays)
     tiles: list[Tile] = []
-    shapes: dict[str, LayerShape] = {}
-    for name, layer in matvec_layers(model).items():
-        n_in, n_out, blocks = layer_blocks(layer)
-        shapes[name] = LayerShape(n_in, n_out)
-        for b, block in enumerate(blocks):
-            for inputs, outputs, weight, crit in _chunks(block, min(a.rows for a in arrays),
-                                                          min(a.cols for a in arrays) // 2):
-                k, m = len(inputs), len(outputs)
-                placed = None
-                for current, packer in enumerate(packers):
-                    placed = packer.place(name, k, 2 * m)
-                    if placed is not None:
-                        break
-                if placed is None:
-                    need = sum(2 * t.weight.size for t in tiles) + 2 * weight.size
-                    raise MappingError(f"the model does not fit on {len(arrays)} array(s) of "
-                                       f"{arrays[0].rows}x{arrays[0].cols}: ran out at layer {name!r} "
-                                       f"(block {b}) after {len(tiles)} tiles ({need:,} devices so far); "
-                                       "use more or larger arrays, or a smaller model")
-                slot = arrays[current]
-                r0, c0 = placed
-                scale = np.abs(weight).max(axis=1) if weight.size else np.zeros(m)
-                tile = Tile(name, b, current, inputs, outputs, weight, np.arange(r0, r0 + k),
-                            np.arange(c0, c0 + 2 * m, 2), np.arange(c0 + 1, c0 + 2 * m, 2), scale, critical=crit)
-                _assign(tile, slot, g)
-                sv = slot.stuck_value_s
-                stuck_pos = sv[np.ix_(tile.rows, tile.pos_cols)].T if sv is not None else np.full(weight.shape, np.nan)
-                stuck_neg = sv[np.ix_(tile.rows, tile.neg_cols)].T if sv is not None else np.full(weight.shape, np.nan)
-                tile.target_pos_s, tile.target_neg_s = pair_targets(weight, scale, *g, stuck_pos, stuck_neg)
-                tiles.append(tile)
+    group_index: dict[str, int] = {}
+    for g_def, (current, r0, c0) in zip(groups, where):
+        slot = arrays[current]
+        group = group_index[g_def.layer] = group_index.get(g_def.layer, -1) + 1
+        slots = []
+        for _, inputs, outputs, _, _ in g_def.chunks:
+            slots.append((r0, c0))
+            r0, c0 = r0 + len(inputs), c0 + 2 * len(outputs)
+        placed = [_place(g_def.layer, group, current, chunk, at, slot, g) for chunk, at in zip(g_def.chunks, slots)]
+        shapes = {(len(c[1]), 2 * len(c[2])) for c in g_def.chunks}
+        if g_def.spare is not None and shapes == {g_def.spare}:
+            slots.append((r0, c0))
+        if len(shapes) == 1 and len(slots) > 1 and max(cost for _, cost in placed) >= CRITICAL_COST:
+            # Some tile cannot keep its critical entries off stuck devices where it sits: let the
+            # tiles trade places along the group's diagonal, spare slot included (all the same size).
+            trials = [[_place(g_def.layer, group, current, chunk, at, slot, g) for at in slots]
+                      for chunk in g_def.chunks]
+            _, best = linear_sum_assignment(np.array([[cost for _, cost in row] for row in trials]))
+            placed = [trials[t][best[t]] for t in range(len(trials))]
+        for tile, _ in placed:
+            sv = slot.stuck_value_s
+            shape = tile.weight.shape
+            stuck_pos = sv[np.ix_(tile.rows, tile.pos_cols)].T if sv is not None else np.full(shape, np.nan)
+            stuck_neg = sv[np.ix_(tile.rows, tile.neg_cols)].T if sv is not None else np.full(shape, np.nan)
+            tile.target_pos_s, tile.target_neg_s = pair_targets(tile.weight, tile.scale, *g, stuck_pos, stuck_neg)
+            tiles.append(tile)
     return Mapping(list(arrays), g_lo, g_hi, noise.window.g_min_s, noise.window.g_max_s,
-                   noise.periphery.read_voltage_v, shapes, tiles)
+                   noise.periphery.read_voltage_v, layer_shapes, tiles)
 
 
 __all__ = ["ArraySlot", "Block", "Mapping", "MappingError", "Tile", "layer_blocks", "map_model", "matvec_layers",

@@ -258,3 +258,23 @@ def test_mvm_batches_larger_than_the_noise_pool_keep_their_statistics():
     out = x.mvm(v)
     assert out.shape == (6000, 128) and np.all(np.isfinite(out))
     assert np.std(out - v[:1] @ x.true_conductance()) == pytest.approx(1e-7, rel=0.05)
+
+
+def test_a_selected_adc_range_refines_the_step_and_clips_at_its_full_scale():
+    from drivers import CrossbarError
+
+    xbar = SoftwareCrossbar(16, 16, config=DeviceConfig.ideal(adc_bits=8, dac_bits=None), seed=0).open()
+    ranges = xbar.converters().adc_ranges_a
+    assert ranges[0] == xbar.adc_range_a and len(ranges) > 3
+    v = np.full((1, 16), 0.01)
+    exact = v @ xbar.true_conductance()
+    levels = 2 ** 7 - 1
+    for r in ranges[:4]:
+        out = xbar.mvm(v, adc_range_a=r)
+        step = r / levels
+        assert np.abs(out - np.clip(exact, -r, r)).max() <= step / 2 + 1e-12
+        assert np.allclose(out / step, np.round(out / step), atol=1e-3)
+    big = xbar.mvm(np.full((1, 16), 0.2), adc_range_a=ranges[-1])
+    assert np.allclose(big, ranges[-1] / levels * levels)          # saturated at the selected full scale
+    with pytest.raises(CrossbarError, match="not one the instrument offers"):
+        xbar.mvm(v, adc_range_a=1.2345e-4)

@@ -9,7 +9,7 @@ channel [2 Re C·Ā, -2 Im C·Ā, skip], then rewrites them as (alpha, beta, B̄
 C = (C·Ā)' / Ā', D = skip' - 2 Re(C' B̄'). The approximation is that the two rows of a mode share
 one scale and one draw of Ā's entries (on the array they are separate devices), so that the
 perturbed system stays diagonal and keeps its FFT training form. Stuck devices are not drawn on
-the diagonal entries Re Ā - 1, which the mapping keeps on working devices.
+the pole's entries (Re Ā - 1, Im Ā), which the mapping keeps on working devices.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from .analog import AnalogSpec, apply_weight_spec
 
 Params = dict[str, torch.Tensor]
 
-# A stuck device on the diagonal entry Re Ā - 1 would set it to zero (the most compensation can
-# do), putting the pole on or outside the unit circle. The mapping therefore places the diagonal on
-# working devices (it knows the stuck map and can permute the state's lines freely), and training
-# draws stuck devices only for the other entries of the state rows.
-_DIAGONAL_ON_WORKING_DEVICES = torch.tensor([True, False, False, False])
+# A stuck device on Re Ā - 1 would set it to zero (the most compensation can do), putting the pole
+# on or outside the unit circle; one on Im Ā moves the pole's radius as much. The mapping therefore
+# places the pole's entries on working devices (it knows the stuck map and can permute a mode's
+# lines and tiles), and training draws stuck devices only for B̄ on the state rows.
+_POLE_ON_WORKING_DEVICES = torch.tensor([True, True, False, False])
 
 
 class S4DAnalog(nn.Module):
@@ -70,7 +70,7 @@ class S4DAnalog(nn.Module):
 
         state_rows = torch.stack([params["alpha"] - 1, params["beta"], params["b_re"], params["b_im"]], dim=-1)
         state_rows = apply_weight_spec(state_rows, spec, True, generator, per_row=True,
-                                       working=_DIAGONAL_ON_WORKING_DEVICES)             # (H, M, 4)
+                                       working=_POLE_ON_WORKING_DEVICES)             # (H, M, 4)
         out_row = torch.cat([2 * ca.real, -2 * ca.imag, skip[:, None]], dim=-1)
         out_row = apply_weight_spec(out_row, spec, True, generator, per_row=True)          # (H, 2M + 1)
 

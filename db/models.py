@@ -293,3 +293,67 @@ class Checkpoint(Base):
 
     def __repr__(self) -> str:
         return f"Checkpoint(id={self.id}, name={self.name!r}, model_kind={self.model_kind!r})"
+
+
+class Deployment(Base):
+    """A model programmed onto an array: the mapping (a blob written by ``hil.mapping``), the checkpoint
+    and noise model it came from, and a summary of the programming."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_fk: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step_fk: Mapped[int | None] = mapped_column(ForeignKey("run_steps.id", ondelete="CASCADE"), index=True)
+    array_fk: Mapped[int] = mapped_column(ForeignKey("arrays.id", ondelete="RESTRICT"), index=True)
+    checkpoint_fk: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id", ondelete="SET NULL"), index=True)
+    noise_model_fk: Mapped[int | None] = mapped_column(ForeignKey("noise_models.id", ondelete="SET NULL"),
+                                                       index=True)
+    mapping: Mapped[bytes] = mapped_column(LargeBinary)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Deployment(id={self.id}, checkpoint_fk={self.checkpoint_fk}, array_fk={self.array_fk})"
+
+
+class DeploymentTile(Base):
+    """One programmed tile: where it sits, what it holds, and how well it was programmed."""
+
+    __tablename__ = "deployment_tiles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_fk: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    tile: Mapped[int] = mapped_column(Integer)
+    layer: Mapped[str] = mapped_column(String(255))
+    mvm_group: Mapped[int] = mapped_column(Integer)
+    row_min: Mapped[int] = mapped_column(Integer)
+    row_max: Mapped[int] = mapped_column(Integer)
+    col_min: Mapped[int] = mapped_column(Integer)
+    col_max: Mapped[int] = mapped_column(Integer)
+    inputs: Mapped[int] = mapped_column(Integer)
+    outputs: Mapped[int] = mapped_column(Integer)
+    stuck_devices: Mapped[int] = mapped_column(Integer)
+    in_tolerance: Mapped[float] = mapped_column(Float)
+    rms_error_s: Mapped[float] = mapped_column(Float)
+    max_error_s: Mapped[float] = mapped_column(Float)
+    weight_rms_error: Mapped[float] = mapped_column(Float)
+
+
+class Inference(Base):
+    """A deployed model evaluated on the array at one time after programming."""
+
+    __tablename__ = "inferences"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_fk: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step_fk: Mapped[int | None] = mapped_column(ForeignKey("run_steps.id", ondelete="CASCADE"), index=True)
+    deployment_fk: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    time_s: Mapped[float] = mapped_column(Float)
+    drift_compensation: Mapped[bool] = mapped_column(Boolean)
+    samples: Mapped[int] = mapped_column(Integer)
+    crossbar_accuracy: Mapped[float] = mapped_column(Float)
+    digital_accuracy: Mapped[float] = mapped_column(Float)
+    confusion: Mapped[list[list[int]]] = mapped_column(JSON)
+    step_latency_s: Mapped[float] = mapped_column(Float)
+    transactions_per_step: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -20,8 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.arrays import decode_array, encode_array, summarize
-from db.models import (FINAL_STATUSES, RUNNING, ArrayStat, Base, Checkpoint, CrossbarArray, DeviceResult, DeviceStat,
-                       Instrument, Measurement, NoiseModelRecord, Run, RunStep)
+from db.models import (FINAL_STATUSES, RUNNING, ArrayStat, Base, Checkpoint, CrossbarArray, Deployment, DeploymentTile,
+                       DeviceResult, DeviceStat, Inference, Instrument, Measurement, NoiseModelRecord, Run, RunStep)
 from db.timestamps import utcnow
 
 
@@ -411,3 +411,50 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def latest_device_map(session: Session, array_id: str, quantities: Sequence[str]) -> tuple[dict[str, np.ndarray], int]:
+    """Per-device ``quantities`` of ``array_id`` from the newest run step that recorded the first of them,
+    as (rows, cols) float arrays (NaN where a device has no value), and that step's run id.
+    LookupError if no run recorded them."""
+    crossbar_array = get_array(session, array_id)
+    step_fk = session.scalars(
+        select(DeviceStat.step_fk).where(DeviceStat.array_fk == crossbar_array.id, DeviceStat.quantity == quantities[0])
+        .order_by(DeviceStat.created_at.desc(), DeviceStat.id.desc()).limit(1)).first()
+    if step_fk is None:
+        raise LookupError(f"array {array_id!r} has no recorded {quantities[0]!r}: calibrate it first")
+    shape = (crossbar_array.rows, crossbar_array.cols)
+    out: dict[str, np.ndarray] = {}
+    run_id = None
+    for quantity in quantities:
+        grid = np.full(shape, np.nan)
+        rows = session.execute(select(DeviceStat.row, DeviceStat.col, DeviceStat.value, DeviceStat.run_fk).where(
+            DeviceStat.step_fk == step_fk, DeviceStat.quantity == quantity)).all()
+        for r, c, v, run_fk in rows:
+            grid[r, c] = np.nan if v is None else v
+            run_id = run_fk
+        out[quantity] = grid
+    return out, int(run_id)
+
+
+def add_deployment(session: Session, *, run: Run, step: RunStep | None, crossbar_array: CrossbarArray, mapping: bytes,
+                   checkpoint_id: int | None, noise_model_id: int | None, summary: Mapping[str, Any],
+                   tiles: Sequence[Mapping[str, Any]]) -> Deployment:
+    """Store a deployment with one row per programmed tile."""
+    deployment = Deployment(run_fk=run.id, step_fk=None if step is None else step.id, array_fk=crossbar_array.id,
+                            checkpoint_fk=checkpoint_id, noise_model_fk=noise_model_id, mapping=bytes(mapping),
+                            summary=_jsonable(dict(summary)), created_at=utcnow())
+    session.add(deployment)
+    session.flush()
+    session.add_all(DeploymentTile(deployment_fk=deployment.id, **{k: _jsonable(v) for k, v in t.items()})
+                    for t in tiles)
+    session.flush()
+    return deployment
+
+
+def add_inference(session: Session, *, run: Run, step: RunStep | None, deployment_id: int, **values: Any) -> Inference:
+    inference = Inference(run_fk=run.id, step_fk=None if step is None else step.id, deployment_fk=deployment_id,
+                          created_at=utcnow(), **{k: _jsonable(v) for k, v in values.items()})
+    session.add(inference)
+    session.flush()
+    return inference

@@ -50,6 +50,7 @@ class RunContext:
     last_program: ProgrammedPattern | None = None
     noise_models: dict[str, int] = field(default_factory=dict)    # calibrate step name -> noise model id
     checkpoints: dict[str, int] = field(default_factory=dict)     # train step name -> checkpoint id
+    deployments: dict[str, Any] = field(default_factory=dict)     # deploy step name -> hil.steps.deploy.Deployed
 
     def save(self, step: RunStep, name: str, kind: str, unit: str, array: np.ndarray, **meta) -> None:
         """Store one measured array of ``step`` in its own committed transaction."""

@@ -25,7 +25,8 @@ from drivers.device_model import DeviceConfig
 from drivers.limits import SafetyLimits
 
 __all__ = [
-    "AnalogTraining", "ArraySpec", "CalibrateStep", "NoiseModelRef", "TaskSpec", "TrainStep", "CheckerboardPattern", "FilePattern", "LevelsPattern", "MockSpec", "Pattern",
+    "AnalogTraining", "ArraySpec", "CalibrateStep", "CheckpointRef", "DeployStep", "InferStep", "NoiseModelRef",
+    "TaskSpec", "TrainStep", "CheckerboardPattern", "FilePattern", "LevelsPattern", "MockSpec", "Pattern",
     "ProgramStep", "Protocol", "RandomPattern", "ReadStep", "Step", "MAX_ARRAY_DIM",
 ]
 
@@ -341,7 +342,72 @@ class TrainStep(_Model):
     checkpoint: Name | None = Field(None, description="name the checkpoint is stored under; default protocol.step")
 
 
-Step = Annotated[Union[ProgramStep, ReadStep, CalibrateStep, TrainStep], Field(discriminator="kind")]
+class CheckpointRef(_Model):
+    """Which stored model: by ``id``, the newest stored under a ``name``, or the one a ``train`` step
+    earlier in this protocol stores (``from_step``)."""
+
+    id: int | None = Field(None, ge=1)
+    name: str | None = Field(None, min_length=1)
+    from_step: Name | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in ("id", "name", "from_step") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of id, name, from_step (got {', '.join(given) or 'none'})")
+        return self
+
+
+class DeployStep(_Model):
+    """Map a trained model onto the array and program it with write-verify.
+
+    Every weight matrix becomes differential conductance pairs in the noise model's weight window,
+    tiled and placed around the array's stuck devices (from its latest calibration). Cells count as
+    programmed within ``tolerance_s`` (default: the tolerance the noise model was measured with).
+    """
+
+    kind: Literal["deploy"] = "deploy"
+    name: Name | None = None
+    checkpoint: CheckpointRef
+    noise_model: NoiseModelRef | None = Field(None, description="default: the one the checkpoint was trained against")
+    tolerance_s: float | None = Field(None, gt=0, le=1e-3)
+    tiles_per_mvm: int = Field(8, ge=1, le=4096)
+    max_shared_rows: int = Field(24, ge=0, le=4096)
+    max_iterations: int = Field(20, ge=1, le=1000)
+    read_voltage_v: float = Field(0.2, gt=0)
+    start_set_voltage_v: float = Field(0.9, gt=0)
+    max_set_voltage_v: float = Field(2.0, gt=0)
+    start_reset_voltage_v: float = Field(0.9, gt=0)
+    max_reset_voltage_v: float = Field(2.0, gt=0)
+    voltage_step_v: float = Field(0.05, gt=0, le=1)
+    pulse_width_s: float = Field(1e-6, gt=0)
+
+
+class InferStep(_Model):
+    """Run a deployed model's test split on the array (every weight product a crossbar MVM) next to its
+    digital evaluation on the same samples; optionally again after waiting, with and without drift
+    compensation."""
+
+    kind: Literal["infer"] = "infer"
+    name: Name | None = None
+    deployment: Name = Field(description="a deploy step earlier in this protocol")
+    samples: int | None = Field(None, ge=1, description="the first N test samples; default all")
+    batch_size: int = Field(512, ge=1, le=65536)
+    read_voltage_v: float = Field(0.2, gt=0, description="input amplitude of the MVMs")
+    times_s: list[float] = Field(default_factory=lambda: [0.0], min_length=1,
+                                 description="evaluate at these times after programming (the instrument's clock)")
+    drift_compensation: bool = Field(True, description="also evaluate with global drift compensation at t > 0")
+
+    @model_validator(mode="after")
+    def _times_increasing(self):
+        if any(t < 0 for t in self.times_s) or any(b <= a for a, b in zip(self.times_s, self.times_s[1:])):
+            _raise_at("InferStep", [(("times_s",), "time_order", "must be non-negative and increasing",
+                                     self.times_s)])
+        return self
+
+
+Step = Annotated[Union[ProgramStep, ReadStep, CalibrateStep, TrainStep, DeployStep, InferStep],
+                 Field(discriminator="kind")]
 
 
 # --------------------------------------------------------------------------- protocol
@@ -386,6 +452,22 @@ class Protocol(_Model):
                 first_use[step.name] = index
             problems.extend((("steps", index, *(field if isinstance(field, tuple) else (field,))), kind, message, value)
                             for field, kind, message, value in _limit_violations(step, self.limits))
+            if isinstance(step, DeployStep):
+                ref = step.checkpoint.from_step
+                source = next((s for s in self.steps[:index] if s.name == ref), None) if ref else None
+                if ref is not None and not isinstance(source, TrainStep):
+                    problems.append((("steps", index, "checkpoint", "from_step"), "step_reference",
+                                     "must name an earlier train step", ref))
+                nm = step.noise_model.from_step if step.noise_model else None
+                source = next((s for s in self.steps[:index] if s.name == nm), None) if nm else None
+                if nm is not None and (not isinstance(source, CalibrateStep) or not source.fit):
+                    problems.append((("steps", index, "noise_model", "from_step"), "step_reference",
+                                     "must name an earlier calibrate step that fits a noise model", nm))
+            if isinstance(step, InferStep):
+                source = next((s for s in self.steps[:index] if s.name == step.deployment), None)
+                if not isinstance(source, DeployStep):
+                    problems.append((("steps", index, "deployment"), "step_reference",
+                                     "must name an earlier deploy step", step.deployment))
             if isinstance(step, TrainStep):
                 refs = [(("analog", "noise_model"), step.analog.noise_model if step.analog else None),
                         (("evaluate_under",), step.evaluate_under)]
@@ -419,7 +501,7 @@ def _limit_violations(step, limits: SafetyLimits):
                 yield (loc, "safety_limit",
                        f"outside the safety limits [{limits.min_pulse_width_s}, {limits.max_pulse_width_s}] s", value)
         return
-    if not isinstance(step, ProgramStep):
+    if not isinstance(step, (ProgramStep, DeployStep)):
         return
     for field in ("start_set_voltage_v", "max_set_voltage_v", "start_reset_voltage_v", "max_reset_voltage_v"):
         value = getattr(step, field)

@@ -120,7 +120,7 @@ def main() -> None:
         f"stuck {100 * (noise.defects.stuck_on_rate + noise.defects.stuck_off_rate):.2f}% of devices, drift "
         f"ν = {noise.drift.nu_mean:.4f} ± {noise.drift.nu_std:.4f}, DAC {noise.periphery.dac_bits} bits, "
         f"ADC {noise.periphery.adc_bits} bits). Each simulated chip draws programming noise, stuck devices "
-        "(with the partner of each stuck device programmed around it, and the S4D poles' diagonal entries "
+        "(with the partner of each stuck device programmed around it, and the entries of the S4D poles "
         "kept on working devices), drift to one hour with global drift compensation, and read noise, once "
         "for all weights. Noise-aware training draws the same perturbation afresh at every forward pass.",
         "", *robust]

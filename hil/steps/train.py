@@ -19,7 +19,7 @@ from ..nn.tasks import load_task
 from ..nn.train import TrainConfig, accuracy_under_noise, train
 from ..nn.zoo import build_model
 from ..noise_models import load_noise_model_with_id
-from ..protocol import NoiseModelRef, TrainStep
+from ..protocol import AnalogTraining, NoiseModelRef, TrainStep
 from ..version import code_version
 
 
@@ -33,8 +33,9 @@ def resolve_noise_model(ctx: RunContext, ref: NoiseModelRef | None) -> tuple[Noi
     return load_noise_model_with_id(ctx.db, array_id=ref.latest_for)
 
 
-def _specs(step: TrainStep, noise: NoiseModel | None) -> tuple[AnalogSpec | None, AnalogSpec | None]:
-    a = step.analog
+def analog_specs(analog: AnalogTraining | None, noise: NoiseModel | None) -> tuple[AnalogSpec | None, AnalogSpec | None]:
+    """The (dense, recurrent) specs of an ``analog`` training section, with ``noise`` (None: quantisation only)."""
+    a = analog
     if a is None:
         return None, None
     common = dict(noise_model=noise, noise_scale=a.noise_scale, drift_time_s=a.drift_time_s, dac_bits=a.dac_bits,
@@ -50,7 +51,7 @@ def run_train(ctx: RunContext, step: TrainStep, row: RunStep) -> StepReport:
     model = build_model(step.model, data.d_input, data.n_classes)
     attach(model)
     train_noise, train_noise_id = resolve_noise_model(ctx, step.analog.noise_model if step.analog else None)
-    dense, recurrent = _specs(step, train_noise)
+    dense, recurrent = analog_specs(step.analog, train_noise)
     configure_analog(model, dense, recurrent)
 
     cfg = TrainConfig(epochs=step.epochs, lr=step.lr, batch_size=step.batch_size, weight_decay=step.weight_decay,

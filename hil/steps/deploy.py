@@ -1,0 +1,166 @@
+"""The ``deploy`` step: map a trained model onto the array, program it with write-verify, and record the
+mapping with per-tile programming error and yield."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pydantic import TypeAdapter
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from calibration.noise_model import NoiseModel
+from db import records
+from db.models import RunStep
+from drivers import WriteVerifySettings, write_verify
+
+from ..context import RunContext, StepReport
+from ..executor import CrossbarExecutor
+from ..mapping import ArraySlot, Mapping, map_model
+from ..nn.analog import configure_analog
+from ..nn.s4d_analog import attach
+from ..nn.zoo import ModelConfig, build_model
+from ..noise_models import load_noise_model_with_id
+from ..protocol import AnalogTraining, DeployStep, TaskSpec
+from .train import analog_specs, resolve_noise_model
+
+
+@dataclass
+class Deployed:
+    """What an ``infer`` step needs of a deployment made earlier in the run."""
+
+    deployment_id: int
+    checkpoint_id: int
+    checkpoint_name: str
+    model: nn.Module
+    mapping: Mapping
+    executor: CrossbarExecutor
+    task: TaskSpec
+    programmed_at_s: float       # the instrument's clock when programming ended
+
+
+def _checkpoint(ctx: RunContext, step: DeployStep):
+    ref = step.checkpoint
+    with ctx.db.session() as session:
+        if ref.from_step is not None:
+            if ref.from_step not in ctx.checkpoints:
+                raise LookupError(f"step {ref.from_step!r} stored no checkpoint in this run")
+            row = records.get_checkpoint(session, ctx.checkpoints[ref.from_step])
+        elif ref.id is not None:
+            row = records.get_checkpoint(session, ref.id)
+        else:
+            row = records.latest_checkpoint(session, ref.name)
+        session.expunge(row)
+    return row
+
+
+def load_model(checkpoint) -> tuple[nn.Module, TaskSpec]:
+    """The checkpoint's model in eval mode, quantised as it was trained (no training noise)."""
+    from ..nn.tasks import load_task
+
+    config = checkpoint.config
+    task = TaskSpec(**config["task"])
+    model_config = TypeAdapter(ModelConfig).validate_python(config["model"])
+    data = load_task(task.name, task.seed)
+    model = build_model(model_config, data.d_input, data.n_classes)
+    attach(model)
+    model.load_state_dict(torch.load(io.BytesIO(checkpoint.state), weights_only=True))
+    analog = AnalogTraining(**config["analog"]) if config.get("analog") else None
+    configure_analog(model, *analog_specs(analog, None))
+    return model.eval(), task
+
+
+def stuck_values(ctx: RunContext, noise: NoiseModel) -> tuple[np.ndarray | None, str]:
+    """The array's stuck devices from its latest calibration (conductance where stuck, NaN elsewhere)."""
+    try:
+        with ctx.db.session() as session:
+            grids, run_id = records.latest_device_map(session, ctx.array.array_id,
+                                                      ["stuck_on", "stuck_off", "g_min_s", "g_max_s"])
+    except LookupError:
+        return None, "no calibration of this array on record: stuck devices are not avoided"
+    on, off = grids["stuck_on"] == 1, grids["stuck_off"] == 1
+    value = np.full(on.shape, np.nan)
+    value[on] = np.where(np.isfinite(grids["g_max_s"]), grids["g_max_s"], noise.window.g_max_s)[on]
+    value[off] = np.where(np.isfinite(grids["g_min_s"]), grids["g_min_s"], noise.window.g_min_s)[off]
+    return value, f"{int(on.sum())} stuck-on and {int(off.sum())} stuck-off devices from run {run_id} avoided"
+
+
+def tile_records(mapping: Mapping, achieved: np.ndarray, success: np.ndarray) -> list[dict]:
+    out = []
+    stuck = mapping.arrays[0].stuck()
+    for i, t in enumerate(mapping.tiles):
+        cells = np.r_[t.pos_cols, t.neg_cols]
+        got = achieved[np.ix_(t.rows, cells)]
+        want = np.concatenate([t.target_pos_s, t.target_neg_s]).T
+        err = got - want
+        realised = t.realised_weight(achieved[np.ix_(t.rows, t.pos_cols)].T, achieved[np.ix_(t.rows, t.neg_cols)].T,
+                                     mapping.span_s)
+        scale = np.where(t.scale > 0, t.scale, 1.0)[:, None]
+        out.append({"tile": i, "layer": t.layer, "mvm_group": t.group, "row_min": int(t.rows.min()),
+                    "row_max": int(t.rows.max()), "col_min": int(cells.min()), "col_max": int(cells.max()),
+                    "inputs": len(t.inputs), "outputs": len(t.outputs),
+                    "stuck_devices": int(stuck[np.ix_(t.rows, cells)].sum()),
+                    "in_tolerance": float(success[np.ix_(t.rows, cells)].mean()),
+                    "rms_error_s": float(np.sqrt(np.mean(err ** 2))), "max_error_s": float(np.abs(err).max()),
+                    "weight_rms_error": float(np.sqrt(np.mean(((realised - t.weight) / scale) ** 2)))})
+    return out
+
+
+def run_deploy(ctx: RunContext, step: DeployStep, row: RunStep) -> StepReport:
+    checkpoint = _checkpoint(ctx, step)
+    if step.noise_model is not None:
+        noise, noise_id = resolve_noise_model(ctx, step.noise_model)
+    elif checkpoint.noise_model_fk is not None:
+        noise, noise_id = load_noise_model_with_id(ctx.db, model_id=checkpoint.noise_model_fk)
+    else:
+        raise LookupError(f"checkpoint {checkpoint.id} ({checkpoint.name}) was trained without a noise model: "
+                          "give the deploy step a noise_model (the array's calibration sets the weight window)")
+    model, task = load_model(checkpoint)
+    rows, cols = ctx.xbar.shape
+    stuck, stuck_note = stuck_values(ctx, noise)
+    mapping = map_model(model, [ArraySlot(ctx.array.array_id, rows, cols, stuck)], noise,
+                        tiles_per_mvm=step.tiles_per_mvm, max_shared_rows=step.max_shared_rows)
+    targets = mapping.targets(0)
+    tolerance = step.tolerance_s or (noise.programming.tolerance_s if noise.programming else 0.02 * mapping.span_s)
+    settings = WriteVerifySettings.from_options(step, tolerance_s=tolerance, read_voltage_v=step.read_voltage_v)
+    with Progress(TextColumn(f"[bold]{step.name}[/] programming {checkpoint.name}"), BarColumn(),
+                  MofNCompleteColumn(), TextColumn("iterations, {task.fields[inside]} cells in tolerance"),
+                  TimeElapsedColumn(), console=ctx.console, transient=True) as bar:
+        task_bar = bar.add_task("program", total=step.max_iterations, inside="0")
+        result = write_verify(ctx.xbar, targets, settings,
+                              on_iteration=lambda it, outside, total: bar.update(
+                                  task_bar, completed=it, inside=f"{total - outside}/{total}"))
+    ctx.save(row, "targets", "target_conductance", "S", targets)
+    ctx.save(row, "achieved", "conductance", "S", result.achieved_s, read_voltage_v=step.read_voltage_v)
+
+    tiles = tile_records(mapping, result.achieved_s, result.success)
+    n_cells = int(np.isfinite(targets).sum())
+    inside = int(result.success.sum())
+    groups = len({(t.layer, t.array, t.group) for t in mapping.tiles})
+    weight_rms = float(np.sqrt(np.mean([t["weight_rms_error"] ** 2 for t in tiles])))
+    summary = {"checkpoint_id": checkpoint.id, "checkpoint": checkpoint.name, "noise_model_id": noise_id,
+               "tiles": len(mapping.tiles), "devices": mapping.devices_used(), "cells_programmed": n_cells,
+               "in_tolerance": inside, "fraction_in_tolerance": inside / max(n_cells, 1),
+               "mvm_groups": groups, "tolerance_s": tolerance, "iterations": result.iterations,
+               "transactions": result.transactions, "weight_rms_error": weight_rms, "stuck": stuck_note,
+               "rms_error_s": float(np.sqrt(np.nanmean(result.error_s ** 2)))}
+    with ctx.db.session() as session:
+        deployment = records.add_deployment(session, run=ctx.run, step=row, crossbar_array=ctx.array,
+                                            mapping=mapping.to_bytes(), checkpoint_id=checkpoint.id,
+                                            noise_model_id=noise_id, summary=summary, tiles=tiles)
+        deployment_id = deployment.id
+    executor = CrossbarExecutor(model, mapping, [ctx.xbar])
+    executor.reference()
+    ctx.deployments[step.name] = Deployed(deployment_id, checkpoint.id, checkpoint.name, model, mapping, executor,
+                                          task, ctx.xbar.now())
+    summary["deployment_id"] = deployment_id
+    return StepReport(
+        cells=f"{inside}/{n_cells} ({100 * inside / max(n_cells, 1):.1f}%)",
+        iterations=f"{result.iterations}/{step.max_iterations}",
+        detail=(f"{checkpoint.name}: {len(mapping.tiles)} tiles, {mapping.devices_used():,} devices, {groups} MVMs "
+                f"per step; weight rms error {100 * weight_rms:.2f}% of full scale; {stuck_note}; "
+                f"deployment {deployment_id}"),
+        summary=summary)

@@ -26,3 +26,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_mvm.py
 	$(PY) benchmarks/bench_db.py
 	$(PY) benchmarks/bench_seq.py
+	$(PY) benchmarks/bench_executor.py

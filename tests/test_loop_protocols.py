@@ -1,0 +1,133 @@
+"""The whole loop on the mock, small: calibrate, train plain and noise-aware, deploy, infer on the array."""
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import select
+
+import hil.run
+from db import Database
+from db.models import Checkpoint, Deployment, DeploymentTile, Inference, Run
+from hil.mapping import Mapping
+from hil.nn.tasks import load_task
+from hil.steps.deploy import load_model
+
+CALIBRATE = """  - kind: calibrate
+    name: cal
+    report: false
+    pulse_response: null
+    programming: {levels: 4, repeats: 1}
+    read_noise: {reads: 10}
+    drift: {times_s: [1, 10, 100], reads: 2}
+    periphery: {repeats: 20, sweep_points: 64}
+"""
+
+
+def loop_protocol(model: str) -> str:
+    return f"""name: small_loop
+array: {{rows: 128, cols: 128}}
+steps:
+{CALIBRATE}  - kind: train
+    name: plain
+    task: {{name: digits}}
+    model: {model}
+    epochs: 2
+    noise_draws: 0
+  - kind: train
+    name: aware
+    task: {{name: digits}}
+    model: {model}
+    epochs: 2
+    analog: {{noise_model: {{from_step: cal}}, drift_time_s: 3600}}
+    noise_draws: 0
+  - kind: deploy
+    name: deploy_plain
+    checkpoint: {{from_step: plain}}
+    noise_model: {{from_step: cal}}
+  - kind: infer
+    name: infer_plain
+    deployment: deploy_plain
+    samples: 40
+    times_s: [0, 3600]
+  - kind: deploy
+    name: deploy_aware
+    checkpoint: {{from_step: aware}}
+  - kind: infer
+    name: infer_aware
+    deployment: deploy_aware
+    samples: 40
+    times_s: [0]
+"""
+
+
+@pytest.mark.parametrize("model", ["{kind: s4d, d_model: 8, d_state: 4, n_layers: 1}",
+                                   "{kind: mgrade, d_model: 8, n_layers: 1, max_delay: 4, taps: 2}"],
+                         ids=["s4d", "mgrade"])
+def test_small_loop_deploys_and_infers_on_the_array(tmp_path, model):
+    path = tmp_path / "loop.yaml"
+    path.write_text(loop_protocol(model), encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'loop.db'}"
+    assert hil.run.main([str(path), "--db", url, "--report-dir", str(tmp_path / "reports")]) == 0
+    with Database.open(url) as db, db.session() as s:
+        run = s.scalars(select(Run)).one()
+        assert [st.status for st in run.steps] == ["completed"] * 7
+        noise_id = run.steps[0].summary["noise_model_id"]
+        deployments = s.scalars(select(Deployment).order_by(Deployment.id)).all()
+        assert len(deployments) == 2
+        plain, aware = s.scalars(select(Checkpoint).order_by(Checkpoint.id)).all()
+        assert [d.checkpoint_fk for d in deployments] == [plain.id, aware.id]
+        assert all(d.noise_model_fk == noise_id for d in deployments)
+        for d in deployments:
+            mapping = Mapping.from_bytes(d.mapping)
+            tiles = s.scalars(select(DeploymentTile).where(DeploymentTile.deployment_fk == d.id)).all()
+            assert len(tiles) == len(mapping.tiles) == d.summary["tiles"]
+            assert all(0 <= t.in_tolerance <= 1 and t.rms_error_s >= 0 for t in tiles)
+            assert d.summary["fraction_in_tolerance"] > 0.95
+        rows = s.scalars(select(Inference).order_by(Inference.id)).all()
+        # plain: t = 0, 3600 and 3600 compensated; aware: t = 0
+        assert [(r.time_s, r.drift_compensation) for r in rows] == [(0, False), (3600, False), (3600, True), (0, False)]
+        for r in rows:
+            assert r.samples == 40 and np.array(r.confusion).sum() == 40
+            assert np.trace(np.array(r.confusion)) == round(r.crossbar_accuracy * 40)
+            assert r.transactions_per_step >= 1 and r.step_latency_s > 0
+        # the digital accuracy next to it is the checkpoint's own model on the same 40 samples
+        model_, task = load_model(aware)
+        data = load_task(task.name, task.seed)
+        with torch.no_grad():
+            expected = (model_(data.test.x[:40]).argmax(-1) == data.test.y[:40]).float().mean().item()
+        assert rows[-1].digital_accuracy == pytest.approx(expected)
+        infer = run.steps[4].summary
+        assert (tmp_path / "reports" / f"run-{run.id}-infer_plain" / "report.md").exists()
+        assert (tmp_path / "reports" / f"run-{run.id}-infer_plain" / "accuracy_vs_time.png").exists()
+        assert infer["gap_points"] == pytest.approx(100 * (infer["digital_accuracy"] - infer["crossbar_accuracy"]))
+
+
+def test_an_infer_step_must_follow_its_deploy_step(tmp_path):
+    text = f"""name: bad_loop
+array: {{rows: 16, cols: 16}}
+steps:
+  - kind: infer
+    name: too_early
+    deployment: deploy
+  - kind: deploy
+    name: deploy
+    checkpoint: {{from_step: nowhere}}
+"""
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'bad.db'}"
+    assert hil.run.main([str(path), "--db", url]) == 2
+    assert not (tmp_path / "bad.db").exists()
+
+
+def test_deploy_refuses_write_voltages_beyond_the_limits(tmp_path):
+    text = """name: hot
+array: {rows: 16, cols: 16}
+limits: {max_write_voltage_v: 1.5}
+steps:
+  - kind: deploy
+    checkpoint: {id: 1}
+"""
+    path = tmp_path / "hot.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert hil.run.main([str(path), "--db", f"sqlite:///{tmp_path / 'hot.db'}"]) == 2

@@ -238,6 +238,13 @@ class SoftwareCrossbar(Crossbar):
         if self._g_mvm is None or self._clock - self._t_noise >= self._noise_corr:
             self._refresh_mvm_conductance()
         drive, acc = self._buffers(v.shape[0])
+        active = np.flatnonzero(v.any(axis=0))
+        sparse = 4 * len(active) < v.shape[1]
+        if sparse:
+            # A tile drives a few rows: rows at 0 V carry no current, so only the driven ones are
+            # converted and summed.
+            v = np.ascontiguousarray(v[:, active])
+            drive = np.empty_like(v)
         if self._dac_lsb is not None:
             # The driver's read-voltage limit never exceeds the DAC range, so codes need no clipping.
             kernels.dac_drive(v, self._dac_scale, self._kappa_code, drive)
@@ -249,12 +256,7 @@ class SoftwareCrossbar(Crossbar):
         else:
             drive = v
         # _g_mvm is pre-scaled to ADC codes per input code, so the product is already in ADC codes.
-        active = np.flatnonzero(np.any(v != 0, axis=0))
-        if 4 * len(active) < v.shape[1]:
-            # A tile drives a few rows: rows at 0 V carry no current, so only the driven ones are summed.
-            np.matmul(drive[:, active], self._g_mvm[active], out=acc)
-        else:
-            np.matmul(drive, self._g_mvm, out=acc)
+        np.matmul(drive, self._g_mvm[active] if sparse else self._g_mvm, out=acc)
         out = np.empty_like(acc)      # a fresh array for the caller: the buffers are reused
         noise = self._output_noise_codes(acc.size)
         lsb = self._adc_lsb32

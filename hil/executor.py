@@ -29,11 +29,25 @@ from .mapping import Mapping, Tile, matvec_layers
 
 @dataclass
 class _ArrayPart:
-    """The tiles of one layer in one group on one array: one MVM evaluates them all."""
+    """The tiles of one layer in one group on one array: one MVM evaluates them all. The tiles'
+    index arrays are concatenated once, so a step touches each group with a few array operations."""
 
     array: int
     tiles: list[Tile]
     adc_range_a: float | None = None     # None: the instrument's fixed range
+
+    def __post_init__(self):
+        t = self.tiles
+        self.inputs = np.concatenate([x.inputs for x in t])
+        self.rows = np.concatenate([x.rows for x in t])
+        self.starts = np.cumsum([0] + [len(x.inputs) for x in t[:-1]])
+        self.input_tile = np.repeat(np.arange(len(t)), [len(x.inputs) for x in t])
+        self.outputs = np.concatenate([x.outputs for x in t])
+        self.pos = np.concatenate([x.pos_cols for x in t])
+        self.neg = np.concatenate([x.neg_cols for x in t])
+        self.scale = np.concatenate([x.scale for x in t])
+        self.output_tile = np.repeat(np.arange(len(t)), [len(x.outputs) for x in t])
+        self.repeated_outputs = len(np.unique(self.outputs)) != len(self.outputs)
 
 
 @dataclass
@@ -129,25 +143,25 @@ class CrossbarExecutor:
         gains = self._gain if self.drift_compensation else np.ones(len(self.crossbars))
         for part in parts:
             xbar = self.crossbars[part.array]
-            volts = np.zeros((flat.shape[0], xbar.shape[0]))
-            scales = []
-            for tile in part.tiles:
-                xs = flat[:, tile.inputs]
-                top = np.abs(xs).max(axis=1)
-                top = np.where(top > 0, top, 1.0)
-                volts[:, tile.rows] = xs / top[:, None] * self.voltage_v
-                scales.append(top)
+            xs = flat[:, part.inputs]
+            # each tile's inputs scaled per sample so that the largest sits at the full voltage
+            top = np.maximum.reduceat(np.abs(xs), part.starts, axis=1)
+            top = np.where(top > 0, top, 1.0)
+            volts = np.zeros((flat.shape[0], xbar.shape[0]), dtype=np.float32)
+            volts[:, part.rows] = xs / top[:, part.input_tile] * self.voltage_v
             if not np.isfinite(volts).all():
                 raise FloatingPointError(f"layer {name!r} received non-finite inputs: the model's state has "
                                          "diverged on the array")
             currents = xbar.mvm(volts, adc_range_a=part.adc_range_a)
             self.stats.transactions += 1
             self.stats.per_layer[name] = self.stats.per_layer.get(name, 0) + 1
-            for tile, top in zip(part.tiles, scales):
-                diff = currents[:, tile.pos_cols].astype(np.float64) - currents[:, tile.neg_cols]
-                # current / (V * span) is the output in units of each output's full scale
-                out = diff * (top[:, None] / (self.voltage_v * span)) * tile.scale[None, :] * gains[part.array]
-                y[:, tile.outputs] += out          # a block's outputs are distinct; split blocks add up
+            diff = currents[:, part.pos].astype(np.float64) - currents[:, part.neg]
+            # current / (V * span) is the output in units of each output's full scale
+            out = diff * top[:, part.output_tile] * (part.scale * (gains[part.array] / (self.voltage_v * span)))
+            if part.repeated_outputs:          # row chunks of one block in one group: partial sums add
+                np.add.at(y, (slice(None), part.outputs), out)
+            else:
+                y[:, part.outputs] += out
         self.stats.seconds += time.perf_counter() - t0
         result = torch.from_numpy(y).to(x.dtype)
         bias = getattr(layer, "bias", None)

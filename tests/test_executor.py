@@ -183,3 +183,20 @@ def test_mapping_round_trips_through_bytes():
         assert np.array_equal(back.targets(a), mapping.targets(a), equal_nan=True)
     assert np.array_equal(back.arrays[0].stuck_value_s, stuck, equal_nan=True)
     assert back.summary() == mapping.summary()
+
+
+def test_each_mvm_takes_the_finest_adc_range_that_cannot_saturate():
+    model = mgrade_model()
+    xbar = SoftwareCrossbar(64, 64, seed=0).open()                     # default device: 10-bit ADC
+    mapping = map_model(model, [ArraySlot("a0", 64, 64)], noise_model())
+    xbar.program_exactly(mapping.targets(0))
+    executor = CrossbarExecutor(model, mapping, [xbar])
+    ranges = sorted(xbar.converters().adc_ranges_a)
+    targets = mapping.targets(0)
+    for _, parts in executor._parts.values():
+        for part in parts:
+            worst = executor.voltage_v * np.nan_to_num(targets[np.ix_(part.rows, np.r_[part.pos, part.neg])]).sum(0).max()
+            assert part.adc_range_a >= worst
+            finer = [r for r in ranges if r < part.adc_range_a]
+            assert not finer or finer[-1] < worst
+    assert len({p.adc_range_a for _, parts in executor._parts.values() for p in parts}) > 1

@@ -189,8 +189,7 @@ class Crossbar(ABC):
             raise LimitViolation(self._name, "mvm",
                                  f"input voltage beyond max_read_voltage_v {limit:g} V (or not finite)")
         self.transactions["mvm"] += 1
-        out = self._guarded("mvm", self._mvm, v) if adc_range_a is None else \
-            self._guarded("mvm", self._mvm, v, adc_range_a)
+        out = self._guarded("mvm", self._mvm, v, adc_range_a)
         return out[0] if single else out
 
     # ------------------------------------------------------ backend interface

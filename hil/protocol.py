@@ -288,6 +288,14 @@ class CalibrateStep(CalibrationOptions):
     report: bool = Field(True, description="write a Markdown report with figures")
 
 
+def _exactly_one_of(model, names: tuple[str, ...]):
+    """``model`` if exactly one of the fields ``names`` is set, else a ValueError naming them."""
+    given = [k for k in names if getattr(model, k) is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of {', '.join(names)} (got {', '.join(given) or 'none'})")
+    return model
+
+
 class NoiseModelRef(_Model):
     """Which stored noise model: by ``id``, the newest for an array (``latest_for``), or the one a
     ``calibrate`` step earlier in this protocol fits (``from_step``)."""
@@ -298,10 +306,7 @@ class NoiseModelRef(_Model):
 
     @model_validator(mode="after")
     def _exactly_one(self):
-        given = [k for k in ("id", "latest_for", "from_step") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of id, latest_for, from_step (got {', '.join(given) or 'none'})")
-        return self
+        return _exactly_one_of(self, ("id", "latest_for", "from_step"))
 
 
 class AnalogTraining(_Model):
@@ -352,10 +357,7 @@ class CheckpointRef(_Model):
 
     @model_validator(mode="after")
     def _exactly_one(self):
-        given = [k for k in ("id", "name", "from_step") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of id, name, from_step (got {', '.join(given) or 'none'})")
-        return self
+        return _exactly_one_of(self, ("id", "name", "from_step"))
 
 
 class DeployStep(_Model):
@@ -452,35 +454,35 @@ class Protocol(_Model):
                 first_use[step.name] = index
             problems.extend((("steps", index, *(field if isinstance(field, tuple) else (field,))), kind, message, value)
                             for field, kind, message, value in _limit_violations(step, self.limits))
-            if isinstance(step, DeployStep):
-                ref = step.checkpoint.from_step
-                source = next((s for s in self.steps[:index] if s.name == ref), None) if ref else None
-                if ref is not None and not isinstance(source, TrainStep):
-                    problems.append((("steps", index, "checkpoint", "from_step"), "step_reference",
-                                     "must name an earlier train step", ref))
-                nm = step.noise_model.from_step if step.noise_model else None
-                source = next((s for s in self.steps[:index] if s.name == nm), None) if nm else None
-                if nm is not None and (not isinstance(source, CalibrateStep) or not source.fit):
-                    problems.append((("steps", index, "noise_model", "from_step"), "step_reference",
-                                     "must name an earlier calibrate step that fits a noise model", nm))
-            if isinstance(step, InferStep):
-                source = next((s for s in self.steps[:index] if s.name == step.deployment), None)
-                if not isinstance(source, DeployStep):
-                    problems.append((("steps", index, "deployment"), "step_reference",
-                                     "must name an earlier deploy step", step.deployment))
-            if isinstance(step, TrainStep):
-                refs = [(("analog", "noise_model"), step.analog.noise_model if step.analog else None),
-                        (("evaluate_under",), step.evaluate_under)]
-                for where, ref in refs:
-                    if ref is None or ref.from_step is None:
-                        continue
-                    source = next((s for s in self.steps[:index] if s.name == ref.from_step), None)
-                    if not isinstance(source, CalibrateStep) or not source.fit:
-                        problems.append((("steps", index, *where, "from_step"), "step_reference",
-                                         "must name an earlier calibrate step that fits a noise model",
-                                         ref.from_step))
+            for where, ref, accepts, message in _step_references(step):
+                source = next((s for s in self.steps[:index] if s.name == ref), None)
+                if source is None or not accepts(source):
+                    problems.append((("steps", index, *where), "step_reference", message, ref))
         _raise_at("Protocol", problems)
         return self
+
+
+_FITS_NOISE_MODEL = (lambda s: isinstance(s, CalibrateStep) and s.fit,
+                     "must name an earlier calibrate step that fits a noise model")
+
+
+def _step_references(step):
+    """(field path, referenced step name, test the referenced step must pass, message) for every
+    reference ``step`` makes to an earlier step of the protocol."""
+    noise_refs = []
+    if isinstance(step, TrainStep):
+        noise_refs = [(("analog", "noise_model"), step.analog.noise_model if step.analog else None),
+                      (("evaluate_under",), step.evaluate_under)]
+    elif isinstance(step, DeployStep):
+        noise_refs = [(("noise_model",), step.noise_model)]
+        if step.checkpoint.from_step is not None:
+            yield (("checkpoint", "from_step"), step.checkpoint.from_step, lambda s: isinstance(s, TrainStep),
+                   "must name an earlier train step")
+    elif isinstance(step, InferStep):
+        yield (("deployment",), step.deployment, lambda s: isinstance(s, DeployStep), "must name an earlier deploy step")
+    for where, ref in noise_refs:
+        if ref is not None and ref.from_step is not None:
+            yield ((*where, "from_step"), ref.from_step, *_FITS_NOISE_MODEL)
 
 
 def _limit_violations(step, limits: SafetyLimits):

@@ -76,7 +76,7 @@ class CrossbarExecutor:
         self._reference: np.ndarray | None = None
         self.stats = ExecutorStats()
         self._parts: dict[int, tuple[str, list[_ArrayPart]]] = {}
-        self._targets: dict[int, np.ndarray] = {}
+        targets: dict[int, np.ndarray] = {}
         layers = matvec_layers(model)
         missing = sorted(set(layers) - set(mapping.layers))
         if missing:
@@ -85,19 +85,21 @@ class CrossbarExecutor:
             by_group: dict[tuple[int, int], list[Tile]] = {}
             for tile in mapping.layer_tiles(name):
                 by_group.setdefault((tile.array, tile.group), []).append(tile)
-            self._parts[id(layer)] = (name, [_ArrayPart(a, t, self._adc_range(a, t)) for (a, _), t in
-                                             sorted(by_group.items())])
+            parts = [_ArrayPart(a, t) for (a, _), t in sorted(by_group.items())]
+            for part in parts:
+                if part.array not in targets:
+                    targets[part.array] = mapping.targets(part.array)
+                part.adc_range_a = self._adc_range(part, targets[part.array])
+            self._parts[id(layer)] = (name, parts)
 
-    def _adc_range(self, array: int, tiles: list[Tile]) -> float | None:
+    def _adc_range(self, part: _ArrayPart, targets: np.ndarray) -> float | None:
         """The finest ADC range that holds the largest current the group's columns can carry (every
-        input at full voltage), from the programmed targets: no output can saturate."""
-        ranges = self.crossbars[array].converters().adc_ranges_a
+        input at full voltage), from the programmed ``targets``: no output can saturate."""
+        ranges = self.crossbars[part.array].converters().adc_ranges_a
         if not ranges:
             return None
-        targets = self._targets.setdefault(array, self.mapping.targets(array))
-        rows = np.concatenate([t.rows for t in tiles])
-        cols = np.concatenate([np.r_[t.pos_cols, t.neg_cols] for t in tiles])
-        worst = self.voltage_v * np.nan_to_num(targets[np.ix_(rows, cols)]).sum(axis=0).max()
+        cells = targets[np.ix_(part.rows, np.r_[part.pos, part.neg])]
+        worst = self.voltage_v * np.nan_to_num(cells).sum(axis=0).max()
         fitting = [r for r in ranges if r >= worst]
         return min(fitting) if fitting else max(ranges)
 

@@ -3,21 +3,23 @@
 Every product of a model's streaming step goes through one matvec with the *layer* that owns
 the weights (:mod:`hil.nn.matvec`): linear layers, the delay taps, the S4D recurrence. A layer's
 product is a set of *blocks*, dense sub-matrices with their own input and output indices: one for
-a linear layer, one per channel for the block-diagonal S4D recurrence and delay taps (whose
-all-zero inputs, the delays no tap sits on, take no devices).
+a linear layer, one per channel for the block-diagonal delay taps (whose all-zero inputs, the
+delays no tap sits on, take no devices), and for the S4D recurrence one per mode (its two state
+rows) plus one per channel (its output row), so that only its nonzero pattern takes devices.
 
 A block larger than an array is cut into *tiles* of at most ``rows`` inputs and ``cols // 2``
 outputs, whose partial sums are added digitally. Each weight is a differential pair on one row,
 the positive and the negative column of its output; each output (column pair) of a tile is scaled
 on its own, its largest |w| spanning the noise model's weight window, so the digital rescale
-after the ADC is one factor per output. Consecutive tiles of a layer form a *group* (at most
+after the ADC is one factor per output. Tiles of one layer and one shape form a *group* (at most
 ``tiles_per_mvm``) placed block-diagonally in its own rectangle of an array, so one MVM evaluates
 the group; rectangles never overlap, so no MVM reaches another group's devices.
 
 Stuck devices known from calibration are avoided and compensated: within its rows and columns a
 tile permutes its inputs and outputs (Hungarian assignment, :func:`scipy.optimize.linear_sum_assignment`)
 so that stuck devices fall where they cost least, never on an entry marked critical (the S4D
-poles' diagonal); the partner of each stuck device is then programmed around it.
+poles' entries; tiles may also trade places in their group, or take its spare slot); the partner
+of each stuck device is then programmed around it.
 
 The result, a :class:`Mapping`, is saved with the deployment and can be inspected
 (:meth:`Mapping.summary`, :meth:`Mapping.to_bytes`).
@@ -36,7 +38,7 @@ from torch import nn
 
 from calibration.noise_model import NoiseModel
 
-from .nn.analog import AnalogLinear, apply_weight_spec
+from .nn.analog import AnalogLinear, apply_weight_spec, pair_targets
 from .nn.delay_conv import DelayTaps
 from .nn.s4d import S4DRecurrence
 
@@ -121,6 +123,15 @@ class ArraySlot:
             return np.zeros((self.rows, self.cols), dtype=bool)
         return np.isfinite(self.stuck_value_s)
 
+    def stuck_pairs(self, rows: np.ndarray, pos_cols: np.ndarray,
+                    neg_cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stuck values (outputs, inputs) of the positive and negative devices of pairs on ``rows``
+        and the given columns; NaN where a device works."""
+        if self.stuck_value_s is None:
+            nan = np.full((len(pos_cols), len(rows)), np.nan)
+            return nan, nan
+        return self.stuck_value_s[np.ix_(rows, pos_cols)].T, self.stuck_value_s[np.ix_(rows, neg_cols)].T
+
 
 @dataclass
 class Tile:
@@ -181,18 +192,15 @@ class Mapping:
         for t in self.tiles:
             if t.array == array:
                 groups.setdefault((t.layer, t.group), []).append(t)
-        stuck = slot.stuck_value_s
         for tiles in groups.values():
             if len(tiles) > 1:
                 rows = np.concatenate([t.rows for t in tiles])
                 pos = np.concatenate([t.pos_cols for t in tiles])
                 neg = np.concatenate([t.neg_cols for t in tiles])
-                zero = np.zeros((len(pos), len(rows)))
-                sp = np.full(zero.shape, np.nan) if stuck is None else stuck[np.ix_(rows, pos)].T
-                sn = np.full(zero.shape, np.nan) if stuck is None else stuck[np.ix_(rows, neg)].T
                 # a zero weight: a stuck device gets its partner set to the same conductance
-                g_pos, g_neg = pair_targets(zero, np.ones(len(pos)), self.g_lo_s, self.g_hi_s, self.g_min_s,
-                                            self.g_max_s, sp, sn)
+                g_pos, g_neg = pair_targets(np.zeros((len(pos), len(rows))), np.ones(len(pos)), self.g_lo_s,
+                                            self.g_hi_s, self.g_min_s, self.g_max_s,
+                                            *slot.stuck_pairs(rows, pos, neg))
                 out[np.ix_(rows, pos)] = g_pos.T
                 out[np.ix_(rows, neg)] = g_neg.T
         for t in self.tiles:
@@ -207,8 +215,9 @@ class Mapping:
     def summary(self) -> list[dict]:
         """One row per tile: where it sits and what it holds."""
         rows = []
+        stuck_maps = [a.stuck() for a in self.arrays]
         for i, t in enumerate(self.tiles):
-            stuck = self.arrays[t.array].stuck()
+            stuck = stuck_maps[t.array]
             cells = np.concatenate([stuck[np.ix_(t.rows, t.pos_cols)], stuck[np.ix_(t.rows, t.neg_cols)]], axis=1)
             rows.append({"tile": i, "layer": t.layer, "block": t.block, "array": self.arrays[t.array].array_id,
                          "group": t.group,
@@ -258,27 +267,6 @@ class Mapping:
 
 
 # ---------------------------------------------------------------------- targets
-def pair_targets(weight: np.ndarray, scale: np.ndarray, g_lo: float, g_hi: float, g_min: float, g_max: float,
-                 stuck_pos: np.ndarray, stuck_neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Conductances (m, k) of the positive and negative devices for ``weight`` (m, k).
-
-    ``stuck_pos``/``stuck_neg`` hold the conductance of stuck devices (NaN where working): a stuck
-    device keeps its value and its partner is set to keep the pair's difference, as far as the
-    device window [g_min, g_max] allows.
-    """
-    span = g_hi - g_lo
-    safe = np.where(scale > 0, scale, 1.0)[:, None]
-    diff = weight / safe * span
-    pos = g_lo + np.maximum(diff, 0)
-    neg = g_lo + np.maximum(-diff, 0)
-    sp, sn = np.isfinite(stuck_pos), np.isfinite(stuck_neg)
-    pos = np.where(sn & ~sp, np.clip(np.nan_to_num(stuck_neg) + diff, g_min, g_max), pos)
-    neg = np.where(sp & ~sn, np.clip(np.nan_to_num(stuck_pos) - diff, g_min, g_max), neg)
-    pos = np.where(sp, stuck_pos, pos)
-    neg = np.where(sn, stuck_neg, neg)
-    return pos, neg
-
-
 def _placement_error(weight, scale, critical, g, stuck_pos, stuck_neg):
     """Per-entry cost (m, k) of a placement: the weight error stuck devices leave, in full-scale units,
     with critical entries on a stuck device priced out."""
@@ -294,27 +282,25 @@ def _placement_error(weight, scale, critical, g, stuck_pos, stuck_neg):
 def _assign(tile: Tile, slot: ArraySlot, g: tuple[float, float, float, float], rounds: int = 2) -> None:
     """Permute the tile's inputs over its rows and its outputs over its column pairs so that stuck
     devices cost least (alternating Hungarian assignments, each one optimal given the other)."""
-    if slot.stuck_value_s is None or not slot.stuck()[np.ix_(tile.rows, np.r_[tile.pos_cols, tile.neg_cols])].any():
+    sp, sn = slot.stuck_pairs(tile.rows, tile.pos_cols, tile.neg_cols)
+    if not (np.isfinite(sp).any() or np.isfinite(sn).any()):
         return
-    sv = slot.stuck_value_s
     w, s, crit = tile.weight, tile.scale, tile.critical
     for _ in range(rounds):
-        # rows: cost[i, r] of putting input i on physical row rows[r]
-        sp = sv[np.ix_(tile.rows, tile.pos_cols)]            # (k_rows, m)
-        sn = sv[np.ix_(tile.rows, tile.neg_cols)]
-        cost = np.stack([_placement_error(w, s, crit, g, np.broadcast_to(sp[r][:, None], w.shape),
-                                          np.broadcast_to(sn[r][:, None], w.shape)).sum(axis=0)
+        # rows: cost[i, r] of putting input i on physical row rows[r]; sp[:, r] are row r's devices
+        cost = np.stack([_placement_error(w, s, crit, g, np.broadcast_to(sp[:, r][:, None], w.shape),
+                                          np.broadcast_to(sn[:, r][:, None], w.shape)).sum(axis=0)
                          for r in range(len(tile.rows))], axis=1)   # (k inputs, k rows)
         _, cols = linear_sum_assignment(cost)
         tile.rows = tile.rows[cols]
-        # column pairs: cost[j, p] of putting output j on pair p
-        sp = sv[np.ix_(tile.rows, tile.pos_cols)].T           # (m pairs, k)
-        sn = sv[np.ix_(tile.rows, tile.neg_cols)].T
+        # column pairs: cost[j, p] of putting output j on pair p (sp[p] are pair p's devices)
+        sp, sn = slot.stuck_pairs(tile.rows, tile.pos_cols, tile.neg_cols)
         cost = np.stack([_placement_error(w, s, crit, g, np.broadcast_to(sp[p], w.shape),
                                           np.broadcast_to(sn[p], w.shape)).sum(axis=1)
                          for p in range(len(tile.pos_cols))], axis=1)   # (m outputs, m pairs)
         _, pairs = linear_sum_assignment(cost)
         tile.pos_cols, tile.neg_cols = tile.pos_cols[pairs], tile.neg_cols[pairs]
+        sp, sn = slot.stuck_pairs(tile.rows, tile.pos_cols, tile.neg_cols)
 
 
 # ---------------------------------------------------------------------- packing
@@ -334,8 +320,8 @@ class _Group:
     chunks: list = field(default_factory=list)    # (block, inputs, outputs, weight, critical)
     height: int = 0
     width: int = 0
-    spare: tuple[int, int] | None = None          # one extra slot (rows, columns) for tiles with critical entries
     shape: tuple[int, int] | None = None          # (rows, columns) of its tiles, all alike
+    spare: bool = False                           # one extra slot of that shape, for tiles with critical entries
 
 
 def _groups(model: nn.Module, rows: int, cols: int, tiles_per_mvm: int,
@@ -360,7 +346,7 @@ def _groups(model: nn.Module, rows: int, cols: int, tiles_per_mvm: int,
                 groups.append(group)
                 if crit is not None and 2 * k <= rows and 2 * w <= cols:
                     # a spare slot lets a tile whose critical entries meet stuck devices move
-                    group.spare = (k, w)
+                    group.spare = True
                     group.height, group.width = k, w
             group.chunks.append((b, inputs, outputs, weight, crit))
             group.height += k
@@ -398,19 +384,17 @@ def _shelf_pack(groups: list[_Group], arrays: list[ArraySlot]) -> list[tuple[int
 
 def _place(layer: str, group: int, array: int, chunk, at: tuple[int, int], slot: ArraySlot,
            g: tuple[float, float, float, float]) -> tuple[Tile, float]:
-    """A tile for ``chunk`` with its corner at ``at``, its lines permuted around the stuck devices,
-    and the cost those devices still leave."""
+    """A tile for ``chunk`` with its corner at ``at``, its lines permuted around the stuck devices
+    and its conductance targets set, and the cost those devices still leave."""
     b, inputs, outputs, weight, crit = chunk
     (r0, c0), k, m = at, len(inputs), len(outputs)
     scale = np.abs(weight).max(axis=1) if weight.size else np.zeros(m)
     tile = Tile(layer, b, array, inputs, outputs, weight, np.arange(r0, r0 + k), np.arange(c0, c0 + 2 * m, 2),
                 np.arange(c0 + 1, c0 + 2 * m, 2), scale, critical=crit, group=group)
     _assign(tile, slot, g)
-    if slot.stuck_value_s is None:
-        return tile, 0.0
-    sv = slot.stuck_value_s
-    cost = _placement_error(weight, scale, crit, g, sv[np.ix_(tile.rows, tile.pos_cols)].T,
-                            sv[np.ix_(tile.rows, tile.neg_cols)].T).sum()
+    stuck_pos, stuck_neg = slot.stuck_pairs(tile.rows, tile.pos_cols, tile.neg_cols)
+    tile.target_pos_s, tile.target_neg_s = pair_targets(weight, scale, *g, stuck_pos, stuck_neg)
+    cost = _placement_error(weight, scale, crit, g, stuck_pos, stuck_neg).sum()
     return tile, float(cost)
 
 
@@ -443,23 +427,16 @@ def map_model(model: nn.Module, arrays: list[ArraySlot], noise: NoiseModel, tile
             slots.append((r0, c0))
             r0, c0 = r0 + len(inputs), c0 + 2 * len(outputs)
         placed = [_place(g_def.layer, group, current, chunk, at, slot, g) for chunk, at in zip(g_def.chunks, slots)]
-        shapes = {(len(c[1]), 2 * len(c[2])) for c in g_def.chunks}
-        if g_def.spare is not None and shapes == {g_def.spare}:
+        if g_def.spare:
             slots.append((r0, c0))
-        if len(shapes) == 1 and len(slots) > 1 and max(cost for _, cost in placed) >= CRITICAL_COST:
+        if len(slots) > 1 and max(cost for _, cost in placed) >= CRITICAL_COST:
             # Some tile cannot keep its critical entries off stuck devices where it sits: let the
             # tiles trade places along the group's diagonal, spare slot included (all the same size).
             trials = [[_place(g_def.layer, group, current, chunk, at, slot, g) for at in slots]
                       for chunk in g_def.chunks]
             _, best = linear_sum_assignment(np.array([[cost for _, cost in row] for row in trials]))
             placed = [trials[t][best[t]] for t in range(len(trials))]
-        for tile, _ in placed:
-            sv = slot.stuck_value_s
-            shape = tile.weight.shape
-            stuck_pos = sv[np.ix_(tile.rows, tile.pos_cols)].T if sv is not None else np.full(shape, np.nan)
-            stuck_neg = sv[np.ix_(tile.rows, tile.neg_cols)].T if sv is not None else np.full(shape, np.nan)
-            tile.target_pos_s, tile.target_neg_s = pair_targets(tile.weight, tile.scale, *g, stuck_pos, stuck_neg)
-            tiles.append(tile)
+        tiles.extend(tile for tile, _ in placed)
     return Mapping(list(arrays), g_lo, g_hi, noise.window.g_min_s, noise.window.g_max_s,
                    noise.periphery.read_voltage_v, layer_shapes, tiles)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -64,6 +65,29 @@ def _interp(x: torch.Tensor, xp: list[float], fp: list[float]) -> torch.Tensor:
     return f0 + t * (f1 - f0)
 
 
+def pair_targets(weight: np.ndarray, scale: np.ndarray, g_lo: float, g_hi: float, g_min: float, g_max: float,
+                 stuck_pos: np.ndarray, stuck_neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Conductances (m, k) of the positive and negative devices for ``weight`` (m, k), each row
+    (output) spanning the weight window [g_lo, g_hi] at its ``scale`` (m,); leading dimensions
+    broadcast.
+
+    ``stuck_pos``/``stuck_neg`` hold the conductance of stuck devices (NaN where working): a stuck
+    device keeps its value and its partner is set to keep the pair's difference, as far as the
+    device window [g_min, g_max] allows.
+    """
+    span = g_hi - g_lo
+    safe = np.where(scale > 0, scale, 1.0)[..., None]
+    diff = weight / safe * span
+    pos = g_lo + np.maximum(diff, 0)
+    neg = g_lo + np.maximum(-diff, 0)
+    sp, sn = np.isfinite(stuck_pos), np.isfinite(stuck_neg)
+    pos = np.where(sn & ~sp, np.clip(np.nan_to_num(stuck_neg) + diff, g_min, g_max), pos)
+    neg = np.where(sp & ~sn, np.clip(np.nan_to_num(stuck_pos) - diff, g_min, g_max), neg)
+    pos = np.where(sp, stuck_pos, pos)
+    neg = np.where(sn, stuck_neg, neg)
+    return pos, neg
+
+
 def perturb_weights(weight: torch.Tensor, spec: AnalogSpec, generator: torch.Generator | None = None,
                     working: torch.Tensor | None = None) -> torch.Tensor:
     """``weight`` as the array would realise it, with an identity gradient.
@@ -85,7 +109,6 @@ def perturb_weights(weight: torch.Tensor, spec: AnalogSpec, generator: torch.Gen
     w_max = w.abs().amax(dim=-1, keepdim=True)
     if not bool((w_max > 0).any()):
         return weight
-    safe_max = torch.where(w_max > 0, w_max, torch.ones_like(w_max))
     g_min, g_max = model.window.g_min_s, model.window.g_max_s
     g_lo, g_hi = model.weight_window()
     span = g_hi - g_lo
@@ -94,23 +117,24 @@ def perturb_weights(weight: torch.Tensor, spec: AnalogSpec, generator: torch.Gen
     def normal(like: torch.Tensor) -> torch.Tensor:
         return torch.randn(like.shape, dtype=like.dtype, generator=generator)
 
-    pair = torch.stack([g_lo + F.relu(w) / safe_max * span, g_lo + F.relu(-w) / safe_max * span])
-    stuck = torch.zeros_like(pair, dtype=torch.bool)
+    stuck = torch.zeros((2, *w.shape), dtype=torch.bool)
+    stuck_value = torch.full((2, *w.shape), float("nan"), dtype=w.dtype)
     if spec.stuck_cells:
-        u = torch.rand(pair.shape, dtype=pair.dtype, generator=generator)
+        u = torch.rand(stuck.shape, dtype=w.dtype, generator=generator)
         on_rate, off_rate = scale * model.defects.stuck_on_rate, scale * model.defects.stuck_off_rate
         on = u < on_rate
         stuck = u < on_rate + off_rate
         if working is not None:
             stuck = stuck & ~working.expand_as(w)
             on = on & stuck
-        stuck_value = torch.where(on, torch.full_like(pair, g_max), torch.full_like(pair, g_min))
-        if spec.stuck_compensation:
-            difference = pair[0] - pair[1]
-            only_pos, only_neg = stuck[0] & ~stuck[1], stuck[1] & ~stuck[0]
-            pos_target = torch.where(only_neg, (stuck_value[1] + difference).clamp(g_min, g_max), pair[0])
-            neg_target = torch.where(only_pos, (stuck_value[0] - difference).clamp(g_min, g_max), pair[1])
-            pair = torch.stack([pos_target, neg_target])
+        stuck_value = torch.where(on, torch.full_like(u, g_max), torch.full_like(u, g_min))
+    # The pair as the mapping programs it (hil.mapping uses the same rule), partners of the stuck
+    # devices compensating them when the mapping knows them.
+    known = stuck if spec.stuck_compensation else torch.zeros_like(stuck)
+    known_value = torch.where(known, stuck_value, torch.full_like(stuck_value, float("nan")))
+    pos, neg = pair_targets(w.numpy(), w_max[..., 0].numpy(), g_lo, g_hi, g_min, g_max, known_value[0].numpy(),
+                            known_value[1].numpy())
+    pair = torch.from_numpy(np.stack([pos, neg])).to(w.dtype)
     if spec.programming_noise and model.programming is not None:
         sigma = _interp(pair, model.programming.levels_s, model.programming.sigma_s)
         bias = _interp(pair, model.programming.levels_s, model.programming.bias_s)

@@ -90,8 +90,9 @@ def stuck_values(ctx: RunContext, noise: NoiseModel) -> tuple[np.ndarray | None,
 
 def tile_records(mapping: Mapping, achieved: np.ndarray, success: np.ndarray) -> list[dict]:
     out = []
-    stuck = mapping.arrays[0].stuck()
+    stuck_maps = [a.stuck() for a in mapping.arrays]
     for i, t in enumerate(mapping.tiles):
+        stuck = stuck_maps[t.array]
         cells = np.r_[t.pos_cols, t.neg_cols]
         got = achieved[np.ix_(t.rows, cells)]
         want = np.concatenate([t.target_pos_s, t.target_neg_s]).T

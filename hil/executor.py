@@ -35,6 +35,7 @@ class _ArrayPart:
     array: int
     tiles: list[Tile]
     adc_range_a: float | None = None     # None: the instrument's fixed range
+    worst_current_per_v: float = 0.0     # the largest column's summed target conductance (S)
 
     def __post_init__(self):
         t = self.tiles
@@ -71,6 +72,7 @@ class CrossbarExecutor:
         self.mapping = mapping
         self.crossbars = crossbars
         self.voltage_v = min(mapping.read_voltage_v, *(x.limits.max_read_voltage_v for x in crossbars))
+        self._probe_voltage_v = self.voltage_v    # fixed, so that probes before and after drift compare
         self.drift_compensation = drift_compensation
         self._gain = np.ones(len(crossbars))
         self._reference: np.ndarray | None = None
@@ -89,17 +91,26 @@ class CrossbarExecutor:
             for part in parts:
                 if part.array not in targets:
                     targets[part.array] = mapping.targets(part.array)
-                part.adc_range_a = self._adc_range(part, targets[part.array])
+                part.worst_current_per_v = np.nan_to_num(
+                    targets[part.array][np.ix_(part.rows, np.r_[part.pos, part.neg])]).sum(axis=0).max()
+                part.adc_range_a = self._adc_range(part)
             self._parts[id(layer)] = (name, parts)
 
-    def _adc_range(self, part: _ArrayPart, targets: np.ndarray) -> float | None:
+    def set_voltage(self, voltage_v: float) -> None:
+        """Drive the inputs at most at ``voltage_v`` (capped by every crossbar's read limit) and
+        choose the ADC ranges again for it."""
+        self.voltage_v = min(voltage_v, *(x.limits.max_read_voltage_v for x in self.crossbars))
+        for _, parts in self._parts.values():
+            for part in parts:
+                part.adc_range_a = self._adc_range(part)
+
+    def _adc_range(self, part: _ArrayPart) -> float | None:
         """The finest ADC range that holds the largest current the group's columns can carry (every
-        input at full voltage), from the programmed ``targets``: no output can saturate."""
+        input at full voltage, conductances as programmed): no output can saturate."""
         ranges = self.crossbars[part.array].converters().adc_ranges_a
         if not ranges:
             return None
-        cells = targets[np.ix_(part.rows, np.r_[part.pos, part.neg])]
-        worst = self.voltage_v * np.nan_to_num(cells).sum(axis=0).max()
+        worst = self.voltage_v * part.worst_current_per_v
         fitting = [r for r in ranges if r >= worst]
         return min(fitting) if fitting else max(ranges)
 
@@ -110,7 +121,7 @@ class CrossbarExecutor:
         for a, xbar in enumerate(self.crossbars):
             v = np.zeros((1, xbar.shape[0]))
             rows = np.unique(np.concatenate([t.rows for t in self.mapping.tiles if t.array == a] or [np.array([], int)]))
-            v[0, rows] = self.voltage_v
+            v[0, rows] = self._probe_voltage_v
             totals[a] = np.abs(xbar.mvm(v)).sum()
             self.stats.transactions += 1
         return totals

@@ -51,7 +51,7 @@ def run_infer(ctx: RunContext, step: InferStep, row: RunStep) -> StepReport:
     if step.samples is not None:
         x, y = x[:step.samples], y[:step.samples]
     model, executor, xbar = dep.model, dep.executor, ctx.xbar
-    executor.voltage_v = min(step.read_voltage_v, xbar.limits.max_read_voltage_v)
+    executor.set_voltage(step.read_voltage_v)
 
     set_matvec(model, digital_matvec)
     with torch.no_grad():

@@ -84,6 +84,8 @@ class Periphery(_Part):
     adc_full_scale_a: float | None = None
     output_noise_a: float | None = None
     output_noise_upper_a: float | None = None
+    # kappa in I = g V (1 + kappa V^2) / (1 + kappa V_r^2), g read at V_r; None: not measured
+    iv_cubic_per_v2: float | None = None
 
 
 class NoiseModel(_Part):

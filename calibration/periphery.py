@@ -1,8 +1,12 @@
-"""The MVM periphery seen from outside: ADC step and full scale, and the output noise.
+"""The MVM periphery seen from outside: ADC step and full scale, the output noise, the I-V curve.
 
 A zero input isolates the output noise (no conductance is driven, so read noise
 does not enter); a sweep of all rows from zero to the read limit shows the ADC's
-quantisation steps and, if the array conducts enough, its saturation.
+quantisation steps, if the array conducts enough its saturation, and the shape of
+each column's current against voltage. Cells conduct more than ohmically as the
+voltage rises (I = g V (1 + kappa V^2) to first order for the sinh-like curves of
+filamentary devices); an MVM drives every row at its own voltage, so that curvature
+is a systematic, input-dependent gain error unless the inputs are pre-distorted.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class PeripheryFit:
     output_noise_upper_a: float | None
     dac_bits: int | None
     adc_bits: int | None
+    iv_cubic_per_v2: float | None = None  # kappa; None: no column carried enough current to fit it
 
 
 def measure_periphery(xbar: Crossbar, options: PeripheryOptions) -> PeripheryMeasurement:
@@ -67,4 +72,31 @@ def fit_periphery(m: PeripheryMeasurement) -> PeripheryFit:
     if step is not None and noise == 0.0:
         # Every zero-input output rounded to the same code: the noise is below half a step.
         noise, upper = None, step / 2
-    return PeripheryFit(step, full_scale, noise, upper, m.declared.dac_bits, m.declared.adc_bits)
+    return PeripheryFit(step, full_scale, noise, upper, m.declared.dac_bits, m.declared.adc_bits,
+                        fit_iv_cubic(m.sweep_v, m.sweep_outputs_a, step, full_scale))
+
+
+def fit_iv_cubic(sweep_v: np.ndarray, outputs_a: np.ndarray, adc_step_a: float | None,
+                 full_scale_a: float | None) -> float | None:
+    """kappa of I = a V + a kappa V^3, the median over columns of a least-squares fit of each column.
+
+    Points at or near saturation are left out; a column takes part only if its current reaches a
+    hundred ADC steps (or, without a known step, a hundredth of the largest column), so that the
+    cubic term, a few percent of the current, stands above quantisation."""
+    v = np.asarray(sweep_v, np.float64)
+    i = np.asarray(outputs_a, np.float64)
+    top = np.abs(i).max() if i.size else 0.0
+    if top == 0 or v.size < 4:
+        return None
+    limit = 0.98 * (full_scale_a if full_scale_a is not None else np.inf)
+    floor = 100 * adc_step_a if adc_step_a else top / 100
+    basis = np.stack([v, v ** 3], axis=1)
+    kappas = []
+    for col in i.T:
+        keep = (np.abs(col) < limit) & (v > 0)
+        if keep.sum() < 4 or np.abs(col[keep]).max() < floor:
+            continue
+        (a, c), *_ = np.linalg.lstsq(basis[keep], col[keep], rcond=None)
+        if a > 0:
+            kappas.append(c / a)
+    return float(np.median(kappas)) if kappas else None

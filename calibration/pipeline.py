@@ -156,7 +156,8 @@ def fit_noise_model(cal: Calibration, *, array_id: str, rows: int, cols: int,
                           adc_step_a=pf.adc_step_a if pf else None,
                           adc_full_scale_a=pf.adc_full_scale_a if pf else None,
                           output_noise_a=pf.output_noise_a if pf else None,
-                          output_noise_upper_a=pf.output_noise_upper_a if pf else None)
+                          output_noise_upper_a=pf.output_noise_upper_a if pf else None,
+                          iv_cubic_per_v2=pf.iv_cubic_per_v2 if pf else None)
     n = working.size
     return NoiseModel(array_id=array_id, rows=rows, cols=cols, window=window, programming=programming,
                       read=ReadNoise(floor_s=read.floor_s, relative=read.relative), drift=drift,

@@ -134,6 +134,8 @@ def _model_table(model: NoiseModel) -> list[str]:
         rows.append(("output noise", f"{p.output_noise_a * 1e9:.2f} nA"))
     elif p.output_noise_upper_a is not None:
         rows.append(("output noise", f"below {p.output_noise_upper_a * 1e9:.1f} nA (half an ADC step)"))
+    if p.iv_cubic_per_v2 is not None:
+        rows.append(("I-V curvature κ (I ∝ V (1 + κ V²))", f"{p.iv_cubic_per_v2:.3f} V⁻²"))
     return ["| quantity | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
 
 

@@ -8,6 +8,11 @@ one and rescales digitally (per sample and per output), adds the partial sums of
 one block, and adds the layer's bias. Everything else in the step (nonlinearities, states, the
 S4D state's residual, the delay buffers) stays digital, in the model's own code.
 
+Cells conduct more than ohmically as the voltage rises, I = g V (1 + kappa V^2) / (1 + kappa V_r^2)
+with g read at V_r; left alone that is an input-dependent gain error of a few percent, the same on
+every step of a recurrence. With the calibrated kappa the executor pre-distorts each input voltage,
+solving V (1 + kappa V^2) = v (1 + kappa V_r^2), so that the current is g v again.
+
 Drift compensation (optional) is global per array: at :meth:`CrossbarExecutor.reference` the
 executor measures each array's response to a fixed all-ones probe; later, one probe MVM per array
 gives the factor that restores that response, applied to every output of the array's tiles.
@@ -62,7 +67,8 @@ class CrossbarExecutor:
     """Runs a model's matvec layers on the arrays of a :class:`~hil.mapping.Mapping`."""
 
     def __init__(self, model: nn.Module, mapping: Mapping, crossbars: list[Crossbar], *,
-                 drift_compensation: bool = False):
+                 drift_compensation: bool = False, iv_cubic_per_v2: float | None = None,
+                 iv_reference_v: float | None = None):
         if len(crossbars) != len(mapping.arrays):
             raise ValueError(f"the mapping uses {len(mapping.arrays)} array(s), {len(crossbars)} crossbar(s) given")
         for xbar, slot in zip(crossbars, mapping.arrays):
@@ -74,6 +80,9 @@ class CrossbarExecutor:
         self.voltage_v = min(mapping.read_voltage_v, *(x.limits.max_read_voltage_v for x in crossbars))
         self._probe_voltage_v = self.voltage_v    # fixed, so that probes before and after drift compare
         self.drift_compensation = drift_compensation
+        # kappa from the calibration, V_r the voltage the programmed conductances were verified at
+        self.iv_cubic_per_v2 = float(iv_cubic_per_v2 or 0.0)
+        self.iv_reference_v = float(iv_reference_v if iv_reference_v is not None else mapping.read_voltage_v)
         self._gain = np.ones(len(crossbars))
         self._reference: np.ndarray | None = None
         self.stats = ExecutorStats()
@@ -139,6 +148,20 @@ class CrossbarExecutor:
         self._gain = np.where(now > 0, self._reference / np.where(now > 0, now, 1.0), 1.0)
         return self._gain.copy()
 
+    def predistort(self, v: np.ndarray) -> np.ndarray:
+        """The drive voltages whose currents are ohmic at the verify voltage: V with
+        V (1 + kappa V^2) = v (1 + kappa V_r^2), by Newton's method from the ohmic guess (the map is
+        monotonic for kappa >= 0 and nearly linear at read voltages, so four steps reach float64
+        precision), never beyond the read voltage."""
+        k = self.iv_cubic_per_v2
+        if k == 0.0:
+            return v
+        rhs = np.asarray(v, np.float64) * (1.0 + k * self.iv_reference_v ** 2)
+        out = rhs.copy()
+        for _ in range(4):
+            out -= (out * (1.0 + k * out * out) - rhs) / (1.0 + 3.0 * k * out * out)
+        return np.clip(out, -self.voltage_v, self.voltage_v)
+
     # ------------------------------------------------------------- matvec
     def __call__(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         try:
@@ -161,7 +184,7 @@ class CrossbarExecutor:
             top = np.maximum.reduceat(np.abs(xs), part.starts, axis=1)
             top = np.where(top > 0, top, 1.0)
             volts = np.zeros((flat.shape[0], xbar.shape[0]), dtype=np.float32)
-            volts[:, part.rows] = xs / top[:, part.input_tile] * self.voltage_v
+            volts[:, part.rows] = self.predistort(xs / top[:, part.input_tile] * self.voltage_v)
             if not np.isfinite(volts).all():
                 raise FloatingPointError(f"layer {name!r} received non-finite inputs: the model's state has "
                                          "diverged on the array")

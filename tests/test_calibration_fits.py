@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from calibration.drift import DriftMeasurement, _random_effects, fit_drift
-from calibration.periphery import _quantum
+from calibration.periphery import _quantum, fit_iv_cubic
 from calibration.read_noise import ReadNoiseFit, fit_read_noise
 from calibration.window import classify_stuck
 
@@ -79,3 +79,16 @@ def test_quantum_of_quantised_and_continuous_values():
     codes = np.random.default_rng(4).integers(-500, 500, 1000)
     assert _quantum(codes * step) == pytest.approx(step, rel=1e-9)
     assert _quantum(np.random.default_rng(5).normal(size=1000)) is None
+
+
+def test_iv_curvature_recovered_from_a_quantised_saturating_sweep():
+    rng = np.random.default_rng(3)
+    v = np.linspace(0, 0.25, 200)
+    kappa, step, full = 0.8, 2e-6, 1.5e-3
+    g = rng.uniform(2e-3, 8e-3, 64)                     # summed column conductances; the largest saturate
+    i = g[None] * v[:, None] * (1 + kappa * v[:, None] ** 2) + 0.5e-6 * rng.standard_normal((200, 64))
+    i = np.clip(np.rint(i / step) * step, -full, full)
+    assert fit_iv_cubic(v, i, step, full) == pytest.approx(kappa, rel=0.03)
+    assert fit_iv_cubic(v, np.zeros_like(i), step, full) is None
+    # an ohmic array gives no curvature
+    assert abs(fit_iv_cubic(v, np.clip(np.rint(g * v[:, None] / step) * step, -full, full), step, full)) < 0.02

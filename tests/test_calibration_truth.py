@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from calibration.options import CalibrationOptions, ProgrammingOptions
+from calibration.options import PeripheryOptions
+from calibration.periphery import fit_periphery, measure_periphery
 from calibration.pipeline import fit_noise_model, run_calibration
 from drivers import DeviceConfig, SoftwareCrossbar
 
@@ -65,3 +67,11 @@ def test_programming_noise_per_level_is_recovered(seed):
         errors = true_error[(index == k) & working]
         assert model.programming.sigma(level) == pytest.approx(errors.std(), rel=0.15), f"level {k}"
         assert model.programming.bias(level) == pytest.approx(errors.mean(), abs=0.15 * errors.std() + 1e-9)
+
+
+@pytest.mark.parametrize("kappa", [0.0, 0.5, 2.0])
+def test_iv_curvature_is_recovered_from_the_periphery_sweep(kappa):
+    xbar = SoftwareCrossbar(128, 128, config=DeviceConfig(iv_nonlinearity_per_v2=kappa), seed=3).open()
+    xbar.program_exactly(np.random.default_rng(0).uniform(5e-6, 80e-6, (128, 128)))
+    fit = fit_periphery(measure_periphery(xbar, PeripheryOptions(repeats=10, sweep_points=128)))
+    assert fit.iv_cubic_per_v2 == pytest.approx(kappa, abs=0.03 + 0.03 * kappa)

@@ -72,6 +72,36 @@ def test_ideal_crossbar_reproduces_the_digital_step(make):
     assert sum(x.total_transactions for x in xbars) == executor.stats.transactions
 
 
+@pytest.mark.parametrize("kappa", [0.5, 3.0])
+def test_predistortion_undoes_a_cubic_iv_curve(kappa):
+    model = s4d_model()
+    x = torch.randn(5, 12, 2, dtype=torch.float64)
+    digital = stream(model, x)
+    xbars = [SoftwareCrossbar(64, 64, config=DeviceConfig.ideal(iv_nonlinearity_per_v2=kappa, read_reference_v=0.15),
+                              seed=i).open() for i in range(4)]
+    mapping = map_model(model, [ArraySlot(f"a{i}", 64, 64) for i in range(4)], noise_model())
+    for i, xbar in enumerate(xbars):
+        # what write-verify would reach reading at 0.2 V: the conductance the cubic curve shows there
+        xbar.program_exactly(mapping.targets(i) * (1 + kappa * 0.15 ** 2) / (1 + kappa * 0.2 ** 2))
+    errors = {}
+    for k in (None, kappa):
+        set_matvec(model, CrossbarExecutor(model, mapping, xbars, iv_cubic_per_v2=k, iv_reference_v=0.2))
+        errors[k] = ((stream(model, x) - digital).abs().max() / digital.abs().max()).item()
+    set_matvec(model, digital_matvec)
+    assert errors[kappa] < 1e-4 < 10 * 1e-4 < errors[None]
+
+
+def test_predistorted_voltages_solve_the_cubic_and_stay_within_the_read_limit():
+    model = s4d_model()
+    mapping, xbars = deploy_ideal(model)
+    ex = CrossbarExecutor(model, mapping, xbars, iv_cubic_per_v2=1.5, iv_reference_v=0.2)
+    v = np.linspace(-ex.voltage_v, ex.voltage_v, 101)
+    out = ex.predistort(v)
+    assert np.allclose(out * (1 + 1.5 * out ** 2), v * (1 + 1.5 * 0.04), rtol=0, atol=1e-12)
+    assert np.all(np.diff(out) > 0) and np.abs(out).max() <= ex.voltage_v
+    assert np.array_equal(CrossbarExecutor(model, mapping, xbars).predistort(v), v)
+
+
 def test_the_executor_is_wrong_when_the_arrays_are_not_programmed():
     """A check that the test above can fail: unprogrammed arrays give other outputs."""
     model = s4d_model()
@@ -90,7 +120,7 @@ def test_blocks_cover_each_layer_product_exactly():
             x = torch.randn(3, n_in, dtype=torch.float64)
             y = np.zeros((3, n_out))
             for b in blocks:
-                y[:, b.outputs] += x.numpy()[:, b.inputs] @ b.weight.T
+                np.add.at(y, (slice(None), b.outputs), x.numpy()[:, b.inputs] @ b.weight.T)
             expected = layer(x.reshape(3, *(( -1, layer._layer.d_state + 1) if hasattr(layer, "_layer") else (-1,))))
             bias = getattr(layer, "bias", None)
             expected = expected.reshape(3, -1) - (bias if bias is not None else 0)

@@ -127,4 +127,5 @@ def _array_stats(cal: Calibration, model) -> tuple[dict[str, float], dict[str, s
         put("programming_sigma_s_mean", np.mean(model.programming.sigma_s), "S")
     put("adc_step_a", model.periphery.adc_step_a, "A")
     put("output_noise_a", model.periphery.output_noise_a, "A")
+    put("iv_cubic_per_v2", model.periphery.iv_cubic_per_v2, "V^-2")
     return stats, units

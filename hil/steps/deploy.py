@@ -147,13 +147,15 @@ def run_deploy(ctx: RunContext, step: DeployStep, row: RunStep) -> StepReport:
                "in_tolerance": inside, "fraction_in_tolerance": inside / max(n_cells, 1),
                "mvm_groups": groups, "tolerance_s": tolerance, "iterations": result.iterations,
                "transactions": result.transactions, "weight_rms_error": weight_rms, "stuck": stuck_note,
-               "rms_error_s": float(np.sqrt(np.nanmean(result.error_s ** 2)))}
+               "rms_error_s": float(np.sqrt(np.nanmean(result.error_s ** 2))),
+               "iv_cubic_per_v2": noise.periphery.iv_cubic_per_v2, "verify_read_voltage_v": settings.read_voltage_v}
     with ctx.db.session() as session:
         deployment = records.add_deployment(session, run=ctx.run, step=row, crossbar_array=ctx.array,
                                             mapping=mapping.to_bytes(), checkpoint_id=checkpoint.id,
                                             noise_model_id=noise_id, summary=summary, tiles=tiles)
         deployment_id = deployment.id
-    executor = CrossbarExecutor(model, mapping, [ctx.xbar])
+    executor = CrossbarExecutor(model, mapping, [ctx.xbar], iv_cubic_per_v2=noise.periphery.iv_cubic_per_v2,
+                                iv_reference_v=settings.read_voltage_v)
     executor.reference()
     ctx.deployments[step.name] = Deployed(deployment_id, checkpoint.id, checkpoint.name, model, mapping, executor,
                                           task, ctx.xbar.now())

@@ -52,6 +52,7 @@ class _ArrayPart:
         self.pos = np.concatenate([x.pos_cols for x in t])
         self.neg = np.concatenate([x.neg_cols for x in t])
         self.scale = np.concatenate([x.scale for x in t])
+        self.gain = np.concatenate([np.ones(len(x.inputs)) if x.input_gain is None else x.input_gain for x in t])
         self.output_tile = np.repeat(np.arange(len(t)), [len(x.outputs) for x in t])
         self.repeated_outputs = len(np.unique(self.outputs)) != len(self.outputs)
 
@@ -179,7 +180,7 @@ class CrossbarExecutor:
         gains = self._gain if self.drift_compensation else np.ones(len(self.crossbars))
         for part in parts:
             xbar = self.crossbars[part.array]
-            xs = flat[:, part.inputs]
+            xs = flat[:, part.inputs] / part.gain
             # each tile's inputs scaled per sample so that the largest sits at the full voltage
             top = np.maximum.reduceat(np.abs(xs), part.starts, axis=1)
             top = np.where(top > 0, top, 1.0)

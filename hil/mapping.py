@@ -41,6 +41,7 @@ from calibration.noise_model import NoiseModel
 from .nn.analog import AnalogLinear, apply_weight_spec, pair_targets
 from .nn.delay_conv import DelayTaps
 from .nn.s4d import S4DRecurrence
+from .nn.s4d_analog import input_gain
 
 CRITICAL_COST = 1e6    # in units of a weight's full scale: no ordinary entry outweighs a critical one
 
@@ -51,12 +52,18 @@ class MappingError(ValueError):
 
 @dataclass
 class Block:
-    """A dense piece of a layer's product: y[outputs] += weight @ x[inputs]."""
+    """A dense piece of a layer's product: y[outputs] += weight @ (x[inputs] / input_gain).
+
+    ``input_gain`` balances a block whose columns differ in size: a column of small weights is
+    programmed ``input_gain`` times larger and its input driven that much smaller, so its weights
+    keep their precision against the output's scale and its (often large) input does not swamp
+    the others at the DAC."""
 
     inputs: np.ndarray                  # (k,) indices into the layer's flattened input
     outputs: np.ndarray                 # (m,) indices into the layer's flattened output
-    weight: np.ndarray                  # (m, k)
+    weight: np.ndarray                  # (m, k), as programmed (columns times their input gain)
     critical: np.ndarray | None = None  # (m, k) entries that must sit on working devices
+    input_gain: np.ndarray | None = None  # (k,); None: all ones
 
 
 def matvec_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -93,7 +100,8 @@ def layer_blocks(layer: nn.Module) -> tuple[int, int, list[Block]]:
             modes = (n1 - 1) // 2
             # Only the nonzero pattern takes devices: per mode its two state rows read the mode's
             # two state numbers and the input, (2 x 3); per channel the output row reads everything.
-            # The pole's entries (Re Ā - 1 and Im Ā) are critical (see hil.nn.s4d_analog).
+            # The pole's entries (Re Ā - 1 and Im Ā) are critical (see hil.nn.s4d_analog). The
+            # input's column is balanced against the state's (input_gain), as training assumes.
             critical = np.array([[True, True, False], [True, True, False]])
             blocks = []
             for c in range(h):
@@ -101,8 +109,13 @@ def layer_blocks(layer: nn.Module) -> tuple[int, int, list[Block]]:
                 for m in range(modes):
                     lines = np.array([m, modes + m])
                     cols = np.array([m, modes + m, n1 - 1])
-                    blocks.append(Block(base + cols, base + lines, mats[c][np.ix_(lines, cols)], critical))
-                blocks.append(Block(base + np.arange(n1), np.array([base + n1 - 1]), mats[c][n1 - 1:, :]))
+                    w = mats[c][np.ix_(lines, cols)]
+                    gain = np.array([1.0, 1.0, input_gain(np.abs(w[:, :2]).max(), np.abs(w[:, 2]).max())])
+                    blocks.append(Block(base + cols, base + lines, w * gain, critical, gain))
+                w = mats[c][n1 - 1:, :]
+                gain = np.ones(n1)
+                gain[-1] = input_gain(np.abs(w[0, :-1]).max(), abs(w[0, -1]))
+                blocks.append(Block(base + np.arange(n1), np.array([base + n1 - 1]), w * gain, None, gain))
             return h * n1, h * n1, blocks
     finally:
         layer.train(was_training)
@@ -149,6 +162,7 @@ class Tile:
     target_neg_s: np.ndarray = field(default=None)
     critical: np.ndarray | None = None
     group: int = 0              # tiles of one layer with the same (array, group) share one MVM
+    input_gain: np.ndarray | None = None     # (k,) inputs are driven divided by it (see Block)
 
     def realised_weight(self, g_pos: np.ndarray, g_neg: np.ndarray, span: float) -> np.ndarray:
         """The weights the pair conductances (m, k) stand for."""
@@ -241,7 +255,7 @@ class Mapping:
         for i, t in enumerate(self.tiles):
             meta["tiles"].append({"layer": t.layer, "block": t.block, "array": t.array, "group": t.group})
             for name in ("inputs", "outputs", "weight", "rows", "pos_cols", "neg_cols", "scale", "target_pos_s",
-                         "target_neg_s", "critical"):
+                         "target_neg_s", "critical", "input_gain"):
                 value = getattr(t, name)
                 if value is not None:
                     arrays[f"tile{i}.{name}"] = value
@@ -261,7 +275,7 @@ class Mapping:
                 get = lambda name: z[f"tile{i}.{name}"] if f"tile{i}.{name}" in z else None  # noqa: E731
                 tiles.append(Tile(t["layer"], t["block"], t["array"], get("inputs"), get("outputs"), get("weight"),
                                   get("rows"), get("pos_cols"), get("neg_cols"), get("scale"), get("target_pos_s"),
-                                  get("target_neg_s"), get("critical"), t["group"]))
+                                  get("target_neg_s"), get("critical"), t["group"], get("input_gain")))
         return cls(arrays, meta["g_lo_s"], meta["g_hi_s"], meta["g_min_s"], meta["g_max_s"], meta["read_voltage_v"],
                    {k: LayerShape(*v) for k, v in meta["layers"].items()}, tiles)
 
@@ -309,7 +323,8 @@ def _chunks(block: Block, rows: int, outputs: int):
         for j0 in range(0, len(block.outputs), outputs):
             sl_i, sl_j = slice(i0, i0 + rows), slice(j0, j0 + outputs)
             crit = None if block.critical is None else block.critical[sl_j, sl_i]
-            yield block.inputs[sl_i], block.outputs[sl_j], block.weight[sl_j, sl_i], crit
+            gain = None if block.input_gain is None else block.input_gain[sl_i]
+            yield block.inputs[sl_i], block.outputs[sl_j], block.weight[sl_j, sl_i], crit, gain
 
 
 @dataclass
@@ -317,7 +332,7 @@ class _Group:
     """Tiles of one layer evaluated by one MVM: placed along the diagonal of their bounding box."""
 
     layer: str
-    chunks: list = field(default_factory=list)    # (block, inputs, outputs, weight, critical)
+    chunks: list = field(default_factory=list)    # (block, inputs, outputs, weight, critical, input gain)
     height: int = 0
     width: int = 0
     shape: tuple[int, int] | None = None          # (rows, columns) of its tiles, all alike
@@ -337,7 +352,7 @@ def _groups(model: nn.Module, rows: int, cols: int, tiles_per_mvm: int,
         group = None
         chunks = [(b, c) for b, block in enumerate(blocks) for c in _chunks(block, rows, cols // 2)]
         chunks.sort(key=lambda bc: (len(bc[1][0]), len(bc[1][1])))       # stable: block order within a shape
-        for b, (inputs, outputs, weight, crit) in chunks:
+        for b, (inputs, outputs, weight, crit, gain) in chunks:
             k, w = len(inputs), 2 * len(outputs)
             if (group is None or len(group.chunks) >= tiles_per_mvm or group.height + k > rows
                     or group.width + w > cols or group.shape != (k, w)
@@ -348,7 +363,7 @@ def _groups(model: nn.Module, rows: int, cols: int, tiles_per_mvm: int,
                     # a spare slot lets a tile whose critical entries meet stuck devices move
                     group.spare = True
                     group.height, group.width = k, w
-            group.chunks.append((b, inputs, outputs, weight, crit))
+            group.chunks.append((b, inputs, outputs, weight, crit, gain))
             group.height += k
             group.width += w
     return shapes, groups
@@ -386,11 +401,11 @@ def _place(layer: str, group: int, array: int, chunk, at: tuple[int, int], slot:
            g: tuple[float, float, float, float]) -> tuple[Tile, float]:
     """A tile for ``chunk`` with its corner at ``at``, its lines permuted around the stuck devices
     and its conductance targets set, and the cost those devices still leave."""
-    b, inputs, outputs, weight, crit = chunk
+    b, inputs, outputs, weight, crit, gain = chunk
     (r0, c0), k, m = at, len(inputs), len(outputs)
     scale = np.abs(weight).max(axis=1) if weight.size else np.zeros(m)
     tile = Tile(layer, b, array, inputs, outputs, weight, np.arange(r0, r0 + k), np.arange(c0, c0 + 2 * m, 2),
-                np.arange(c0 + 1, c0 + 2 * m, 2), scale, critical=crit, group=group)
+                np.arange(c0 + 1, c0 + 2 * m, 2), scale, critical=crit, group=group, input_gain=gain)
     _assign(tile, slot, g)
     stuck_pos, stuck_neg = slot.stuck_pairs(tile.rows, tile.pos_cols, tile.neg_cols)
     tile.target_pos_s, tile.target_neg_s = pair_targets(weight, scale, *g, stuck_pos, stuck_neg)
@@ -423,7 +438,7 @@ def map_model(model: nn.Module, arrays: list[ArraySlot], noise: NoiseModel, tile
         slot = arrays[current]
         group = group_index[g_def.layer] = group_index.get(g_def.layer, -1) + 1
         slots = []
-        for _, inputs, outputs, _, _ in g_def.chunks:
+        for _, inputs, outputs, *_ in g_def.chunks:
             slots.append((r0, c0))
             r0, c0 = r0 + len(inputs), c0 + 2 * len(outputs)
         placed = [_place(g_def.layer, group, current, chunk, at, slot, g) for chunk, at in zip(g_def.chunks, slots)]

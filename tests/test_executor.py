@@ -120,7 +120,8 @@ def test_blocks_cover_each_layer_product_exactly():
             x = torch.randn(3, n_in, dtype=torch.float64)
             y = np.zeros((3, n_out))
             for b in blocks:
-                np.add.at(y, (slice(None), b.outputs), x.numpy()[:, b.inputs] @ b.weight.T)
+                gain = 1 if b.input_gain is None else b.input_gain
+                np.add.at(y, (slice(None), b.outputs), (x.numpy()[:, b.inputs] / gain) @ b.weight.T)
             expected = layer(x.reshape(3, *(( -1, layer._layer.d_state + 1) if hasattr(layer, "_layer") else (-1,))))
             bias = getattr(layer, "bias", None)
             expected = expected.reshape(3, -1) - (bias if bias is not None else 0)

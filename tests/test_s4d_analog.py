@@ -5,7 +5,7 @@ import torch
 
 from hil.nn.analog import AnalogSpec, configure_analog, simulated_chip
 from hil.nn.s4d import S4DModel
-from hil.nn.s4d_analog import S4DAnalog, attach
+from hil.nn.s4d_analog import S4DAnalog, attach, input_gain
 from tests.test_analog import G_MAX, G_MIN, noise_model
 
 
@@ -51,12 +51,20 @@ def test_recurrence_perturbation_acts_on_the_rows_the_crossbar_holds():
     half = n // 2
     for mode in range(half):
         # real row of the mode: (Re Ā - 1) at the mode, -Im Ā at its imaginary partner, Re B̄ on u
-        mode_row = torch.stack([res[:, mode, mode], res[:, mode + half, mode], res[:, mode, n],
-                                res[:, mode + half, n]], dim=-1)                      # (H, 4)
+        # B̄'s column is balanced against the pole's by its input gain (from the unquantised values)
+        exact = layer.exact_discretization()
+        gain = input_gain(torch.maximum((exact["alpha"][:, mode] - 1).abs(), exact["beta"][:, mode].abs()),
+                          torch.maximum(exact["b_re"][:, mode].abs(), exact["b_im"][:, mode].abs()))
+        mode_row = torch.stack([res[:, mode, mode], res[:, mode + half, mode], res[:, mode, n] * gain,
+                                res[:, mode + half, n] * gain], dim=-1)               # (H, 4)
         assert torch.equal(res[:, mode + half, mode + half], res[:, mode, mode])
         codes = mode_row / (mode_row.abs().amax(dim=-1, keepdim=True) / 7)
         assert torch.allclose(codes, codes.round(), atol=1e-6)
-    out_row = res[:, n, :]                                                             # (H, N+1)
+    exact = layer.exact_discretization()
+    a, c = torch.complex(exact["alpha"], exact["beta"]), torch.complex(exact["c_re"], exact["c_im"])
+    skip = 2 * (c * torch.complex(exact["b_re"], exact["b_im"])).real.sum(-1) + exact["d"]
+    out_row = res[:, n, :].clone()                                                     # (H, N+1)
+    out_row[:, -1] *= input_gain(2 * torch.cat([(c * a).real, (c * a).imag], -1).abs().amax(-1), skip.abs())
     codes = out_row / (out_row.abs().amax(dim=-1, keepdim=True) / 7)
     assert torch.allclose(codes, codes.round(), atol=1e-6)
 

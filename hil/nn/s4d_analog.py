@@ -6,7 +6,11 @@ holds, per mode, Ā - 1 and B̄ on its two state rows and, per channel, the fuse
 the fused skip 2 Re(C B̄) + D. Each row is mapped with its own scale (a digital rescale per crossbar
 output), so this transform quantises and perturbs per mode [Re Ā - 1, Im Ā, Re B̄, Im B̄] and per
 channel [2 Re C·Ā, -2 Im C·Ā, skip], then rewrites them as (alpha, beta, B̄, C, D) for both forms:
-C = (C·Ā)' / Ā', D = skip' - 2 Re(C' B̄'). The approximation is that the two rows of a mode share
+C = (C·Ā)' / Ā', D = skip' - 2 Re(C' B̄'). The input's column is balanced against the state's
+(:func:`input_gain`): B̄ (and the skip) are programmed that much larger and u driven that much
+smaller, so the noise on B̄ scales with B̄ rather than with the pole, and u, typically an order of
+magnitude larger than the state, does not carry the errors of every device on its row (its zero
+entries and the guard cells of a shared MVM) into the state. The approximation is that the two rows of a mode share
 one scale and one draw of Ā's entries (on the array they are separate devices), so that the
 perturbed system stays diagonal and keeps its FFT training form. Stuck devices are not drawn on
 the pole's entries (Re Ā - 1, Im Ā), which the mapping keeps on working devices.
@@ -26,6 +30,23 @@ Params = dict[str, torch.Tensor]
 # places the pole's entries on working devices (it knows the stuck map and can permute a mode's
 # lines and tiles), and training draws stuck devices only for B̄ on the state rows.
 _POLE_ON_WORKING_DEVICES = torch.tensor([True, True, False, False])
+
+
+_MAX_INPUT_GAIN = 64.0
+
+
+def input_gain(state_scale, input_scale):
+    """The factor the input's column is programmed larger (and the input driven smaller) by, so that
+    its largest entry matches the state entries' largest; within [1/64, 64], 1 for a zero column.
+    Takes numbers or tensors (used alike by training and by the mapping)."""
+    if isinstance(state_scale, torch.Tensor) or isinstance(input_scale, torch.Tensor):
+        state_scale, input_scale = torch.as_tensor(state_scale), torch.as_tensor(input_scale)
+        ratio = state_scale / torch.where(input_scale > 0, input_scale, torch.ones_like(input_scale))
+        gain = ratio.clamp(1 / _MAX_INPUT_GAIN, _MAX_INPUT_GAIN)
+        return torch.where((input_scale > 0) & (state_scale > 0), gain, torch.ones_like(gain))
+    if input_scale <= 0 or state_scale <= 0:
+        return 1.0
+    return float(min(max(state_scale / input_scale, 1 / _MAX_INPUT_GAIN), _MAX_INPUT_GAIN))
 
 
 class S4DAnalog(nn.Module):
@@ -68,14 +89,19 @@ class S4DAnalog(nn.Module):
         skip = 2 * (c * b).real.sum(dim=-1) + params["d"]      # (H,): the sum over modes
         modes = params["alpha"].shape[-1]
 
-        state_rows = torch.stack([params["alpha"] - 1, params["beta"], params["b_re"], params["b_im"]], dim=-1)
+        with torch.no_grad():
+            g_state = input_gain(torch.maximum((params["alpha"] - 1).abs(), params["beta"].abs()),
+                                 torch.maximum(params["b_re"].abs(), params["b_im"].abs()))    # (H, M)
+            g_out = input_gain(torch.cat([2 * ca.real, 2 * ca.imag], dim=-1).abs().amax(dim=-1), skip.abs())  # (H,)
+        state_rows = torch.stack([params["alpha"] - 1, params["beta"], params["b_re"] * g_state,
+                                  params["b_im"] * g_state], dim=-1)
         state_rows = apply_weight_spec(state_rows, spec, True, generator, per_row=True,
                                        working=_POLE_ON_WORKING_DEVICES)             # (H, M, 4)
-        out_row = torch.cat([2 * ca.real, -2 * ca.imag, skip[:, None]], dim=-1)
+        out_row = torch.cat([2 * ca.real, -2 * ca.imag, (skip * g_out)[:, None]], dim=-1)
         out_row = apply_weight_spec(out_row, spec, True, generator, per_row=True)          # (H, 2M + 1)
 
         alpha, beta = 1 + state_rows[..., 0], state_rows[..., 1]
-        b_re, b_im = state_rows[..., 2], state_rows[..., 3]
+        b_re, b_im = state_rows[..., 2] / g_state, state_rows[..., 3] / g_state
         a_new = torch.complex(alpha, beta)
         b_new = torch.complex(b_re, b_im)
         ca_new = torch.complex(out_row[:, :modes] / 2, -out_row[:, modes:2 * modes] / 2)
@@ -83,7 +109,7 @@ class S4DAnalog(nn.Module):
         nonzero = a_new.abs() > 0
         c_new = torch.where(nonzero, ca_new / torch.where(nonzero, a_new, torch.ones_like(a_new)),
                             torch.zeros_like(ca_new))
-        d_new = out_row[:, -1] - 2 * (c_new * b_new).real.sum(dim=-1)
+        d_new = out_row[:, -1] / g_out - 2 * (c_new * b_new).real.sum(dim=-1)
         return {"alpha": alpha, "beta": beta, "b_re": b_re, "b_im": b_im, "c_re": c_new.real,
                 "c_im": c_new.imag, "d": d_new}
 

@@ -109,3 +109,34 @@ def test_gradients_flow_through_the_transform():
     s4d = next(mod for mod in m.modules() if hasattr(mod, "log_dt"))
     assert s4d.log_dt.grad is not None and s4d.log_dt.grad.abs().sum() > 0
     assert s4d.c_re.grad.abs().sum() > 0
+
+
+def _b_errors(layer, m, clean):
+    errors = []
+    for seed in range(20):
+        with simulated_chip(m, seed=seed):
+            p = layer.discretize()
+            errors.append(torch.complex(p["b_re"] - clean["b_re"], p["b_im"] - clean["b_im"]).abs())
+    return torch.stack(errors)
+
+
+def test_input_noise_scales_with_b_not_with_the_pole(monkeypatch):
+    """B̄ = (Ā - 1)/λ is ~1/(πn) of the pole's entries for mode n; balanced by its input gain, its
+    programming noise stays a fraction of B̄ itself, not of the pole as without the gain."""
+    torch.manual_seed(0)
+    m = S4DModel(1, 3, d_model=8, d_state=16, n_layers=1).double()
+    attach(m)
+    layer = m.layers[0].s4d
+    clean = layer.exact_discretization()
+    configure_analog(m, AnalogSpec(noise_model=noise_model(prog=2e-6), stuck_cells=False))
+    m.eval()
+    b = torch.complex(clean["b_re"], clean["b_im"]).abs().detach()
+    pole = torch.maximum((clean["alpha"] - 1).abs(), clean["beta"].abs()).detach()
+    high = pole / b > 10                       # the modes an unbalanced row would hurt most
+    assert high.sum() > 10
+    per_unit = 2 ** 0.5 * 2e-6 / (G_MAX - G_MIN)
+    balanced = _b_errors(layer, m, clean)[:, high] / b[high]
+    assert balanced.max() < 6 * per_unit
+    monkeypatch.setattr("hil.nn.s4d_analog.input_gain", lambda state, inp: torch.ones_like(torch.as_tensor(inp)))
+    unbalanced = _b_errors(layer, m, clean)[:, high] / b[high]
+    assert balanced.std() < unbalanced.std() / 5

@@ -1,11 +1,12 @@
 """Analog-aware training of the S4D recurrence."""
 
+import numpy as np
 import pytest
 import torch
 
 from hil.nn.analog import AnalogSpec, configure_analog, simulated_chip
 from hil.nn.s4d import S4DModel
-from hil.nn.s4d_analog import S4DAnalog, attach, input_gain
+from hil.nn.s4d_analog import S4DAnalog, _perturbed_pole, attach, input_gain
 from tests.test_analog import G_MAX, G_MIN, noise_model
 
 
@@ -41,8 +42,9 @@ def test_a_frozen_chip_is_seen_identically_by_the_parallel_and_the_step_form():
 
 
 def test_recurrence_perturbation_acts_on_the_rows_the_crossbar_holds():
-    """Quantisation lands on the residual matrix's rows, each on its own grid: per mode
-    [Re Ā - 1, Im Ā, Re B̄, Im B̄] and per channel the output row [C·Ā entries, skip]."""
+    """Quantisation lands on the crossbar's lines, each on its own grid: per mode
+    [Re Ā - 1, -Im Ā, Re B̄ g] and [Im Ā, Re Ā - 1, Im B̄ g] (g: the input gain) and per channel the
+    output row [C·Ā entries, skip g]."""
     m = model64()
     layer = m.layers[0].s4d
     layer.param_transform.analog = AnalogSpec(weights="kbit", bits=4)
@@ -55,11 +57,13 @@ def test_recurrence_perturbation_acts_on_the_rows_the_crossbar_holds():
         exact = layer.exact_discretization()
         gain = input_gain(torch.maximum((exact["alpha"][:, mode] - 1).abs(), exact["beta"][:, mode].abs()),
                           torch.maximum(exact["b_re"][:, mode].abs(), exact["b_im"][:, mode].abs()))
-        mode_row = torch.stack([res[:, mode, mode], res[:, mode + half, mode], res[:, mode, n] * gain,
-                                res[:, mode + half, n] * gain], dim=-1)               # (H, 4)
+        lines = [torch.stack([res[:, mode, mode], res[:, mode, mode + half], res[:, mode, n] * gain], dim=-1),
+                 torch.stack([res[:, mode + half, mode], res[:, mode + half, mode + half],
+                              res[:, mode + half, n] * gain], dim=-1)]                 # (H, 3) each
         assert torch.equal(res[:, mode + half, mode + half], res[:, mode, mode])
-        codes = mode_row / (mode_row.abs().amax(dim=-1, keepdim=True) / 7)
-        assert torch.allclose(codes, codes.round(), atol=1e-6)
+        for line in lines:
+            codes = line / (line.abs().amax(dim=-1, keepdim=True) / 7)
+            assert torch.allclose(codes, codes.round(), atol=1e-6)
     exact = layer.exact_discretization()
     a, c = torch.complex(exact["alpha"], exact["beta"]), torch.complex(exact["c_re"], exact["c_im"])
     skip = 2 * (c * torch.complex(exact["b_re"], exact["b_im"])).real.sum(-1) + exact["d"]
@@ -140,3 +144,21 @@ def test_input_noise_scales_with_b_not_with_the_pole(monkeypatch):
     monkeypatch.setattr("hil.nn.s4d_analog.input_gain", lambda state, inp: torch.ones_like(torch.as_tensor(inp)))
     unbalanced = _b_errors(layer, m, clean)[:, high] / b[high]
     assert balanced.std() < unbalanced.std() / 5
+
+
+def test_perturbed_pole_is_the_dominant_eigenvalue_of_the_perturbed_block():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(-0.05, 0, 2000)
+    b = rng.choice([-1, 1], 2000) * 10 ** rng.uniform(-4, 0, 2000)
+    d = 3e-3 * rng.standard_normal((4, 2000))
+    a1, b1, b2, a2 = a + d[0], b + d[1], b + d[2], a + d[3]
+    alpha, beta = _perturbed_pole(*(torch.from_numpy(v) for v in (a1, b1, b2, a2)))
+    blocks = np.stack([np.stack([1 + a1, -b1], -1), np.stack([b2, 1 + a2], -1)], -2)      # (n, 2, 2)
+    eig = np.linalg.eigvals(blocks)
+    top = eig[np.arange(2000), np.abs(eig).argmax(-1)]
+    got = alpha.numpy() + 1j * beta.numpy()
+    assert np.allclose(np.abs(got), np.abs(top), rtol=0, atol=1e-12)
+    assert np.allclose(got.real, top.real, atol=1e-12) and np.allclose(np.abs(got.imag), np.abs(top.imag), atol=1e-12)
+    split = np.abs(eig[:, 0].imag) < 1e-15
+    assert split.sum() > 50 and np.all(beta.numpy()[split] == 0)     # slow rotations split into real poles
+    assert (np.sign(beta.numpy()) == np.sign(b1))[~split].all()

@@ -4,16 +4,19 @@ The streaming step multiplies [state; u] by the residual matrix
 [[Ā_r - I, B̄_r], [c_r Ā_r, c_r B̄_r + D]] (see :class:`~hil.nn.s4d.S4DRecurrence`), so the array
 holds, per mode, Ā - 1 and B̄ on its two state rows and, per channel, the fused output row C·Ā with
 the fused skip 2 Re(C B̄) + D. Each row is mapped with its own scale (a digital rescale per crossbar
-output), so this transform quantises and perturbs per mode [Re Ā - 1, Im Ā, Re B̄, Im B̄] and per
-channel [2 Re C·Ā, -2 Im C·Ā, skip], then rewrites them as (alpha, beta, B̄, C, D) for both forms:
+output), so this transform quantises and perturbs per mode its two lines [Re Ā - 1, -Im Ā, Re B̄]
+and [Im Ā, Re Ā - 1, Im B̄] and per channel [2 Re C·Ā, -2 Im C·Ā, skip], then rewrites them as
+(alpha, beta, B̄, C, D) for both forms:
 C = (C·Ā)' / Ā', D = skip' - 2 Re(C' B̄'). The input's column is balanced against the state's
 (:func:`input_gain`): B̄ (and the skip) are programmed that much larger and u driven that much
 smaller, so the noise on B̄ scales with B̄ rather than with the pole, and u, typically an order of
 magnitude larger than the state, does not carry the errors of every device on its row (its zero
-entries and the guard cells of a shared MVM) into the state. The approximation is that the two rows of a mode share
-one scale and one draw of Ā's entries (on the array they are separate devices), so that the
-perturbed system stays diagonal and keeps its FFT training form. Stuck devices are not drawn on
-the pole's entries (Re Ā - 1, Im Ā), which the mapping keeps on working devices.
+entries and the guard cells of a shared MVM) into the state. The approximation
+(:func:`_perturbed_pole`) is that a perturbed mode keeps its eigenvectors: the system stays
+diagonal and keeps its FFT training form, while its pole is that of the four independently
+perturbed devices, including the split of a slowly rotating pair into a real, possibly unstable,
+pole. Stuck devices are not drawn on the pole's entries (Re Ā - 1, Im Ā), which the mapping keeps
+on working devices.
 """
 
 from __future__ import annotations
@@ -29,7 +32,26 @@ Params = dict[str, torch.Tensor]
 # on or outside the unit circle; one on Im Ā moves the pole's radius as much. The mapping therefore
 # places the pole's entries on working devices (it knows the stuck map and can permute a mode's
 # lines and tiles), and training draws stuck devices only for B̄ on the state rows.
-_POLE_ON_WORKING_DEVICES = torch.tensor([True, True, False, False])
+_POLE_ON_WORKING_DEVICES = torch.tensor([True, True, False])
+
+
+def _perturbed_pole(a1: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor,
+                    a2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha, beta) of the pole a mode realises when its 2x2 block I + [[a1, -b1], [b2, a2]] has
+    independent errors on its four entries: the block's eigenvalue, or, if the errors split the
+    complex pair into two real eigenvalues (a slowly rotating mode), the larger one with beta = 0:
+    the pole that decides the mode's memory and stability. The change of the eigenvectors (a
+    basis change that B̄ and C would absorb) is neglected. Gradients are those of the shared-error
+    pole ((a1 + a2) / 2, (b1 + b2) / 2), the values exact."""
+    mean_a, mean_b = 1 + (a1 + a2) / 2, (b1 + b2) / 2
+    with torch.no_grad():
+        disc = ((a1 - a2) / 2) ** 2 - b1 * b2
+        root = disc.abs().sqrt()
+        rotating = disc < 0
+        real_top = mean_a + torch.where(mean_a >= 0, root, -root)
+        alpha = torch.where(rotating, mean_a, real_top)
+        beta = torch.where(rotating, torch.where(mean_b >= 0, root, -root), torch.zeros_like(root))
+    return mean_a + (alpha - mean_a), mean_b + (beta - mean_b)
 
 
 _MAX_INPUT_GAIN = 64.0
@@ -93,15 +115,17 @@ class S4DAnalog(nn.Module):
             g_state = input_gain(torch.maximum((params["alpha"] - 1).abs(), params["beta"].abs()),
                                  torch.maximum(params["b_re"].abs(), params["b_im"].abs()))    # (H, M)
             g_out = input_gain(torch.cat([2 * ca.real, 2 * ca.imag], dim=-1).abs().amax(dim=-1), skip.abs())  # (H,)
-        state_rows = torch.stack([params["alpha"] - 1, params["beta"], params["b_re"] * g_state,
-                                  params["b_im"] * g_state], dim=-1)
-        state_rows = apply_weight_spec(state_rows, spec, True, generator, per_row=True,
-                                       working=_POLE_ON_WORKING_DEVICES)             # (H, M, 4)
+        # the mode's two crossbar lines, as the mapping holds them: [Re Ā - 1, -Im Ā, B̄_re g] reading
+        # (x_re, x_im, u / g) and [Im Ā, Re Ā - 1, B̄_im g]; each its own scale, its own devices
+        am1, beta = params["alpha"] - 1, params["beta"]
+        lines = torch.stack([torch.stack([am1, -beta, params["b_re"] * g_state], dim=-1),
+                             torch.stack([beta, am1, params["b_im"] * g_state], dim=-1)], dim=-2)  # (H, M, 2, 3)
+        lines = apply_weight_spec(lines, spec, True, generator, per_row=True, working=_POLE_ON_WORKING_DEVICES)
         out_row = torch.cat([2 * ca.real, -2 * ca.imag, (skip * g_out)[:, None]], dim=-1)
         out_row = apply_weight_spec(out_row, spec, True, generator, per_row=True)          # (H, 2M + 1)
 
-        alpha, beta = 1 + state_rows[..., 0], state_rows[..., 1]
-        b_re, b_im = state_rows[..., 2] / g_state, state_rows[..., 3] / g_state
+        alpha, beta = _perturbed_pole(lines[..., 0, 0], -lines[..., 0, 1], lines[..., 1, 0], lines[..., 1, 1])
+        b_re, b_im = lines[..., 0, 2] / g_state, lines[..., 1, 2] / g_state
         a_new = torch.complex(alpha, beta)
         b_new = torch.complex(b_re, b_im)
         ca_new = torch.complex(out_row[:, :modes] / 2, -out_row[:, modes:2 * modes] / 2)

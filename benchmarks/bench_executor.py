@@ -74,7 +74,9 @@ def main() -> None:
         xbar = SoftwareCrossbar(512, 512, config=cfg, seed=0).open()
         mapping = map_model(model, [ArraySlot("bench", 512, 512)], window_model(cfg))
         xbar.program_exactly(mapping.targets(0))
-        executor = CrossbarExecutor(model, mapping, [xbar])
+        # as deploy builds it: input voltages pre-distorted by the I-V curvature calibration would find
+        executor = CrossbarExecutor(model, mapping, [xbar], iv_cubic_per_v2=cfg.iv_nonlinearity_per_v2,
+                                    iv_reference_v=cfg.read_reference_v)
         for batch in (1, 256):
             set_matvec(model, digital_matvec)
             digital = per_step(model, batch, args.steps, args.repeats)

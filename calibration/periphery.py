@@ -41,11 +41,17 @@ class PeripheryFit:
 
 def measure_periphery(xbar: Crossbar, options: PeripheryOptions) -> PeripheryMeasurement:
     rows, _ = xbar.shape
+    declared = xbar.converters()
     zero = xbar.mvm(np.zeros((options.repeats, rows)))
     sweep = np.linspace(0.0, xbar.limits.max_read_voltage_v, options.sweep_points)
+    if declared.dac_bits is not None and declared.dac_range_v:
+        # On the DAC's own grid, so the voltages fitted against are the ones applied: off-grid
+        # requests are rounded by up to half a code, an error as large as the I-V curvature.
+        lsb = declared.dac_range_v / (2 ** (declared.dac_bits - 1) - 1)
+        top = np.floor(xbar.limits.max_read_voltage_v / lsb + 1e-9)
+        sweep = np.unique(np.minimum(np.floor(sweep / lsb + 0.5), top)) * lsb
     outputs = xbar.mvm(np.repeat(sweep[:, None], rows, axis=1))
-    return PeripheryMeasurement(np.asarray(zero, np.float64), sweep, np.asarray(outputs, np.float64),
-                                xbar.converters())
+    return PeripheryMeasurement(np.asarray(zero, np.float64), sweep, np.asarray(outputs, np.float64), declared)
 
 
 def _quantum(values: np.ndarray) -> float | None:

@@ -83,6 +83,8 @@ def test_small_loop_deploys_and_infers_on_the_array(tmp_path, model):
             assert len(tiles) == len(mapping.tiles) == d.summary["tiles"]
             assert all(0 <= t.in_tolerance <= 1 and t.rms_error_s >= 0 for t in tiles)
             assert d.summary["fraction_in_tolerance"] > 0.95
+            # the executor pre-distorts with the curvature the calibration measured (the mock's is 0.5)
+            assert d.summary["iv_cubic_per_v2"] == pytest.approx(0.5, abs=0.05)
         rows = s.scalars(select(Inference).order_by(Inference.id)).all()
         # plain: t = 0, 3600 and 3600 compensated; aware: t = 0
         assert [(r.time_s, r.drift_compensation) for r in rows] == [(0, False), (3600, False), (3600, True), (0, False)]

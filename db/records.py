@@ -458,3 +458,15 @@ def add_inference(session: Session, *, run: Run, step: RunStep | None, deploymen
     session.add(inference)
     session.flush()
     return inference
+
+
+def run_inferences(session: Session, run_id: int) -> list[dict]:
+    """Every inference of a run with the name of the checkpoint deployed, in the order recorded."""
+    rows = session.execute(
+        select(Inference, Checkpoint.name).join(Deployment, Inference.deployment_fk == Deployment.id)
+        .outerjoin(Checkpoint, Deployment.checkpoint_fk == Checkpoint.id)
+        .where(Inference.run_fk == run_id).order_by(Inference.id)).all()
+    return [{"deployment_id": inf.deployment_fk, "checkpoint": name, "time_s": inf.time_s,
+             "drift_compensation": inf.drift_compensation, "samples": inf.samples,
+             "crossbar_accuracy": inf.crossbar_accuracy, "digital_accuracy": inf.digital_accuracy}
+            for inf, name in rows]

@@ -101,6 +101,12 @@ def test_small_loop_deploys_and_infers_on_the_array(tmp_path, model):
         infer = run.steps[4].summary
         assert (tmp_path / "reports" / f"run-{run.id}-infer_plain" / "report.md").exists()
         assert (tmp_path / "reports" / f"run-{run.id}-infer_plain" / "accuracy_vs_time.png").exists()
+        # the second model's report sets its gaps next to the first's, on the same array
+        aware_report = (tmp_path / "reports" / f"run-{run.id}-infer_aware" / "report.md").read_text()
+        plain_rows = [line for line in aware_report.splitlines() if line.startswith(f"| {plain.name} |")]
+        assert len(plain_rows) == len([r for r in rows if r.deployment_fk == deployments[0].id])
+        first = min((r for r in rows if r.deployment_fk == deployments[0].id), key=lambda r: r.id)
+        assert f"{100 * (first.digital_accuracy - first.crossbar_accuracy):+.2f} |" in plain_rows[0]
         assert infer["gap_points"] == pytest.approx(100 * (infer["digital_accuracy"] - infer["crossbar_accuracy"]))
 
 

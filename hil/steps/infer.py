@@ -93,7 +93,10 @@ def run_infer(ctx: RunContext, step: InferStep, row: RunStep) -> StepReport:
         executor.drift_compensation = False
 
     first = results[0]
-    report_path = write_report(ctx.report_dir / f"run-{ctx.run.id}-{step.name}", step, dep, results, data.n_classes)
+    with ctx.db.session() as session:
+        others = [r for r in records.run_inferences(session, ctx.run.id) if r["deployment_id"] != dep.deployment_id]
+    report_path = write_report(ctx.report_dir / f"run-{ctx.run.id}-{step.name}", step, dep, results, data.n_classes,
+                               others)
     gap = 100 * (first["digital_accuracy"] - first["crossbar_accuracy"])
     detail = (f"{dep.checkpoint_name}: crossbar {100 * first['crossbar_accuracy']:.2f}% vs digital "
               f"{100 * digital_accuracy:.2f}% (gap {gap:+.2f} points) on {len(y)} sequences at t = "
@@ -110,8 +113,16 @@ def run_infer(ctx: RunContext, step: InferStep, row: RunStep) -> StepReport:
     return StepReport(cells=f"{len(y)} sequences", iterations="", detail=detail, summary=summary)
 
 
-def write_report(out: Path, step: InferStep, dep: Deployed, results: list[dict], classes: int) -> Path:
-    """Markdown with the accuracy table, the confusion matrix at the first time, and a drift figure."""
+def _gap_table(results: list[dict], name: str | None = None) -> list[str]:
+    return [f"| {'' if name is None else name + ' | '}{r['time_s']:g} s | {'yes' if r['drift_compensation'] else 'no'} | "
+            f"{100 * r['crossbar_accuracy']:.2f}% | {100 * r['digital_accuracy']:.2f}% | "
+            f"{100 * (r['digital_accuracy'] - r['crossbar_accuracy']):+.2f} |" for r in results]
+
+
+def write_report(out: Path, step: InferStep, dep: Deployed, results: list[dict], classes: int,
+                 others: list[dict] | None = None) -> Path:
+    """Markdown with the accuracy table, the confusion matrix at the first time, and a drift figure;
+    ``others``: earlier inferences of the run (other models on the same array), for comparison."""
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# Inference of {dep.checkpoint_name} on the array (deployment {dep.deployment_id})", "",
              "| time after programming | drift compensation | crossbar accuracy | digital accuracy | gap (points) | "
@@ -121,6 +132,13 @@ def write_report(out: Path, step: InferStep, dep: Deployed, results: list[dict],
                      f"{100 * r['crossbar_accuracy']:.2f}% | {100 * r['digital_accuracy']:.2f}% | "
                      f"{100 * (r['digital_accuracy'] - r['crossbar_accuracy']):+.2f} | "
                      f"{r['transactions_per_step']:.0f} | {1e3 * r['step_latency_s']:.2f} ms |")
+    if others:
+        lines += ["", "Models inferred earlier in this run, for comparison (gap: digital minus crossbar):", "",
+                  "| model | time after programming | drift compensation | crossbar accuracy | digital accuracy | "
+                  "gap (points) |", "|---|---:|:---:|---:|---:|---:|"]
+        lines += _gap_table(results, f"**{dep.checkpoint_name}** (this step)")
+        for r in others:
+            lines += _gap_table([r], r["checkpoint"] or f"deployment {r['deployment_id']}")
     cm = np.array(results[0]["confusion"])
     lines += ["", f"Confusion matrix at t = {results[0]['time_s']:g} s (rows: true class, columns: predicted):", "",
               "| | " + " | ".join(str(c) for c in range(classes)) + " |", "|---" * (classes + 1) + "|"]

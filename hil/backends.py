@@ -7,10 +7,11 @@ that knows the concrete drivers.
 from __future__ import annotations
 
 from drivers import Crossbar, SoftwareCrossbar
+from drivers.serial_board import SerialBoardCrossbar
 
 from .protocol import Protocol
 
-BACKENDS = ("mock",)
+BACKENDS = ("mock", "serial")
 DEFAULT_SEED = 0
 
 
@@ -18,10 +19,21 @@ class BackendError(Exception):
     """The backend cannot be used with this protocol; nothing has been sent to any instrument."""
 
 
-def make_backend(name: str, protocol: Protocol, seed: int | None) -> tuple[Crossbar, dict]:
-    """The crossbar for ``name`` with the protocol's limits applied, and the options to record with the run."""
-    if name != "mock":
+def make_backend(name: str, protocol: Protocol, seed: int | None,
+                 resource: str | None = None) -> tuple[Crossbar, dict]:
+    """The crossbar for ``name`` with the protocol's limits applied, and the options to record with the run.
+    ``resource``: where a bench instrument is (a pyserial URL or port for ``serial``)."""
+    if name not in BACKENDS:
         raise BackendError(f"backend {name!r} is not available; choose one of: {', '.join(BACKENDS)}")
+    if name == "serial":
+        if not resource:
+            raise BackendError("the serial backend needs --resource: the board's port (/dev/ttyACM0, COM3) or URL "
+                               "(socket://host:port for the emulator)")
+        # Opened by the runner; the board's hard limits tighten these further when it is.
+        xbar = SerialBoardCrossbar(resource, protocol.array.rows, protocol.array.cols, limits=protocol.limits)
+        return xbar, {"resource": resource, "seed": seed if seed is not None else DEFAULT_SEED}
+    if resource:
+        raise BackendError("--resource is for bench backends; the mock needs none")
     # The protocol's mock.seed is the simulated chip; the run seed (--seed) its session's noise and
     # random patterns, so several runs can measure the same chip.
     chip = protocol.mock.seed if protocol.mock.seed is not None else DEFAULT_SEED

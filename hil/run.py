@@ -1,4 +1,4 @@
-"""``python -m hil.run PROTOCOL.yaml --backend mock [--db URL] [--seed N]``
+"""``python -m hil.run PROTOCOL.yaml [--backend mock|serial --resource STRING] [--db URL] [--seed N]``
 
 Exit status: 0 completed, 1 the run failed (recorded in the database),
 2 bad input (protocol, backend or database URL; nothing was run or recorded),
@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="mock", choices=BACKENDS, help="instrument backend (default: mock)")
     parser.add_argument("--db", metavar="URL", default=None,
                         help="database URL (default: $HIL_DB_URL, else sqlite:///hil.db)")
+    parser.add_argument("--resource", default=None, metavar="STRING",
+                        help="where the bench instrument is: for --backend serial a port or pyserial URL "
+                             "(socket://127.0.0.1:7000 for python -m drivers.emulate serial)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the run: random patterns and the mock's noise (the simulated chip is the "
                              "protocol's mock.seed)")
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None and args.seed < 0:
         return reject(f"--seed must be non-negative, got {args.seed}")
     try:
-        xbar, options = make_backend(args.backend, loaded.protocol, args.seed)
+        xbar, options = make_backend(args.backend, loaded.protocol, args.seed, args.resource)
     except BackendError as exc:
         return reject(f"{args.protocol}: {exc}")
     try:

@@ -1,0 +1,239 @@
+"""Emulators: the software crossbar behind a real instrument's wire protocol.
+
+    python -m drivers.emulate serial --port 7000 [--rows 64 --cols 64 --seed 0 --log cmds.jsonl]
+
+serves the array-controller board protocol (serial_board.md) on TCP port 7000 and
+prints the resource string to give the real driver (``socket://127.0.0.1:7000``):
+``python -m hil.run protocols/calibrate.yaml --backend serial --resource socket://127.0.0.1:7000``.
+
+Every command received is logged (JSON lines, with the largest voltage, current and
+pulse width it asked for) before it is checked, so a test can assert that nothing
+beyond the limits was ever sent. Faults can be injected: added latency, dropped and
+garbled replies, and a disconnect after a number of commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import socket
+import socketserver
+import sys
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import board_protocol as bp
+from .device_model import DeviceConfig
+from .errors import LimitViolation
+from .mock import SoftwareCrossbar
+
+_REPLY_CACHE = 64
+
+
+@dataclass
+class Faults:
+    latency_s: float = 0.0          # added before every reply
+    drop: float = 0.0               # probability a reply is not sent
+    garble: float = 0.0             # probability a reply is corrupted in transit
+    disconnect_after: int | None = None   # close the connection after this many commands
+    seed: int = 0
+
+
+class BoardEmulator:
+    """The board's firmware over a :class:`SoftwareCrossbar`: one line in, one line out."""
+
+    model = "ArrayBoard-emu"
+
+    def __init__(self, xbar: SoftwareCrossbar, *, log: Path | None = None):
+        self.xbar = xbar.open()
+        self._replies: OrderedDict[int, bytes] = OrderedDict()
+        self._log = open(log, "a", encoding="utf-8") if log else None
+        self.commands = 0
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def handle(self, line: bytes) -> bytes | None:
+        """The reply to one received line (None: nothing to answer)."""
+        with self._lock:
+            try:
+                seq, body = bp.parse(line)
+            except bp.FrameError as exc:
+                return None if exc.seq is None else bp.frame(exc.seq, f"ERR FRAME {exc}")
+            if seq in self._replies:            # a resend: answer again, do not execute again
+                return self._replies[seq]
+            self.commands += 1
+            reply = bp.frame(seq, self._execute(body))
+            self._replies[seq] = reply
+            while len(self._replies) > _REPLY_CACHE:
+                self._replies.popitem(last=False)
+            return reply
+
+    # ------------------------------------------------------------- commands
+    def _execute(self, body: str) -> str:
+        name, *args = body.split(" ")
+        try:
+            handler = getattr(self, "_cmd_" + name.rstrip("?").lower() + ("_q" if name.endswith("?") else ""))
+        except AttributeError:
+            return f"ERR SYNTAX unknown command {name!r}"
+        try:
+            return handler(*args)
+        except LimitViolation as exc:
+            return f"ERR LIMIT {exc.cause}"
+        except (TypeError, ValueError) as exc:
+            return f"ERR SYNTAX {name}: {exc}"
+
+    def _record(self, command: str, **fields) -> None:
+        if self._log:
+            self._log.write(json.dumps({"t": self.xbar.now(), "command": command, **fields}) + "\n")
+            self._log.flush()
+
+    def _cmd_idn_q(self) -> str:
+        rows, cols = self.xbar.shape
+        return f"OK {self.model},{self.xbar.identity.array_id},1.0,{rows},{cols}"
+
+    def _cmd_lim_q(self) -> str:
+        lim = self.xbar.limits
+        return (f"OK {lim.max_read_voltage_v!r} {lim.max_write_voltage_v!r} {lim.compliance_current_a!r} "
+                f"{lim.min_pulse_width_s!r} {lim.max_pulse_width_s!r}")
+
+    def _cmd_conv_q(self) -> str:
+        c = self.xbar.converters()
+        fmt = lambda v: "-" if v is None else repr(v)  # noqa: E731
+        ranges = " ".join(repr(float(r)) for r in (c.adc_ranges_a or ()))
+        return f"OK {fmt(c.dac_bits)} {fmt(c.dac_range_v)} {fmt(c.adc_bits)} {fmt(c.adc_range_a)} {ranges}".rstrip()
+
+    def _cmd_time_q(self) -> str:
+        return f"OK {self.xbar.now()!r}"
+
+    def _cmd_wait(self, seconds: str) -> str:
+        s = float(seconds)
+        if not s >= 0:
+            raise ValueError("wait needs a non-negative time")
+        self._record("WAIT", seconds=s)
+        self.xbar.wait(s)
+        return "OK"
+
+    def _cmd_read(self, voltage: str, rows: str, cols: str) -> str:
+        v, r, c = float(voltage), bp.decode(rows, "u16"), bp.decode(cols, "u16")
+        self._record("READ", max_voltage_v=abs(v), cells=int(r.size * c.size))
+        return "OK " + bp.encode(self.xbar.read(r, c, voltage_v=v), "f32")
+
+    def _cmd_pulse(self, compliance: str, rows: str, cols: str, amps: str, widths: str) -> str:
+        r, c = bp.decode(rows, "u16"), bp.decode(cols, "u16")
+        a, w, comp = bp.decode(amps, "f64"), bp.decode(widths, "f64"), float(compliance)
+        if not r.size == c.size == a.size == w.size:
+            raise ValueError(f"rows, cols, amplitudes and widths differ in length ({r.size}, {c.size}, {a.size}, "
+                             f"{w.size})")
+        self._record("PULSE", cells=int(r.size), compliance_a=comp,
+                     max_voltage_v=float(np.abs(a).max()) if a.size else 0.0,
+                     min_width_s=float(w.min()) if w.size else None, max_width_s=float(w.max()) if w.size else None)
+        self.xbar.pulse(r, c, a, w, compliance_a=comp)
+        return "OK"
+
+    def _cmd_mvm(self, batch: str, adc_range: str, volts: str) -> str:
+        v = bp.decode(volts, "f32")
+        n = int(batch)
+        if n < 1 or v.size != n * self.xbar.shape[0]:
+            raise ValueError(f"{v.size} voltages for a batch of {n} on {self.xbar.shape[0]} rows")
+        rng = None if adc_range == "-" else float(adc_range)
+        self._record("MVM", batch=n, max_voltage_v=float(np.abs(v).max()))
+        return "OK " + bp.encode(self.xbar.mvm(v.reshape(n, -1), adc_range_a=rng), "f32")
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        server: BoardServer = self.server        # type: ignore[assignment]
+        faults, rng = server.faults, server.rng
+        for line in self.rfile:
+            reply = server.board.handle(line)
+            if reply is None:
+                continue
+            if faults.disconnect_after is not None and server.board.commands > faults.disconnect_after:
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if faults.latency_s:
+                time.sleep(faults.latency_s)
+            u = rng.random()
+            if u < faults.drop:
+                continue
+            if u < faults.drop + faults.garble:
+                reply = _garbled(reply, rng)
+            self.wfile.write(reply)
+            self.wfile.flush()
+
+
+def _garbled(reply: bytes, rng: random.Random) -> bytes:
+    data = bytearray(reply)
+    i = rng.randrange(max(len(data) - 1, 1))
+    data[i] = (data[i] + 1 + rng.randrange(20)) % 94 + 33         # another printable byte, never a newline
+    return bytes(data)
+
+
+class BoardServer(socketserver.ThreadingTCPServer):
+    """A TCP server speaking the board protocol; ``url`` is what the driver connects to."""
+
+    allow_reuse_address = True
+    daemon_threads = True
+
+    def __init__(self, board: BoardEmulator, port: int = 0, host: str = "127.0.0.1", faults: Faults | None = None):
+        super().__init__((host, port), _Handler)
+        self.board = board
+        self.faults = faults or Faults()
+        self.rng = random.Random(self.faults.seed)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"socket://{host}:{port}"
+
+    def start(self) -> "BoardServer":
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self.board.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m drivers.emulate", description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=["serial"], help="which instrument to emulate")
+    parser.add_argument("--port", type=int, default=0, help="TCP port (0: any free one)")
+    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--cols", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0, help="the simulated chip")
+    parser.add_argument("--log", type=Path, help="append every command received to this JSON-lines file")
+    parser.add_argument("--latency-s", type=float, default=0.0)
+    parser.add_argument("--drop", type=float, default=0.0, help="probability a reply is lost")
+    parser.add_argument("--garble", type=float, default=0.0, help="probability a reply is corrupted")
+    parser.add_argument("--disconnect-after", type=int, help="drop the connection after this many commands")
+    args = parser.parse_args(argv)
+    xbar = SoftwareCrossbar(args.rows, args.cols, config=DeviceConfig(), seed=args.seed)
+    server = BoardServer(BoardEmulator(xbar, log=args.log), args.port,
+                         faults=Faults(args.latency_s, args.drop, args.garble, args.disconnect_after, args.seed))
+    print(f"emulated array-controller board ({args.rows}x{args.cols}, chip seed {args.seed}) at {server.url}",
+          flush=True)
+    print(f"use: --backend serial --resource {server.url}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        server.board.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -62,20 +62,22 @@ class BoardEmulator:
             self._log.close()
             self._log = None
 
-    def handle(self, line: bytes) -> bytes | None:
-        """The reply to one received line (None: nothing to answer)."""
+    def handle(self, line: bytes, replies: OrderedDict | None = None) -> bytes | None:
+        """The reply to one received line (None: nothing to answer). ``replies``: the memory of
+        the connection the line came on (the board's own when None)."""
+        replies = self._replies if replies is None else replies
         with self._lock:
             try:
                 seq, body = bp.parse(line)
             except bp.FrameError as exc:
                 return None if exc.seq is None else bp.frame(exc.seq, f"ERR FRAME {exc}")
-            if seq in self._replies:            # a resend: answer again, do not execute again
-                return self._replies[seq]
+            if seq in replies:                  # a resend: answer again, do not execute again
+                return replies[seq]
             self.commands += 1
             reply = bp.frame(seq, self._execute(body))
-            self._replies[seq] = reply
-            while len(self._replies) > _REPLY_CACHE:
-                self._replies.popitem(last=False)
+            replies[seq] = reply
+            while len(replies) > _REPLY_CACHE:
+                replies.popitem(last=False)
             return reply
 
     # ------------------------------------------------------------- commands
@@ -154,8 +156,9 @@ class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         server: BoardServer = self.server        # type: ignore[assignment]
         faults, rng = server.faults, server.rng
+        replies: OrderedDict = OrderedDict()     # a new connection is a new session
         for line in self.rfile:
-            reply = server.board.handle(line)
+            reply = server.board.handle(line, replies)
             if reply is None:
                 continue
             if faults.disconnect_after is not None and server.board.commands > faults.disconnect_after:

@@ -176,7 +176,8 @@ class Crossbar(ABC):
                 offered = ", ".join(f"{r:g}" for r in ranges) or "none (fixed range)"
                 raise CrossbarError(self._name, "mvm", f"ADC range {adc_range_a:g} A is not one the instrument "
                                                        f"offers: {offered}")
-        v = np.asarray(voltages_v, dtype=np.float32)
+        with np.errstate(over="ignore"):      # a value beyond float32 becomes inf, refused just below
+            v = np.asarray(voltages_v, dtype=np.float32)
         single = v.ndim == 1
         if single:
             v = v[None, :]

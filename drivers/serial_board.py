@@ -14,6 +14,7 @@ command fails with :class:`InstrumentTimeout` or :class:`InstrumentIOError`.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -37,7 +38,8 @@ class SerialBoardCrossbar(Crossbar):
         self.baudrate = baudrate
         self.retried = 0               # resends so far (faults survived)
         self._port: serial.SerialBase | None = None
-        self._seq = 0
+        # a random start, so that replies a board remembers from an earlier session never answer this one's
+        self._seq = int.from_bytes(os.urandom(4), "little") % (bp.MAX_SEQ // 2)
         self._buffer = bytearray()
         self._converters = ConverterSpec()
 

@@ -165,3 +165,40 @@ def test_the_emulator_command_prints_the_resource_to_use():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+TWO_STEPS = """name: two_steps
+array: {rows: 16, cols: 16}
+steps:
+  - kind: program
+    name: levels
+    pattern: {kind: levels, levels: 4, g_low_s: 5.0e-6, g_high_s: 80.0e-6}
+  - kind: read
+    name: after
+    read_voltage_v: 0.2
+    repeats: 3
+"""
+
+
+@pytest.mark.parametrize("when", ["programming", "reading back"])
+def test_a_board_lost_mid_run_fails_the_run_cleanly_and_keeps_what_was_measured(board, tmp_path, when):
+    protocol = tmp_path / "two.yaml"
+    protocol.write_text(TWO_STEPS, encoding="utf-8")
+    clean, _ = board()
+    assert hil.run.main([str(protocol), "--db", f"sqlite:///{tmp_path / 'clean.db'}", "--backend", "serial",
+                         "--resource", clean.url]) == 0
+    total = clean.board.commands                 # the last 3 are the read step's
+    after = 5 if when == "programming" else total - 2
+    server, _ = board(faults=Faults(disconnect_after=after))
+    url = f"sqlite:///{tmp_path / 'lost.db'}"
+    assert hil.run.main([str(protocol), "--db", url, "--backend", "serial", "--resource", server.url]) == 1
+    with Database.open(url) as db:
+        with db.session() as s:
+            run = s.scalars(select(Run)).one()
+            assert run.status == "failed" and "connection lost" in run.error
+            statuses = [st.status for st in run.steps]
+            # the step the board was lost in failed; any before it completed and kept its data
+            assert statuses[-1] == "failed" and all(x == "completed" for x in statuses[:-1])
+            assert len(statuses) == (1 if when == "programming" else 2)
+        with db.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"

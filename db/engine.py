@@ -28,6 +28,7 @@ from sqlalchemy.pool import StaticPool
 
 from db.errors import DatabaseError, mask_url
 from db.migrate import upgrade_to_head
+from db.records import mark_orphaned_runs
 
 DEFAULT_URL = "sqlite:///hil.db"
 ENV_VAR = "HIL_DB_URL"
@@ -156,7 +157,11 @@ class Database:
         except (SQLAlchemyError, CommandError, ImportError, OSError) as exc:
             engine.dispose()
             raise DatabaseError(resolved, exc) from exc
-        return cls(engine, resolved)
+        db = cls(engine, resolved)
+        # a run whose process was killed is found here, the next time anyone opens the database
+        with db.session() as session:
+            mark_orphaned_runs(session)
+        return db
 
     @contextmanager
     def session(self) -> Iterator[Session]:

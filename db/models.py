@@ -103,6 +103,9 @@ class Run(Base):
     # Settings that shape the result (resolved seed, backend options); never where the
     # result was written, which says nothing about the experiment and may hold secrets.
     options: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    # The process running it, so that a run a killed process left "running" is recognised later.
+    owner_host: Mapped[str | None] = mapped_column(String(255))
+    owner_pid: Mapped[int | None] = mapped_column(Integer)
 
     crossbar_array: Mapped[CrossbarArray | None] = relationship()
     # The database deletes the children (ON DELETE CASCADE); passive_deletes spares

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -20,8 +22,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.arrays import decode_array, encode_array, summarize
-from db.models import (FINAL_STATUSES, RUNNING, ArrayStat, Base, Checkpoint, CrossbarArray, Deployment, DeploymentTile,
-                       DeviceResult, DeviceStat, Inference, Instrument, Measurement, NoiseModelRecord, Run, RunStep)
+from db.models import (FINAL_STATUSES, INTERRUPTED, RUNNING, ArrayStat, Base, Checkpoint, CrossbarArray, Deployment,
+                       DeploymentTile, DeviceResult, DeviceStat, Inference, Instrument, Measurement,
+                       NoiseModelRecord, Run, RunStep)
 from db.timestamps import utcnow
 
 
@@ -97,10 +100,40 @@ def start_run(session: Session, *, protocol_name: str, protocol_path: str | None
               protocol_hash=protocol_hash(protocol_text), backend=backend,
               seed=None if seed is None else int(seed), status=RUNNING, code_version=code_version,
               started_at=utcnow(), options=_jsonable(options),
-              array_fk=None if crossbar_array is None else crossbar_array.id)
+              array_fk=None if crossbar_array is None else crossbar_array.id,
+              owner_host=socket.gethostname(), owner_pid=os.getpid())
     session.add(run)
     session.flush()
     return run
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True                  # someone else's process: it exists
+    return True
+
+
+def mark_orphaned_runs(session: Session) -> list[int]:
+    """Runs still "running" whose process (on this host) no longer exists: a process killed
+    mid-run could not close them. They, and their running steps, become "interrupted"; what
+    they measured stays. Runs of other hosts cannot be checked and are left alone. Returns
+    the ids marked."""
+    host = socket.gethostname()
+    marked = []
+    for run in session.scalars(select(Run).where(Run.status == RUNNING, Run.owner_host == host)):
+        if run.owner_pid is None or _alive(run.owner_pid):
+            continue
+        cause = f"the process running it (pid {run.owner_pid} on {host}) ended without closing it"
+        for step in run.steps:
+            if step.status == RUNNING:
+                step.status, step.error, step.finished_at = INTERRUPTED, cause, utcnow()
+        finish_run(session, run, INTERRUPTED, cause)
+        marked.append(run.id)
+    return marked
 
 
 def finish_run(session: Session, run: Run, status: str, error: str | None = None) -> None:

@@ -1,0 +1,70 @@
+"""A process killed mid-run (kill -9) leaves a consistent database, and the run is marked
+interrupted the next time the database is opened."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from sqlalchemy import select
+
+from db import Database
+from db.models import Measurement, Run
+
+LONG = """name: long_levels
+array: {rows: 64, cols: 64}
+steps:
+  - kind: read
+    name: first
+    read_voltage_v: 0.2
+    repeats: 2
+  - kind: program
+    name: slow
+    pattern: {kind: levels, levels: 8, g_low_s: 5.0e-6, g_high_s: 80.0e-6}
+    tolerance: 0.0001
+    max_iterations: 1000
+"""
+
+
+def test_a_run_killed_mid_step_is_marked_interrupted_when_the_database_is_next_opened(tmp_path):
+    protocol = tmp_path / "long.yaml"
+    protocol.write_text(LONG, encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'killed.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "hil.run", str(protocol), "--db", url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:                      # until the first step's data is in and the second has started
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            if (tmp_path / "killed.db").exists():
+                with Database.open(url) as db, db.session() as s:
+                    run = s.scalars(select(Run)).one_or_none()
+                    if run is not None and len(run.steps) == 2:
+                        break
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with Database.open(url) as db:
+        with db.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+        with db.session() as s:
+            run = s.scalars(select(Run)).one()
+            assert run.status == "interrupted" and f"pid {proc.pid}" in run.error
+            assert [st.status for st in run.steps] == ["completed", "interrupted"]
+            assert s.scalars(select(Measurement).where(Measurement.step_fk == run.steps[0].id)).first() is not None
+            assert run.finished_at is not None
+
+
+def test_a_live_run_is_left_running(tmp_path):
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    from db import records
+    with Database.open(url) as db, db.session() as s:
+        records.start_run(s, protocol_name="p", protocol_path=None, protocol_text="x", backend="mock", seed=0,
+                          code_version="test")
+    with Database.open(url) as db, db.session() as s:        # this process is alive: not an orphan
+        assert s.scalars(select(Run)).one().status == "running"

@@ -200,7 +200,7 @@ class BoardServer(socketserver.ThreadingTCPServer):
         return f"socket://{host}:{port}"
 
     def start(self) -> "BoardServer":
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
     def stop(self) -> None:

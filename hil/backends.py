@@ -26,12 +26,16 @@ def make_backend(name: str, protocol: Protocol, seed: int | None,
     if name not in BACKENDS:
         raise BackendError(f"backend {name!r} is not available; choose one of: {', '.join(BACKENDS)}")
     if name == "serial":
+        resource = resource or protocol.bench.resource
         if not resource:
-            raise BackendError("the serial backend needs --resource: the board's port (/dev/ttyACM0, COM3) or URL "
-                               "(socket://host:port for the emulator)")
+            raise BackendError("the serial backend needs --resource (or bench.resource in the protocol): the "
+                               "board's port (/dev/ttyACM0, COM3) or URL (socket://host:port for the emulator)")
+        bench = protocol.bench
         # Opened by the runner; the board's hard limits tighten these further when it is.
-        xbar = SerialBoardCrossbar(resource, protocol.array.rows, protocol.array.cols, limits=protocol.limits)
-        return xbar, {"resource": resource, "seed": seed if seed is not None else DEFAULT_SEED}
+        xbar = SerialBoardCrossbar(resource, protocol.array.rows, protocol.array.cols, limits=protocol.limits,
+                                   timeout_s=bench.timeout_s, retries=bench.retries)
+        return xbar, {"resource": resource, "timeout_s": bench.timeout_s, "retries": bench.retries,
+                      "seed": seed if seed is not None else DEFAULT_SEED}
     if resource:
         raise BackendError("--resource is for bench backends; the mock needs none")
     # The protocol's mock.seed is the simulated chip; the run seed (--seed) its session's noise and

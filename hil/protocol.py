@@ -426,6 +426,14 @@ class MockSpec(_Model):
     device: DeviceConfig = Field(default_factory=DeviceConfig)
 
 
+class BenchSpec(_Model):
+    """How to reach a bench instrument; the mock ignores it. ``--resource`` overrides ``resource``."""
+
+    resource: str | None = Field(None, min_length=1, description="port, URL or VISA resource string")
+    timeout_s: float = Field(2.0, gt=0, le=600, description="how long to wait for one reply")
+    retries: int = Field(4, ge=0, le=20, description="resends of a command whose reply is late, lost or garbled")
+
+
 class Protocol(_Model):
     """A complete experiment: where it runs, within which limits, and what it does."""
 
@@ -434,6 +442,7 @@ class Protocol(_Model):
     array: ArraySpec
     limits: SafetyLimits = Field(default_factory=SafetyLimits)
     mock: MockSpec = Field(default_factory=MockSpec)
+    bench: BenchSpec = Field(default_factory=BenchSpec)
     steps: list[Step] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -162,3 +162,12 @@ def test_perturbed_pole_is_the_dominant_eigenvalue_of_the_perturbed_block():
     split = np.abs(eig[:, 0].imag) < 1e-15
     assert split.sum() > 50 and np.all(beta.numpy()[split] == 0)     # slow rotations split into real poles
     assert (np.sign(beta.numpy()) == np.sign(b1))[~split].all()
+
+
+def test_perturbed_pole_passes_the_shared_error_gradient():
+    a1, a2 = (torch.tensor([-0.01, -0.2], dtype=torch.float64, requires_grad=True) for _ in range(2))
+    b1, b2 = (torch.tensor([0.3, 1e-4], dtype=torch.float64, requires_grad=True) for _ in range(2))
+    alpha, beta = _perturbed_pole(a1, b1, b2, a2)
+    (alpha.sum() + 2 * beta.sum()).backward()
+    for t, expected in ((a1, 0.5), (a2, 0.5), (b1, 1.0), (b2, 1.0)):
+        assert torch.allclose(t.grad, torch.full_like(t.grad, expected))

@@ -51,7 +51,8 @@ def _perturbed_pole(a1: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor,
         real_top = mean_a + torch.where(mean_a >= 0, root, -root)
         alpha = torch.where(rotating, mean_a, real_top)
         beta = torch.where(rotating, torch.where(mean_b >= 0, root, -root), torch.zeros_like(root))
-    return mean_a + (alpha - mean_a), mean_b + (beta - mean_b)
+    # value of the exact pole, gradient of the shared-error one
+    return mean_a + (alpha - mean_a).detach(), mean_b + (beta - mean_b).detach()
 
 
 _MAX_INPUT_GAIN = 64.0

@@ -110,11 +110,11 @@ def layer_blocks(layer: nn.Module) -> tuple[int, int, list[Block]]:
                     lines = np.array([m, modes + m])
                     cols = np.array([m, modes + m, n1 - 1])
                     w = mats[c][np.ix_(lines, cols)]
-                    gain = np.array([1.0, 1.0, input_gain(np.abs(w[:, :2]).max(), np.abs(w[:, 2]).max())])
+                    gain = np.array([1.0, 1.0, float(input_gain(np.abs(w[:, :2]).max(), np.abs(w[:, 2]).max()))])
                     blocks.append(Block(base + cols, base + lines, w * gain, critical, gain))
                 w = mats[c][n1 - 1:, :]
                 gain = np.ones(n1)
-                gain[-1] = input_gain(np.abs(w[0, :-1]).max(), abs(w[0, -1]))
+                gain[-1] = float(input_gain(np.abs(w[0, :-1]).max(), abs(w[0, -1])))
                 blocks.append(Block(base + np.arange(n1), np.array([base + n1 - 1]), w * gain, None, gain))
             return h * n1, h * n1, blocks
     finally:

@@ -58,18 +58,14 @@ def _perturbed_pole(a1: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor,
 _MAX_INPUT_GAIN = 64.0
 
 
-def input_gain(state_scale, input_scale):
+def input_gain(state_scale, input_scale) -> torch.Tensor:
     """The factor the input's column is programmed larger (and the input driven smaller) by, so that
     its largest entry matches the state entries' largest; within [1/64, 64], 1 for a zero column.
-    Takes numbers or tensors (used alike by training and by the mapping)."""
-    if isinstance(state_scale, torch.Tensor) or isinstance(input_scale, torch.Tensor):
-        state_scale, input_scale = torch.as_tensor(state_scale), torch.as_tensor(input_scale)
-        ratio = state_scale / torch.where(input_scale > 0, input_scale, torch.ones_like(input_scale))
-        gain = ratio.clamp(1 / _MAX_INPUT_GAIN, _MAX_INPUT_GAIN)
-        return torch.where((input_scale > 0) & (state_scale > 0), gain, torch.ones_like(gain))
-    if input_scale <= 0 or state_scale <= 0:
-        return 1.0
-    return float(min(max(state_scale / input_scale, 1 / _MAX_INPUT_GAIN), _MAX_INPUT_GAIN))
+    Numbers or tensors, elementwise (training passes tensors, the mapping one block's numbers)."""
+    state_scale, input_scale = torch.as_tensor(state_scale), torch.as_tensor(input_scale)
+    ratio = state_scale / torch.where(input_scale > 0, input_scale, torch.ones_like(input_scale))
+    gain = ratio.clamp(1 / _MAX_INPUT_GAIN, _MAX_INPUT_GAIN)
+    return torch.where((input_scale > 0) & (state_scale > 0), gain, torch.ones_like(gain))
 
 
 class S4DAnalog(nn.Module):

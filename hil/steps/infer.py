@@ -113,10 +113,11 @@ def run_infer(ctx: RunContext, step: InferStep, row: RunStep) -> StepReport:
     return StepReport(cells=f"{len(y)} sequences", iterations="", detail=detail, summary=summary)
 
 
-def _gap_table(results: list[dict], name: str | None = None) -> list[str]:
-    return [f"| {'' if name is None else name + ' | '}{r['time_s']:g} s | {'yes' if r['drift_compensation'] else 'no'} | "
+def _gap_cells(r: dict) -> str:
+    """time | compensation | crossbar | digital | gap, the columns every accuracy row shares."""
+    return (f"{r['time_s']:g} s | {'yes' if r['drift_compensation'] else 'no'} | "
             f"{100 * r['crossbar_accuracy']:.2f}% | {100 * r['digital_accuracy']:.2f}% | "
-            f"{100 * (r['digital_accuracy'] - r['crossbar_accuracy']):+.2f} |" for r in results]
+            f"{100 * (r['digital_accuracy'] - r['crossbar_accuracy']):+.2f}")
 
 
 def write_report(out: Path, step: InferStep, dep: Deployed, results: list[dict], classes: int,
@@ -127,18 +128,16 @@ def write_report(out: Path, step: InferStep, dep: Deployed, results: list[dict],
     lines = [f"# Inference of {dep.checkpoint_name} on the array (deployment {dep.deployment_id})", "",
              "| time after programming | drift compensation | crossbar accuracy | digital accuracy | gap (points) | "
              "MVMs per step | latency per step |", "|---:|:---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        lines.append(f"| {r['time_s']:g} s | {'yes' if r['drift_compensation'] else 'no'} | "
-                     f"{100 * r['crossbar_accuracy']:.2f}% | {100 * r['digital_accuracy']:.2f}% | "
-                     f"{100 * (r['digital_accuracy'] - r['crossbar_accuracy']):+.2f} | "
-                     f"{r['transactions_per_step']:.0f} | {1e3 * r['step_latency_s']:.2f} ms |")
+    lines += [f"| {_gap_cells(r)} | {r['transactions_per_step']:.0f} | {1e3 * r['step_latency_s']:.2f} ms |"
+              for r in results]
     if others:
         lines += ["", "Models inferred earlier in this run, for comparison (gap: digital minus crossbar):", "",
                   "| model | time after programming | drift compensation | crossbar accuracy | digital accuracy | "
                   "gap (points) |", "|---|---:|:---:|---:|---:|---:|"]
-        lines += _gap_table(results, f"**{dep.checkpoint_name}** (this step)")
+        lines += [f"| **{dep.checkpoint_name}** (this step) | {_gap_cells(r)} |" for r in results]
         for r in others:
-            lines += _gap_table([r], r["checkpoint"] or f"deployment {r['deployment_id']}")
+            name = r["checkpoint"] or f"deployment {r['deployment_id']}"
+            lines.append(f"| {name} | {_gap_cells(r)} |")
     cm = np.array(results[0]["confusion"])
     lines += ["", f"Confusion matrix at t = {results[0]['time_s']:g} s (rows: true class, columns: predicted):", "",
               "| | " + " | ".join(str(c) for c in range(classes)) + " |", "|---" * (classes + 1) + "|"]

@@ -106,12 +106,15 @@ class Run(Base):
     # The process running it, so that a run a killed process left "running" is recognised later.
     owner_host: Mapped[str | None] = mapped_column(String(255))
     owner_pid: Mapped[int | None] = mapped_column(Integer)
+    # One entry per resume: when, by which process, and the status and error the run had before.
+    resumes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
 
     crossbar_array: Mapped[CrossbarArray | None] = relationship()
     # The database deletes the children (ON DELETE CASCADE); passive_deletes spares
     # loading thousands of rows just to delete them.
     steps: Mapped[list[RunStep]] = relationship(
-        back_populates="run", order_by="RunStep.index", cascade="all, delete-orphan", passive_deletes=True)
+        back_populates="run", order_by=lambda: (RunStep.index, RunStep.attempt), cascade="all, delete-orphan",
+        passive_deletes=True)
     measurements: Mapped[list[Measurement]] = relationship(
         back_populates="run", order_by="Measurement.id", cascade="all, delete-orphan", passive_deletes=True)
 
@@ -123,7 +126,7 @@ class RunStep(Base):
     """One step of a run, at position ``index`` in its protocol."""
 
     __tablename__ = "run_steps"
-    __table_args__ = (UniqueConstraint("run_fk", "index"), CheckConstraint(_STATUS_CHECK, name="status"))
+    __table_args__ = (UniqueConstraint("run_fk", "index", "attempt"), CheckConstraint(_STATUS_CHECK, name="status"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_fk: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
@@ -135,6 +138,8 @@ class RunStep(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    # A resumed run runs a step again as a new attempt; earlier attempts keep their rows and data.
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     run: Mapped[Run] = relationship(back_populates="steps")
     measurements: Mapped[list[Measurement]] = relationship(

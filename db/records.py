@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.arrays import decode_array, encode_array, summarize
-from db.models import (FINAL_STATUSES, INTERRUPTED, RUNNING, ArrayStat, Base, Checkpoint, CrossbarArray, Deployment,
+from db.models import (COMPLETED, FAILED, FINAL_STATUSES, INTERRUPTED, RUNNING, ArrayStat, Base, Checkpoint, CrossbarArray, Deployment,
                        DeploymentTile, DeviceResult, DeviceStat, Inference, Instrument, Measurement,
                        NoiseModelRecord, Run, RunStep)
 from db.timestamps import utcnow
@@ -146,9 +146,59 @@ def finish_run(session: Session, run: Run, status: str, error: str | None = None
     session.flush()
 
 
-def start_step(session: Session, run: Run, index: int, name: str, kind: str) -> RunStep:
-    """A new step of ``run`` in status "running"; ``index`` is its position in the protocol."""
-    step = RunStep(run_fk=run.id, index=int(index), name=name, kind=kind, status=RUNNING, started_at=utcnow())
+class ResumeRefused(Exception):
+    """The run cannot be resumed (unknown, still running or already completed); nothing was changed."""
+
+
+def check_resumable(run: Run) -> None:
+    """Raise :class:`ResumeRefused` unless ``run`` failed or was interrupted."""
+    if run.status == COMPLETED:
+        raise ResumeRefused(f"run {run.id} completed: there is nothing to resume")
+    if run.status == RUNNING:
+        raise ResumeRefused(f"run {run.id} is still running (pid {run.owner_pid} on {run.owner_host}); "
+                            "stop that process first")
+    if run.status not in (FAILED, INTERRUPTED):
+        raise ResumeRefused(f"run {run.id} has status {run.status!r}")
+
+
+def resume_run(session: Session, run_id: int, options: dict[str, Any] | None = None) -> Run:
+    """Reopen a failed or interrupted run: back to "running", owned by this process, with the
+    status and error it had (and the backend ``options`` of this session) appended to ``run.resumes``.
+    Its steps and data are untouched."""
+    run = session.get(Run, int(run_id))
+    if run is None:
+        raise ResumeRefused(f"there is no run {run_id} in this database")
+    check_resumable(run)
+    entry = {"at": utcnow().isoformat(), "host": socket.gethostname(), "pid": os.getpid(),
+             "previous_status": run.status, "previous_error": run.error, "options": _jsonable(options)}
+    run.resumes = [*(run.resumes or []), entry]
+    run.status, run.error, run.finished_at = RUNNING, None, None
+    run.owner_host, run.owner_pid = socket.gethostname(), os.getpid()
+    session.flush()
+    return run
+
+
+def array_id_of(session: Session, run: Run) -> str | None:
+    """The id of the array ``run`` measured (None if it never reached one), without loading it into ``run``."""
+    if run.array_fk is None:
+        return None
+    return session.scalar(select(CrossbarArray.array_id).where(CrossbarArray.id == run.array_fk))
+
+
+def latest_attempts(session: Session, run: Run) -> dict[int, RunStep]:
+    """The last attempt at each step index of ``run``."""
+    out: dict[int, RunStep] = {}
+    for step in session.scalars(select(RunStep).where(RunStep.run_fk == run.id)
+                                .order_by(RunStep.index, RunStep.attempt)):
+        out[step.index] = step
+    return out
+
+
+def start_step(session: Session, run: Run, index: int, name: str, kind: str, attempt: int = 1) -> RunStep:
+    """A new step of ``run`` in status "running"; ``index`` is its position in the protocol,
+    ``attempt`` counts its runs (more than one only in a resumed run)."""
+    step = RunStep(run_fk=run.id, index=int(index), name=name, kind=kind, status=RUNNING, started_at=utcnow(),
+                   attempt=int(attempt))
     session.add(step)
     session.flush()
     return step

@@ -107,6 +107,18 @@ def load_protocol(path: str | os.PathLike) -> LoadedProtocol:
                             f"unexpected {type(exc).__name__} while loading: {exc}") from exc
 
 
+def load_protocol_text(text: str, path: str | os.PathLike) -> LoadedProtocol:
+    """Validate protocol ``text`` (e.g. the one stored with a run) as if it were the file at ``path``,
+    which need not exist any more: only its directory is used, for the protocol's relative paths."""
+    try:
+        return _parse(text.encode("utf-8"), Path(path))
+    except _Problem as problem:
+        raise problem.to_error(path) from None
+    except Exception as exc:  # noqa: BLE001 - the contract is that bad input only ever yields ProtocolError
+        raise ProtocolError(path, None, None,
+                            f"unexpected {type(exc).__name__} while loading: {exc}") from exc
+
+
 # --------------------------------------------------------------------------- internals
 
 class _Problem(Exception):
@@ -131,7 +143,10 @@ def _one_line(text: str) -> str:
 
 
 def _load(file: Path) -> LoadedProtocol:
-    data = _read_bytes(file)
+    return _parse(_read_bytes(file), file)
+
+
+def _parse(data: bytes, file: Path) -> LoadedProtocol:
     sha256 = hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8")

@@ -3,6 +3,14 @@
 The run row is committed before the instrument is opened and every step commits
 its own data, so a fault or an interrupt leaves the database consistent: the
 run and its steps carry their status and error, and what was measured before stays.
+
+A failed or interrupted run can be resumed: its completed steps are not run again
+(their outputs, a noise model or a checkpoint, are taken from the database), except
+those that put something on the array a remaining step needs (a ``program`` step
+before a ``read``, a ``deploy`` step an ``infer`` names). What an array holds after
+an interruption cannot be taken on trust (it drifted, or a simulated array is gone
+with its process), so those run again as new attempts; on an array that kept its
+state, write-verify then finds little or nothing to do.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from drivers import Crossbar
 
 from .context import RunContext, StepReport
 from .protocol_loader import LoadedProtocol
-from .steps import EXECUTORS
+from .steps import EXECUTORS, RESTORERS
 from .version import code_version
 
 
@@ -34,6 +42,8 @@ class StepOutcome:
     transactions: int
     report: StepReport | None = None
     error: str | None = None
+    attempt: int = 1
+    restored: bool = False        # completed in an earlier attempt of a resumed run, not run now
 
 
 @dataclass
@@ -51,19 +61,34 @@ def describe(exc: BaseException) -> str:
 
 def execute(loaded: LoadedProtocol, xbar: Crossbar, db: Database, *, backend: str, seed: int | None,
             options: dict | None = None, console: Console | None = None,
-            report_dir: Path = Path("reports")) -> RunOutcome:
-    """Run every step of ``loaded`` on ``xbar``; returns the outcome, never raises for a run failure."""
+            report_dir: Path = Path("reports"), resume_run_id: int | None = None) -> RunOutcome:
+    """Run every step of ``loaded`` on ``xbar``; returns the outcome, never raises for a run failure.
+    ``resume_run_id``: continue that failed or interrupted run (``loaded`` must be its protocol) instead
+    of starting a new one; raises :class:`db.records.ResumeRefused` if it cannot be resumed."""
     console = console or Console(stderr=True)
     protocol = loaded.protocol
     t_start = time.perf_counter()
+    previous: dict[int, tuple[str, int, dict]] = {}     # step index -> (status, attempt, summary)
     with db.session() as session:
-        run = records.start_run(session, protocol_name=protocol.name, protocol_path=str(loaded.path),
-                                protocol_text=loaded.text, backend=backend, seed=seed,
-                                code_version=code_version(), options=options)
+        if resume_run_id is None:
+            run = records.start_run(session, protocol_name=protocol.name, protocol_path=str(loaded.path),
+                                    protocol_text=loaded.text, backend=backend, seed=seed,
+                                    code_version=code_version(), options=options)
+            expected_array = None
+        else:
+            run = records.resume_run(session, resume_run_id, options)
+            previous = {i: (row.status, row.attempt, row.summary or {})
+                        for i, row in records.latest_attempts(session, run).items()}
+            expected_array = records.array_id_of(session, run)
+    # A resumed run draws fresh random patterns, reproducibly: from its seed and the number of resumes.
+    rng = np.random.default_rng(seed if resume_run_id is None else [seed or 0, len(run.resumes or [])])
     outcome = RunOutcome(run_id=run.id, status="running", error=None, seconds=0.0)
     try:
         with xbar:
             ident = xbar.identity
+            if expected_array is not None and ident.array_id != expected_array:
+                raise RuntimeError(f"run {run.id} measured array {expected_array!r}, but the instrument holds "
+                                   f"{ident.array_id!r}: connect that array to resume it")
             with db.session() as session:
                 instrument = records.get_or_create_instrument(session, ident.backend, ident.instrument_id,
                                                               ident.model, ident.firmware)
@@ -72,9 +97,17 @@ def execute(loaded: LoadedProtocol, xbar: Crossbar, db: Database, *, backend: st
                 run.array_fk = array.id
             ctx = RunContext(db=db, run=run, array=array, xbar=xbar, protocol=protocol,
                              base_dir=Path(loaded.path).resolve().parent,
-                             rng=np.random.default_rng(seed), console=console, report_dir=Path(report_dir))
+                             rng=rng, console=console, report_dir=Path(report_dir))
+            rerun = _to_run_again(protocol.steps, previous)
             for index, step in enumerate(protocol.steps):
-                outcome.steps.append(_run_step(ctx, index, step))
+                status, attempt, summary = previous.get(index, (None, 0, {}))
+                if status == "completed" and index not in rerun:
+                    RESTORERS.get(step.kind, lambda *_: None)(ctx, step, summary)
+                    outcome.steps.append(StepOutcome(index, step.name, step.kind, "completed", 0.0, 0,
+                                                     StepReport(detail=f"completed in attempt {attempt}"),
+                                                     attempt=attempt, restored=True))
+                else:
+                    outcome.steps.append(_run_step(ctx, index, step, attempt + 1))
         status, error = "completed", None
     except KeyboardInterrupt:
         status, error = "interrupted", "interrupted by the user (KeyboardInterrupt)"
@@ -87,9 +120,25 @@ def execute(loaded: LoadedProtocol, xbar: Crossbar, db: Database, *, backend: st
     return outcome
 
 
-def _run_step(ctx: RunContext, index: int, step) -> StepOutcome:
+def _to_run_again(steps, previous: dict[int, tuple[str, int, dict]]) -> set[int]:
+    """Indices of completed steps whose effect on the array a remaining step relies on."""
+    remaining = [i for i in range(len(steps)) if previous.get(i, ("",))[0] != "completed"]
+    if not previous or not remaining:
+        return set()
+    first = remaining[0]
+    later = steps[first:]
+    again = set()
+    wanted = {s.deployment for s in later if s.kind == "infer"}
+    again |= {i for i in range(first) if steps[i].kind == "deploy" and steps[i].name in wanted}
+    if any(s.kind == "read" for s in later):
+        programs = [i for i in range(first) if steps[i].kind == "program"]
+        again |= set(programs[-1:])
+    return again
+
+
+def _run_step(ctx: RunContext, index: int, step, attempt: int = 1) -> StepOutcome:
     with ctx.db.session() as session:
-        row = records.start_step(session, ctx.run, index, step.name, step.kind)
+        row = records.start_step(session, ctx.run, index, step.name, step.kind, attempt)
     calls_before = ctx.xbar.total_transactions
     t0 = time.perf_counter()
     try:
@@ -104,4 +153,4 @@ def _run_step(ctx: RunContext, index: int, step) -> StepOutcome:
     report.summary.update(seconds=seconds, instrument_calls=calls)
     with ctx.db.session() as session:
         records.finish_step(session, row, "completed", summary=report.summary)
-    return StepOutcome(index, step.name, step.kind, "completed", seconds, calls, report)
+    return StepOutcome(index, step.name, step.kind, "completed", seconds, calls, report, attempt=attempt)

@@ -17,8 +17,10 @@ def print_summary(outcome: RunOutcome, protocol_name: str, db_label: str, consol
         table.add_column(column, justify=justify, no_wrap=True)
     for step in outcome.steps:
         report = step.report
-        table.add_row(step.name, step.kind, report.cells if report else "", report.iterations if report else "",
-                      str(step.transactions), f"{step.seconds:.2f} s")
+        name = step.name if step.attempt == 1 or step.restored else f"{step.name} (attempt {step.attempt})"
+        calls, seconds = ("", "earlier") if step.restored else (str(step.transactions), f"{step.seconds:.2f} s")
+        table.add_row(name, step.kind, report.cells if report else "", report.iterations if report else "",
+                      calls, seconds)
     console.print(table)
     for step in outcome.steps:
         if step.report and step.report.detail:

@@ -90,7 +90,8 @@ def test_migration_matches_create_all_down_to_constraint_names(migrated):
     migrated_schema = _reflected_schema(migrated.engine)
     assert migrated_schema == expected
     assert migrated_schema["runs"]["checks"][0][0] == "ck_runs_status"
-    assert ("uq_run_steps_run_fk_index", ("run_fk", "index")) in migrated_schema["run_steps"]["uniques"]
+    assert ("uq_run_steps_run_fk_index_attempt", ("run_fk", "index", "attempt")) in \
+        migrated_schema["run_steps"]["uniques"]
     assert ("ix_device_stats_array_fk_quantity_row_col", ("array_fk", "quantity", "row", "col"), False) in \
         migrated_schema["device_stats"]["indexes"]
     assert ("fk_noise_models_run_fk_runs", ("run_fk",), "runs", ("id",), (("ondelete", "SET NULL"),)) in \

@@ -1,7 +1,8 @@
 """Fault campaign: runs through the real serial driver against an emulated board that drops and
 garbles replies (the driver times out and resends) and, in some runs, disconnects at a random
 point. Every run must end with the right status, keep what it finished, and leave the database
-intact."""
+intact; then every failed run is resumed (through a fresh connection to its board, still dropping
+and garbling replies) and completes, keeping the failed attempt beside the new one."""
 
 import random
 
@@ -37,7 +38,7 @@ def test_fifty_runs_with_injected_faults_end_with_the_right_status(tmp_path):
     protocol.write_text(PROTOCOL, encoding="utf-8")
     url = f"sqlite:///{tmp_path / 'campaign.db'}"
     rng = random.Random(2026)
-    expected = []
+    expected, noisy = [], []
     for i in range(RUNS):
         faults = Faults(drop=rng.uniform(0, 0.15), garble=rng.uniform(0, 0.15),
                         disconnect_after=rng.randrange(3, 60) if rng.random() < 0.4 else None, seed=i)
@@ -48,6 +49,7 @@ def test_fifty_runs_with_injected_faults_end_with_the_right_status(tmp_path):
             server.stop()
         lost = faults.disconnect_after is not None and server.board.commands > faults.disconnect_after
         expected.append("failed" if lost else "completed")
+        noisy.append(Faults(drop=faults.drop, garble=faults.garble, seed=i + 1000))
         assert code == (1 if lost else 0), f"run {i}: {faults}"
     with Database.open(url) as db:
         with db.engine.connect() as c:
@@ -66,3 +68,34 @@ def test_fifty_runs_with_injected_faults_end_with_the_right_status(tmp_path):
                 for step in run.steps:
                     if step.status == "completed":       # what finished is kept
                         assert s.scalars(select(Measurement).where(Measurement.step_fk == step.id)).first()
+
+    # resume every failed run: the board is back (a new emulator for the same chip), still noisy
+    failed = [i for i, status in enumerate(expected) if status == "failed"]
+    for i in failed:
+        server = BoardServer(BoardEmulator(SoftwareCrossbar(8, 8, seed=i)), faults=noisy[i]).start()
+        try:
+            code = hil.run.main(["--resume", str(i + 1), "--db", url, "--resource", server.url])
+        finally:
+            server.stop()
+        assert code == 0, f"resume of run {i + 1}"
+    with Database.open(url) as db:
+        with db.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+        with db.session() as s:
+            runs = s.scalars(select(Run).order_by(Run.id)).all()
+            assert [r.status for r in runs] == ["completed"] * RUNS
+            for i in failed:
+                run = runs[i]
+                assert len(run.resumes) == 1 and run.resumes[0]["previous_status"] == "failed"
+                latest = {}
+                for step in run.steps:
+                    latest[step.index] = step
+                assert sorted(latest) == [0, 1, 2]
+                assert all(st.status == "completed" for st in latest.values())
+                # the step that failed has its failed attempt kept, with its error, before the new one
+                failed_steps = [st for st in run.steps if st.status == "failed"]
+                assert len(failed_steps) == 1 and failed_steps[0].error
+                assert latest[failed_steps[0].index].attempt == 2
+                # a first read completed before the fault is not run again
+                if failed_steps[0].index > 0:
+                    assert [st.attempt for st in run.steps if st.index == 0] == [1]

@@ -1,5 +1,5 @@
-"""A process killed mid-run (kill -9) leaves a consistent database, and the run is marked
-interrupted the next time the database is opened."""
+"""A process killed mid-run (kill -9) leaves a consistent database, the run is marked
+interrupted the next time the database is opened, and resuming it completes it."""
 
 import os
 import signal
@@ -9,6 +9,7 @@ import time
 
 from sqlalchemy import select
 
+import hil.run
 from db import Database
 from db.models import Measurement, Run
 
@@ -58,6 +59,22 @@ def test_a_run_killed_mid_step_is_marked_interrupted_when_the_database_is_next_o
             assert [st.status for st in run.steps] == ["completed", "interrupted"]
             assert s.scalars(select(Measurement).where(Measurement.step_fk == run.steps[0].id)).first() is not None
             assert run.finished_at is not None
+            first_id = run.steps[0].id
+
+    assert hil.run.main(["--resume", "1", "--db", url]) == 0
+    with Database.open(url) as db:
+        with db.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+        with db.session() as s:
+            run = s.scalars(select(Run)).one()
+            assert run.status == "completed" and run.error is None
+            assert run.resumes[0]["previous_status"] == "interrupted" and f"pid {proc.pid}" in \
+                run.resumes[0]["previous_error"]
+            # the first step is kept, not run again; the killed one is kept beside its second, completed attempt
+            assert [(st.index, st.attempt, st.status) for st in run.steps] == [
+                (0, 1, "completed"), (1, 1, "interrupted"), (1, 2, "completed")]
+            assert run.steps[0].id == first_id
+            assert s.scalars(select(Measurement).where(Measurement.step_fk == run.steps[2].id)).first() is not None
 
 
 def test_a_live_run_is_left_running(tmp_path):

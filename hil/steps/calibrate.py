@@ -14,6 +14,11 @@ from ..context import RunContext, StepReport
 from ..protocol import CalibrateStep
 
 
+def restore_calibrate(ctx: RunContext, step: CalibrateStep, summary: dict) -> None:
+    if "noise_model_id" in summary:
+        ctx.noise_models[step.name] = int(summary["noise_model_id"])
+
+
 def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepReport:
     names = stages(step)
     with Progress(TextColumn(f"[bold]{step.name}[/] {{task.fields[stage]:<14}}"), BarColumn(),

@@ -45,6 +45,10 @@ def analog_specs(analog: AnalogTraining | None, noise: NoiseModel | None) -> tup
     return dense, recurrent
 
 
+def restore_train(ctx: RunContext, step: TrainStep, summary: dict) -> None:
+    ctx.checkpoints[step.name] = int(summary["checkpoint_id"])
+
+
 def run_train(ctx: RunContext, step: TrainStep, row: RunStep) -> StepReport:
     data = load_task(step.task.name, step.task.seed)
     torch.manual_seed(step.seed)

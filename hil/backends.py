@@ -6,12 +6,13 @@ that knows the concrete drivers.
 
 from __future__ import annotations
 
-from drivers import Crossbar, SoftwareCrossbar
+from drivers import Crossbar, CrossbarError, SoftwareCrossbar
+from drivers.arc2 import Arc2Crossbar, parse_resource, require_pyarc2
 from drivers.serial_board import SerialBoardCrossbar
 
 from .protocol import Protocol
 
-BACKENDS = ("mock", "serial")
+BACKENDS = ("mock", "serial", "arc2")
 DEFAULT_SEED = 0
 
 
@@ -36,6 +37,8 @@ def make_backend(name: str, protocol: Protocol, seed: int | None,
                                    timeout_s=bench.timeout_s, retries=bench.retries)
         return xbar, {"resource": resource, "timeout_s": bench.timeout_s, "retries": bench.retries,
                       "seed": seed if seed is not None else DEFAULT_SEED}
+    if name == "arc2":
+        return _arc2(protocol, seed, resource or protocol.bench.resource)
     if resource:
         raise BackendError("--resource is for bench backends; the mock needs none")
     # The protocol's mock.seed is the simulated chip; the run seed (--seed) its session's noise and
@@ -47,6 +50,22 @@ def make_backend(name: str, protocol: Protocol, seed: int | None,
     check_shape(xbar, protocol)
     xbar.restrict_limits(protocol.limits)
     return xbar, {"seed": run_seed, "chip_seed": chip, "device": protocol.mock.device.model_dump()}
+
+
+def _arc2(protocol: Protocol, seed: int | None, resource: str | None) -> tuple[Crossbar, dict]:
+    try:
+        board_id, firmware = parse_resource(resource) if resource else (None, None)
+        require_pyarc2()          # refused before a run is recorded when the vendor bindings are missing
+        xbar = Arc2Crossbar(board_id, firmware, rows=protocol.array.rows, cols=protocol.array.cols,
+                            limits=protocol.limits)
+    except (ValueError, CrossbarError) as exc:
+        raise BackendError(f"the arc2 backend: {exc}") from None
+    if xbar.firmware is None:
+        raise BackendError("the arc2 backend needs the board's firmware file: --resource ID:/path/to/fw.bin "
+                           "(or bench.resource in the protocol, or $ARC2_FIRMWARE)")
+    return xbar, {"resource": resource, "board_id": board_id, "firmware": str(xbar.firmware),
+                  "mapping": xbar.mapping.name, "idle": xbar.idle, "notes": list(xbar.notes),
+                  "seed": seed if seed is not None else DEFAULT_SEED}
 
 
 def check_shape(xbar: Crossbar, protocol: Protocol) -> None:

@@ -6,6 +6,12 @@ serves the array-controller board protocol (serial_board.md) on TCP port 7000 an
 prints the resource string to give the real driver (``socket://127.0.0.1:7000``):
 ``python -m hil.run protocols/calibrate.yaml --backend serial --resource socket://127.0.0.1:7000``.
 
+    python -m drivers.emulate smu --port 5025 [same options]
+
+serves an SMU + switch-matrix bench speaking TSP (visa_bench.md, tsp_emulator.py) on a raw
+socket and prints the VISA resource to use (``TCPIP::127.0.0.1::5025::SOCKET``) with
+``--backend visa``.
+
 Every command received is logged (JSON lines, with the largest voltage, current and
 pulse width it asked for) before it is checked, so a test can assert that nothing
 beyond the limits was ever sent. Faults can be injected: added latency, dropped and
@@ -23,7 +29,6 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +36,11 @@ import numpy as np
 from . import board_protocol as bp
 from .device_model import DeviceConfig
 from .errors import LimitViolation
+from .faults import Faults, garbled
 from .mock import SoftwareCrossbar
+from .tsp_emulator import TspInstrument, TspServer
 
 _REPLY_CACHE = 64
-
-
-@dataclass
-class Faults:
-    latency_s: float = 0.0          # added before every reply
-    drop: float = 0.0               # probability a reply is not sent
-    garble: float = 0.0             # probability a reply is corrupted in transit
-    disconnect_after: int | None = None   # close the connection after this many commands
-    seed: int = 0
 
 
 class BoardEmulator:
@@ -170,16 +168,9 @@ class _Handler(socketserver.StreamRequestHandler):
             if u < faults.drop:
                 continue
             if u < faults.drop + faults.garble:
-                reply = _garbled(reply, rng)
+                reply = garbled(reply, rng)
             self.wfile.write(reply)
             self.wfile.flush()
-
-
-def _garbled(reply: bytes, rng: random.Random) -> bytes:
-    data = bytearray(reply)
-    i = rng.randrange(max(len(data) - 1, 1))
-    data[i] = (data[i] + 1 + rng.randrange(20)) % 94 + 33         # another printable byte, never a newline
-    return bytes(data)
 
 
 class BoardServer(socketserver.ThreadingTCPServer):
@@ -211,7 +202,8 @@ class BoardServer(socketserver.ThreadingTCPServer):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m drivers.emulate", description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["serial"], help="which instrument to emulate")
+    parser.add_argument("kind", choices=["serial", "smu"],
+                        help="which instrument to emulate: the serial array board, or an SMU + switch matrix (TSP)")
     parser.add_argument("--port", type=int, default=0, help="TCP port (0: any free one)")
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--cols", type=int, default=64)
@@ -223,18 +215,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--disconnect-after", type=int, help="drop the connection after this many commands")
     args = parser.parse_args(argv)
     xbar = SoftwareCrossbar(args.rows, args.cols, config=DeviceConfig(), seed=args.seed)
-    server = BoardServer(BoardEmulator(xbar, log=args.log), args.port,
-                         faults=Faults(args.latency_s, args.drop, args.garble, args.disconnect_after, args.seed))
-    print(f"emulated array-controller board ({args.rows}x{args.cols}, chip seed {args.seed}) at {server.url}",
-          flush=True)
-    print(f"use: --backend serial --resource {server.url}", flush=True)
+    faults = Faults(args.latency_s, args.drop, args.garble, args.disconnect_after, args.seed)
+    if args.kind == "smu":
+        instrument = TspInstrument(xbar, log=args.log)
+        server = TspServer(instrument, args.port, faults=faults)
+        address, what, backend, close = server.resource, "SMU + switch-matrix bench (TSP)", "visa", instrument.close
+    else:
+        board = BoardEmulator(xbar, log=args.log)
+        server = BoardServer(board, args.port, faults=faults)
+        address, what, backend, close = server.url, "array-controller board", "serial", board.close
+    print(f"emulated {what} ({args.rows}x{args.cols}, chip seed {args.seed}) at {address}", flush=True)
+    print(f"use: --backend {backend} --resource {address}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
-        server.board.close()
+        close()
     return 0
 
 

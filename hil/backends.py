@@ -9,10 +9,11 @@ from __future__ import annotations
 from drivers import Crossbar, CrossbarError, SoftwareCrossbar
 from drivers.arc2 import Arc2Crossbar, parse_resource, require_pyarc2
 from drivers.serial_board import SerialBoardCrossbar
+from drivers.visa_bench import VisaBenchCrossbar
 
 from .protocol import Protocol
 
-BACKENDS = ("mock", "serial", "arc2")
+BACKENDS = ("mock", "serial", "arc2", "visa")
 DEFAULT_SEED = 0
 
 
@@ -23,7 +24,8 @@ class BackendError(Exception):
 def make_backend(name: str, protocol: Protocol, seed: int | None,
                  resource: str | None = None) -> tuple[Crossbar, dict]:
     """The crossbar for ``name`` with the protocol's limits applied, and the options to record with the run.
-    ``resource``: where a bench instrument is (a pyserial URL or port for ``serial``)."""
+    ``resource``: where a bench instrument is (a pyserial URL or port for ``serial``, a VISA resource string
+    for ``visa``)."""
     if name not in BACKENDS:
         raise BackendError(f"backend {name!r} is not available; choose one of: {', '.join(BACKENDS)}")
     if name == "serial":
@@ -39,6 +41,18 @@ def make_backend(name: str, protocol: Protocol, seed: int | None,
                       "seed": seed if seed is not None else DEFAULT_SEED}
     if name == "arc2":
         return _arc2(protocol, seed, resource or protocol.bench.resource)
+    if name == "visa":
+        resource = resource or protocol.bench.resource
+        if not resource:
+            raise BackendError("the visa backend needs --resource (or bench.resource in the protocol): the SMU's "
+                               "VISA resource (TCPIP::host::5025::SOCKET, or what python -m drivers.emulate smu "
+                               "prints)")
+        bench = protocol.bench
+        # Opened by the runner; the bench profile's hard limits tighten these further when it is.
+        xbar = VisaBenchCrossbar(resource, protocol.array.rows, protocol.array.cols, limits=protocol.limits,
+                                 timeout_s=bench.timeout_s, retries=bench.retries)
+        return xbar, {"resource": resource, "timeout_s": bench.timeout_s, "retries": bench.retries,
+                      "seed": seed if seed is not None else DEFAULT_SEED}
     if resource:
         raise BackendError("--resource is for bench backends; the mock needs none")
     # The protocol's mock.seed is the simulated chip; the run seed (--seed) its session's noise and

@@ -1,4 +1,4 @@
-"""``python -m hil.run PROTOCOL.yaml [--backend mock|serial|arc2 --resource STRING] [--db URL] [--seed N]``
+"""``python -m hil.run PROTOCOL.yaml [--backend mock|serial|visa|arc2 --resource STRING] [--db URL] [--seed N]``
 ``python -m hil.run --resume RUN_ID [--db URL] [--resource STRING]``: continue a failed or interrupted run
 with the protocol, backend, resource and seed it was started with.
 
@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="database URL (default: $HIL_DB_URL, else sqlite:///hil.db)")
     parser.add_argument("--resource", default=None, metavar="STRING",
                         help="where the bench instrument is: for --backend serial a port or pyserial URL "
-                             "(socket://127.0.0.1:7000 for python -m drivers.emulate serial); for --backend arc2 "
+                             "(socket://127.0.0.1:7000 for python -m drivers.emulate serial); for --backend visa "
+                             "the SMU's VISA resource (TCPIP::host::5025::SOCKET; python -m drivers.emulate smu "
+                             "prints one); for --backend arc2 "
                              "ID[:FIRMWARE] (board id from pyarc2.find_ids() or auto, firmware file path)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the run: random patterns and the mock's noise (the simulated chip is the "

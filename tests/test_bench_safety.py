@@ -1,7 +1,8 @@
 """Safety, as a property: whatever is asked of the real driver, nothing beyond the configured limits
-reaches the instrument. The emulated board accepts far more than the driver is configured for, and
-logs every command it receives; randomised requests (in and out of limits, NaNs, wrong shapes)
-go through the driver, and the log must never show a voltage, current or width beyond the limits."""
+reaches the instrument. The emulated instrument (the serial board, or the SMU bench over VISA)
+accepts far more than the driver is configured for, and logs every command it receives;
+randomised requests (in and out of limits, NaNs, wrong shapes) go through the driver, and the log
+must never show a voltage, current or width beyond the limits."""
 
 import json
 import math
@@ -14,6 +15,8 @@ from hypothesis import strategies as st
 from drivers import CrossbarError, SafetyLimits, SoftwareCrossbar
 from drivers.emulate import BoardEmulator, BoardServer
 from drivers.serial_board import SerialBoardCrossbar
+from drivers.tsp_emulator import TspInstrument, TspServer
+from drivers.visa_bench import VisaBenchCrossbar
 
 ROWS = COLS = 8
 # what the board itself would take (its hard limits) ...
@@ -24,12 +27,26 @@ CONFIGURED = SafetyLimits(max_read_voltage_v=0.2, max_write_voltage_v=1.8, compl
                           min_pulse_width_s=1e-6, max_pulse_width_s=1e-4)
 
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
+# the serial board's and the SMU bench's programming commands
+PULSES = ("PULSE", "hil.pulse")
+
+
+@pytest.fixture(scope="module", params=["serial", "visa"])
+def bench(request, tmp_path_factory):
     log = tmp_path_factory.mktemp("safety") / "commands.jsonl"
-    server = BoardServer(BoardEmulator(SoftwareCrossbar(ROWS, COLS, seed=0, limits=BOARD), log=log)).start()
-    xbar = SerialBoardCrossbar(server.url, ROWS, COLS, limits=CONFIGURED, timeout_s=5.0).open()
-    yield xbar, log
+    array = SoftwareCrossbar(ROWS, COLS, seed=0, limits=BOARD)
+    if request.param == "serial":
+        server = BoardServer(BoardEmulator(array, log=log)).start()
+        driver, address = SerialBoardCrossbar, server.url
+    else:
+        server = TspServer(TspInstrument(array, log=log)).start()
+        driver, address = VisaBenchCrossbar, server.resource
+
+    def connect(limits):
+        return driver(address, ROWS, COLS, limits=limits, timeout_s=5.0)
+
+    xbar = connect(CONFIGURED).open()
+    yield xbar, log, connect
     xbar.close()
     server.stop()
 
@@ -58,7 +75,7 @@ def requests(draw):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(request=requests())
 def test_no_out_of_limit_command_reaches_the_instrument(bench, request):
-    xbar, log = bench
+    xbar, log, _ = bench
     kind, args = request
     try:
         if kind == "pulse":
@@ -73,24 +90,29 @@ def test_no_out_of_limit_command_reaches_the_instrument(bench, request):
     for line in log.read_text().splitlines():
         entry = json.loads(line)
         v = entry.get("max_voltage_v")
-        if entry["command"] == "PULSE":
+        if entry["command"] in PULSES:
             assert v <= CONFIGURED.max_write_voltage_v
             assert 0 < entry["compliance_a"] <= CONFIGURED.compliance_current_a
             assert CONFIGURED.min_pulse_width_s <= entry["min_width_s"]
             assert entry["max_width_s"] <= CONFIGURED.max_pulse_width_s
         elif v is not None:
             assert math.isfinite(v) and v <= CONFIGURED.max_read_voltage_v + 1e-7   # f32 rounding of MVM inputs
+        if "compliance_a" in entry:          # every current limit the instrument was given, pulse or not
+            assert 0 < entry["compliance_a"] <= CONFIGURED.compliance_current_a
 
 
 def test_the_safety_test_can_fail(bench):
     """A driver with the board's wide limits does send what the property test forbids."""
-    xbar, log = bench
-    wide = SerialBoardCrossbar(xbar.url, ROWS, COLS, limits=BOARD).open()
+    xbar, log, connect = bench
+    kept = log.read_text().splitlines()
+    wide = connect(BOARD).open()
     try:
         wide.pulse([0], [0], 3.0, 1e-5)
     finally:
         wide.close()
-    last = json.loads(log.read_text().splitlines()[-1])
-    assert last["command"] == "PULSE" and last["max_voltage_v"] > CONFIGURED.max_write_voltage_v
-    # leave the shared log as the property test expects it
-    log.write_text("\n".join(log.read_text().splitlines()[:-1]) + "\n")
+    sent = [json.loads(line) for line in log.read_text().splitlines()[len(kept):]]
+    pulses = [e for e in sent if e["command"] in PULSES]
+    assert len(pulses) == 1 and pulses[0]["max_voltage_v"] > CONFIGURED.max_write_voltage_v
+    # leave the shared log, and the instrument's current limit, as the property test expects them
+    log.write_text("".join(line + "\n" for line in kept))
+    xbar.restrict_limits(CONFIGURED)

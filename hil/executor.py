@@ -13,9 +13,12 @@ with g read at V_r; left alone that is an input-dependent gain error of a few pe
 every step of a recurrence. With the calibrated kappa the executor pre-distorts each input voltage,
 solving V (1 + kappa V^2) = v (1 + kappa V_r^2), so that the current is g v again.
 
-Drift compensation (optional) is global per array: at :meth:`CrossbarExecutor.reference` the
-executor measures each array's response to a fixed all-ones probe; later, one probe MVM per array
-gives the factor that restores that response, applied to every output of the array's tiles.
+Drift compensation (optional) is per MVM group: at :meth:`CrossbarExecutor.reference` the
+executor drives each group's rows with a fixed all-ones probe and sums the currents of the group's
+own columns; later, the same probe gives the factor that restores that response, applied to the
+group's outputs. Only the group's cells enter its probe: a probe of the whole array would also
+sum cells other programmings left in the same rows, which drift at their own (older, slower) pace
+and would bias the factor of every group.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class _ArrayPart:
     tiles: list[Tile]
     adc_range_a: float | None = None     # None: the instrument's fixed range
     worst_current_per_v: float = 0.0     # the largest column's summed target conductance (S)
+    drift_gain: float = 1.0              # restores the group's probe response (drift compensation)
 
     def __post_init__(self):
         t = self.tiles
@@ -79,12 +83,13 @@ class CrossbarExecutor:
         self.mapping = mapping
         self.crossbars = crossbars
         self.voltage_v = min(mapping.read_voltage_v, *(x.limits.max_read_voltage_v for x in crossbars))
-        self._probe_voltage_v = self.voltage_v    # fixed, so that probes before and after drift compare
+        # fixed, so that probes before and after drift compare; half the drive, so that a group's
+        # all-ones probe stays inside the ADC range chosen for its worst-case input
+        self._probe_voltage_v = 0.5 * self.voltage_v
         self.drift_compensation = drift_compensation
         # kappa from the calibration, V_r the voltage the programmed conductances were verified at
         self.iv_cubic_per_v2 = float(iv_cubic_per_v2 or 0.0)
         self.iv_reference_v = float(iv_reference_v if iv_reference_v is not None else mapping.read_voltage_v)
-        self._gain = np.ones(len(crossbars))
         self._reference: np.ndarray | None = None
         self.stats = ExecutorStats()
         self._parts: dict[int, tuple[str, list[_ArrayPart]]] = {}
@@ -105,6 +110,7 @@ class CrossbarExecutor:
                     targets[part.array][np.ix_(part.rows, np.r_[part.pos, part.neg])]).sum(axis=0).max()
                 part.adc_range_a = self._adc_range(part)
             self._parts[id(layer)] = (name, parts)
+        self._all_parts = [p for _, parts in self._parts.values() for p in parts]
 
     def set_voltage(self, voltage_v: float) -> None:
         """Drive the inputs at most at ``voltage_v`` (capped by every crossbar's read limit) and
@@ -125,29 +131,35 @@ class CrossbarExecutor:
         return min(fitting) if fitting else max(ranges)
 
     # ------------------------------------------------------------- drift
+    _PROBE_REPEATS = 8     # identical probe vectors in one MVM, averaging read and output noise
+
     def _probe(self) -> np.ndarray:
-        """Each array's summed |column current| for an all-ones input on its mapped rows."""
-        totals = np.empty(len(self.crossbars))
-        for a, xbar in enumerate(self.crossbars):
-            v = np.zeros((1, xbar.shape[0]))
-            rows = np.unique(np.concatenate([t.rows for t in self.mapping.tiles if t.array == a] or [np.array([], int)]))
-            v[0, rows] = self._probe_voltage_v
-            totals[a] = np.abs(xbar.mvm(v)).sum()
+        """Each MVM group's summed |column current| over its own columns, for an all-ones input on its rows."""
+        totals = np.empty(len(self._all_parts))
+        for i, part in enumerate(self._all_parts):
+            xbar = self.crossbars[part.array]
+            v = np.zeros((self._PROBE_REPEATS, xbar.shape[0]), dtype=np.float32)
+            v[:, part.rows] = self._probe_voltage_v
+            currents = np.abs(xbar.mvm(v, adc_range_a=part.adc_range_a).astype(np.float64))
+            totals[i] = currents[:, part.pos].sum() + currents[:, part.neg].sum()
             self.stats.transactions += 1
         return totals
 
     def reference(self) -> None:
-        """Record the arrays' probe response now (right after programming)."""
+        """Record the groups' probe responses now (right after programming)."""
         self._reference = self._probe()
-        self._gain[:] = 1.0
+        for part in self._all_parts:
+            part.drift_gain = 1.0
 
     def compensate(self) -> np.ndarray:
-        """Re-probe the arrays and set the global drift factors; returns them."""
+        """Re-probe the groups and set their drift factors; returns them (one per group)."""
         if self._reference is None:
             raise RuntimeError("drift compensation needs a reference(): call it right after programming")
         now = self._probe()
-        self._gain = np.where(now > 0, self._reference / np.where(now > 0, now, 1.0), 1.0)
-        return self._gain.copy()
+        gains = np.where(now > 0, self._reference / np.where(now > 0, now, 1.0), 1.0)
+        for part, gain in zip(self._all_parts, gains):
+            part.drift_gain = float(gain)
+        return gains
 
     def predistort(self, v: np.ndarray) -> np.ndarray:
         """The drive voltages whose currents are ohmic at the verify voltage: V with
@@ -178,7 +190,6 @@ class CrossbarExecutor:
         y = np.zeros((flat.shape[0], shape.out_features))
         t0 = time.perf_counter()
         span = self.mapping.span_s
-        gains = self._gain if self.drift_compensation else np.ones(len(self.crossbars))
         for part in parts:
             xbar = self.crossbars[part.array]
             xs = flat[:, part.inputs] / part.gain
@@ -195,7 +206,8 @@ class CrossbarExecutor:
             self.stats.per_layer[name] = self.stats.per_layer.get(name, 0) + 1
             diff = currents[:, part.pos].astype(np.float64) - currents[:, part.neg]
             # current / (V * span) is the output in units of each output's full scale
-            out = diff * top[:, part.output_tile] * (part.scale * (gains[part.array] / (self.voltage_v * span)))
+            out = diff * top[:, part.output_tile] * (part.scale * ((part.drift_gain if self.drift_compensation else 1.0)
+                                                               / (self.voltage_v * span)))
             if part.repeated_outputs:          # row chunks of one block in one group: partial sums add
                 np.add.at(y, (slice(None), part.outputs), out)
             else:

@@ -239,3 +239,39 @@ def test_each_mvm_takes_the_finest_adc_range_that_cannot_saturate():
             worst = executor.voltage_v * part.worst_current_per_v
             assert worst <= part.adc_range_a <= before[id(part)]
             assert part.adc_range_a == min([r for r in ranges if r >= worst] or [max(ranges)])
+
+
+def test_drift_compensation_restores_each_group_whatever_else_the_rows_hold():
+    """Drift only (ideal otherwise): the array first held an old pattern everywhere, programmed long
+    ago, then the model; an hour later every output has drifted by the same power law, while the old
+    cells (outside the model's groups but on its rows) drift far more slowly. Compensation per group
+    restores the outputs; a probe that also summed the old cells would not."""
+    model = s4d_model()
+    nu = 0.02
+    xbar = SoftwareCrossbar(128, 128, config=DeviceConfig.ideal(drift_nu_mean=nu), seed=0).open()
+    mapping = map_model(model, [ArraySlot("a0", 128, 128)], noise_model(128, 128))
+    xbar.program_exactly(np.full((128, 128), 90e-6))
+    xbar.wait(1e5)
+    xbar.program_exactly(mapping.targets(0))
+    g_ref = xbar.true_conductance()
+    executor = CrossbarExecutor(model, mapping, [xbar])
+    executor.reference()
+    x = torch.randn(4, 10, 2, dtype=torch.float64)
+    set_matvec(model, executor)
+    with torch.no_grad():
+        before = stream(model, x)
+        xbar.wait(3600)
+        drifted = stream(model, x)
+        gains = executor.compensate()
+        executor.drift_compensation = True
+        compensated = stream(model, x)
+    set_matvec(model, digital_matvec)
+    expected = (3600 + 1.0) ** nu               # t0 = 1 s; the cells were programmed at the reference
+    assert np.allclose(gains, expected, rtol=2e-3)
+    err = lambda a: float((a - before).norm() / before.norm())  # noqa: E731
+    assert err(drifted) > 0.05
+    assert err(compensated) < 1e-3
+    # the old cells in the model's rows would have pulled a whole-row probe's factor well off
+    rows = np.unique(np.concatenate([t.rows for t in mapping.tiles]))
+    whole_ref, whole_now = (g[rows].sum() for g in (g_ref, xbar.true_conductance()))
+    assert abs(whole_ref / whole_now / expected - 1) > 0.01

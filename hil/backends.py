@@ -29,30 +29,13 @@ def make_backend(name: str, protocol: Protocol, seed: int | None,
     if name not in BACKENDS:
         raise BackendError(f"backend {name!r} is not available; choose one of: {', '.join(BACKENDS)}")
     if name == "serial":
-        resource = resource or protocol.bench.resource
-        if not resource:
-            raise BackendError("the serial backend needs --resource (or bench.resource in the protocol): the "
-                               "board's port (/dev/ttyACM0, COM3) or URL (socket://host:port for the emulator)")
-        bench = protocol.bench
-        # Opened by the runner; the board's hard limits tighten these further when it is.
-        xbar = SerialBoardCrossbar(resource, protocol.array.rows, protocol.array.cols, limits=protocol.limits,
-                                   timeout_s=bench.timeout_s, retries=bench.retries)
-        return xbar, {"resource": resource, "timeout_s": bench.timeout_s, "retries": bench.retries,
-                      "seed": seed if seed is not None else DEFAULT_SEED}
+        return _bench(name, SerialBoardCrossbar, protocol, seed, resource, "the board's port (/dev/ttyACM0, COM3) or URL "
+                      "(socket://host:port for python -m drivers.emulate serial)")
+    if name == "visa":
+        return _bench(name, VisaBenchCrossbar, protocol, seed, resource, "the SMU's VISA resource "
+                      "(TCPIP::host::5025::SOCKET, or what python -m drivers.emulate smu prints)")
     if name == "arc2":
         return _arc2(protocol, seed, resource or protocol.bench.resource)
-    if name == "visa":
-        resource = resource or protocol.bench.resource
-        if not resource:
-            raise BackendError("the visa backend needs --resource (or bench.resource in the protocol): the SMU's "
-                               "VISA resource (TCPIP::host::5025::SOCKET, or what python -m drivers.emulate smu "
-                               "prints)")
-        bench = protocol.bench
-        # Opened by the runner; the bench profile's hard limits tighten these further when it is.
-        xbar = VisaBenchCrossbar(resource, protocol.array.rows, protocol.array.cols, limits=protocol.limits,
-                                 timeout_s=bench.timeout_s, retries=bench.retries)
-        return xbar, {"resource": resource, "timeout_s": bench.timeout_s, "retries": bench.retries,
-                      "seed": seed if seed is not None else DEFAULT_SEED}
     if resource:
         raise BackendError("--resource is for bench backends; the mock needs none")
     # The protocol's mock.seed is the simulated chip; the run seed (--seed) its session's noise and
@@ -64,6 +47,21 @@ def make_backend(name: str, protocol: Protocol, seed: int | None,
     check_shape(xbar, protocol)
     xbar.restrict_limits(protocol.limits)
     return xbar, {"seed": run_seed, "chip_seed": chip, "device": protocol.mock.device.model_dump()}
+
+
+def _bench(name: str, driver, protocol: Protocol, seed: int | None, resource: str | None,
+           what: str) -> tuple[Crossbar, dict]:
+    """A bench driver taking (resource, rows, cols, limits, timeout_s, retries), unopened: the runner opens
+    it, and the instrument's own hard limits then tighten the protocol's further."""
+    resource = resource or protocol.bench.resource
+    if not resource:
+        raise BackendError(f"the {name} backend needs --resource (or bench.resource in the protocol): "
+                           f"{what}")
+    bench = protocol.bench
+    xbar = driver(resource, protocol.array.rows, protocol.array.cols, limits=protocol.limits,
+                  timeout_s=bench.timeout_s, retries=bench.retries)
+    return xbar, {"resource": resource, "timeout_s": bench.timeout_s, "retries": bench.retries,
+                  "seed": seed if seed is not None else DEFAULT_SEED}
 
 
 def _arc2(protocol: Protocol, seed: int | None, resource: str | None) -> tuple[Crossbar, dict]:

@@ -14,8 +14,7 @@ from drivers import InstrumentIOError, LimitViolation, SafetyLimits, SoftwareCro
 from drivers import board_protocol as bp
 from drivers.emulate import BoardEmulator, BoardServer, Faults
 from drivers.serial_board import SerialBoardCrossbar
-from hil.noise_models import load_noise_model
-from tests.test_calibrate_step import SMALL_CALIBRATION
+from tests.bench_agreement import assert_same_device, calibrate_on_mock_and_bench
 
 
 @pytest.fixture
@@ -126,28 +125,8 @@ def test_a_shape_mismatch_is_refused_at_open(board):
 
 def test_calibration_through_the_serial_emulator_agrees_with_the_in_process_mock(board, tmp_path):
     server, _ = board(rows=32, cols=32, seed=0)
-    protocol = tmp_path / "cal.yaml"
-    protocol.write_text(SMALL_CALIBRATION, encoding="utf-8")
-    models = {}
-    for backend, extra in (("mock", []), ("serial", ["--resource", server.url])):
-        url = f"sqlite:///{tmp_path / backend}.db"
-        assert hil.run.main([str(protocol), "--db", url, "--backend", backend, "--report-dir",
-                             str(tmp_path / backend), *extra]) == 0
-        with Database.open(url) as db:
-            with db.session() as s:
-                run = s.scalars(select(Run)).one()
-                assert run.status == "completed" and run.backend == backend
-                model_id = run.steps[0].summary["noise_model_id"]
-            models[backend] = load_noise_model(db, model_id=model_id)
-    mock, serial = models["mock"], models["serial"]
-    assert serial.array_id.endswith("mock-32x32-seed0")
-    assert serial.window.g_min_s == pytest.approx(mock.window.g_min_s, rel=0.05)
-    assert serial.window.g_max_s == pytest.approx(mock.window.g_max_s, rel=0.05)
-    assert serial.read.relative == pytest.approx(mock.read.relative, rel=0.2)
-    assert serial.drift.nu_mean == pytest.approx(mock.drift.nu_mean, rel=0.2)
-    assert serial.defects.stuck_on_rate + serial.defects.stuck_off_rate == pytest.approx(
-        mock.defects.stuck_on_rate + mock.defects.stuck_off_rate, abs=0.01)
-    assert serial.periphery.iv_cubic_per_v2 == pytest.approx(mock.periphery.iv_cubic_per_v2, abs=0.05)
+    mock, on_bench = calibrate_on_mock_and_bench(tmp_path, "serial", server.url)
+    assert_same_device(mock, on_bench, "mock-32x32-seed0")
 
 
 def test_the_emulator_command_prints_the_resource_to_use():

@@ -10,17 +10,14 @@ import zlib
 
 import numpy as np
 import pytest
-from sqlalchemy import select
 
 import hil.run
-from db import Database
-from db.models import Run
 from drivers import CrossbarError, InstrumentIOError, LimitViolation, SafetyLimits, SoftwareCrossbar
 from drivers.faults import Faults
 from drivers.tsp_emulator import BenchProfile, TspInstrument, TspServer, frame, unsingles
 from drivers.tsp_script import HIL_SCRIPT, SCRIPT_NAME
 from drivers.visa_bench import VisaBenchCrossbar, _unframe
-from hil.noise_models import load_noise_model
+from tests.bench_agreement import assert_same_device, calibrate_on_mock_and_bench
 from tests.test_calibrate_step import SMALL_CALIBRATION
 
 
@@ -298,26 +295,8 @@ def test_calibration_through_the_smu_emulator_agrees_with_the_in_process_mock(be
     protocol = tmp_path / "cal.yaml"
     protocol.write_text(SMALL_CALIBRATION, encoding="utf-8")
     assert hil.run.main([str(protocol), "--db", f"sqlite:///{tmp_path / 'none.db'}", "--backend", "visa"]) == 2
-    models = {}
-    for backend, extra in (("mock", []), ("visa", ["--resource", server.resource])):
-        url = f"sqlite:///{tmp_path / backend}.db"
-        assert hil.run.main([str(protocol), "--db", url, "--backend", backend, "--report-dir",
-                             str(tmp_path / backend), *extra]) == 0
-        with Database.open(url) as db:
-            with db.session() as s:
-                run = s.scalars(select(Run)).one()
-                assert run.status == "completed" and run.backend == backend
-                model_id = run.steps[0].summary["noise_model_id"]
-            models[backend] = load_noise_model(db, model_id=model_id)
-    mock, visa = models["mock"], models["visa"]
-    assert visa.array_id.endswith("mock-32x32-seed0")
-    assert visa.window.g_min_s == pytest.approx(mock.window.g_min_s, rel=0.05)
-    assert visa.window.g_max_s == pytest.approx(mock.window.g_max_s, rel=0.05)
-    assert visa.read.relative == pytest.approx(mock.read.relative, rel=0.2)
-    assert visa.drift.nu_mean == pytest.approx(mock.drift.nu_mean, rel=0.2)
-    assert visa.defects.stuck_on_rate + visa.defects.stuck_off_rate == pytest.approx(
-        mock.defects.stuck_on_rate + mock.defects.stuck_off_rate, abs=0.01)
-    assert visa.periphery.iv_cubic_per_v2 == pytest.approx(mock.periphery.iv_cubic_per_v2, abs=0.05)
+    mock, on_bench = calibrate_on_mock_and_bench(tmp_path, "visa", server.resource)
+    assert_same_device(mock, on_bench, "mock-32x32-seed0")
 
 
 def test_the_emulator_command_prints_the_resource_to_use():

@@ -398,7 +398,10 @@ class InferStep(_Model):
     read_voltage_v: float = Field(0.2, gt=0, description="input amplitude of the MVMs")
     times_s: list[float] = Field(default_factory=lambda: [0.0], min_length=1,
                                  description="evaluate at these times after programming (the instrument's clock)")
-    drift_compensation: bool = Field(True, description="also evaluate with global drift compensation at t > 0")
+    drift_compensation: bool = Field(True, description="also evaluate with drift compensation at t > 0")
+    programmings: int = Field(1, ge=1, le=100, description="evaluate the deployment as programmed, then erase and "
+                              "program it again this many times in all, each evaluated at every time: the spread "
+                              "of the gap from one programming to the next")
 
     @model_validator(mode="after")
     def _times_increasing(self):

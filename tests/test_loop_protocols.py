@@ -57,6 +57,7 @@ steps:
     deployment: deploy_aware
     samples: 40
     times_s: [0]
+    programmings: 2
 """
 
 
@@ -73,9 +74,10 @@ def test_small_loop_deploys_and_infers_on_the_array(tmp_path, model):
         assert [st.status for st in run.steps] == ["completed"] * 7
         noise_id = run.steps[0].summary["noise_model_id"]
         deployments = s.scalars(select(Deployment).order_by(Deployment.id)).all()
-        assert len(deployments) == 2
+        assert len(deployments) == 3        # the aware model is programmed a second time by its infer step
         plain, aware = s.scalars(select(Checkpoint).order_by(Checkpoint.id)).all()
-        assert [d.checkpoint_fk for d in deployments] == [plain.id, aware.id]
+        assert [d.checkpoint_fk for d in deployments] == [plain.id, aware.id, aware.id]
+        assert [d.summary["erased_first"] for d in deployments] == [False, False, True]
         assert all(d.noise_model_fk == noise_id for d in deployments)
         for d in deployments:
             mapping = Mapping.from_bytes(d.mapping)
@@ -86,8 +88,10 @@ def test_small_loop_deploys_and_infers_on_the_array(tmp_path, model):
             # the executor pre-distorts with the curvature the calibration measured (the mock's is 0.5)
             assert d.summary["iv_cubic_per_v2"] == pytest.approx(0.5, abs=0.05)
         rows = s.scalars(select(Inference).order_by(Inference.id)).all()
-        # plain: t = 0, 3600 and 3600 compensated; aware: t = 0
-        assert [(r.time_s, r.drift_compensation) for r in rows] == [(0, False), (3600, False), (3600, True), (0, False)]
+        # plain: t = 0, 3600 and 3600 compensated; aware: t = 0 on each of its two programmings
+        assert [(r.time_s, r.drift_compensation) for r in rows] == [(0, False), (3600, False), (3600, True), (0, False),
+                                                                     (0, False)]
+        assert [r.deployment_fk for r in rows[3:]] == [deployments[1].id, deployments[2].id]
         for r in rows:
             assert r.samples == 40 and np.array(r.confusion).sum() == 40
             assert np.trace(np.array(r.confusion)) == round(r.crossbar_accuracy * 40)
@@ -108,6 +112,12 @@ def test_small_loop_deploys_and_infers_on_the_array(tmp_path, model):
         first = min((r for r in rows if r.deployment_fk == deployments[0].id), key=lambda r: r.id)
         assert f"{100 * (first.digital_accuracy - first.crossbar_accuracy):+.2f} |" in plain_rows[0]
         assert infer["gap_points"] == pytest.approx(100 * (infer["digital_accuracy"] - infer["crossbar_accuracy"]))
+        aware_infer = run.steps[6].summary
+        gaps = [100 * (r.digital_accuracy - r.crossbar_accuracy) for r in rows[3:]]
+        assert aware_infer["programmings"] == 2
+        assert aware_infer["gap_points"] == pytest.approx(np.mean(gaps))
+        assert aware_infer["gap_points_sd"] == pytest.approx(np.std(gaps, ddof=1))
+        assert "Over the programmings" in aware_report
 
 
 def test_an_infer_step_must_follow_its_deploy_step(tmp_path):

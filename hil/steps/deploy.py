@@ -40,6 +40,8 @@ class Deployed:
     executor: CrossbarExecutor
     task: TaskSpec
     programmed_at_s: float       # the instrument's clock when programming ended
+    noise_model_id: int | None = None
+    settings: WriteVerifySettings | None = None    # how it was programmed, to program it again alike
 
 
 def _checkpoint(ctx: RunContext, step: DeployStep):
@@ -110,6 +112,61 @@ def tile_records(mapping: Mapping, achieved: np.ndarray, success: np.ndarray) ->
     return out
 
 
+def program(ctx: RunContext, row: RunStep, dep: Deployed, label: str, *, erase_first: bool = False,
+            extra: dict | None = None):
+    """Write-verify ``dep``'s mapping onto the array (after RESETting its cells to the window's low end
+    if ``erase_first``, for a programming independent of the last), record the measured conductances
+    and a new deployment row with per-tile error and yield, and take the executor's drift reference.
+    Sets ``dep.deployment_id`` and ``dep.programmed_at_s``; returns (summary, write-verify result)."""
+    mapping, settings = dep.mapping, dep.settings
+    targets = mapping.targets(0)
+    if erase_first:
+        erase(ctx.xbar, targets, settings)
+    with Progress(TextColumn(f"[bold]{row.name}[/] {label}"), BarColumn(),
+                  MofNCompleteColumn(), TextColumn("iterations, {task.fields[inside]} cells in tolerance"),
+                  TimeElapsedColumn(), console=ctx.console, transient=True) as bar:
+        task_bar = bar.add_task("program", total=settings.max_iterations, inside="0")
+        result = write_verify(ctx.xbar, targets, settings,
+                              on_iteration=lambda it, outside, total: bar.update(
+                                  task_bar, completed=it, inside=f"{total - outside}/{total}"))
+    ctx.save(row, "targets", "target_conductance", "S", targets)
+    ctx.save(row, "achieved", "conductance", "S", result.achieved_s, read_voltage_v=settings.read_voltage_v)
+
+    tiles = tile_records(mapping, result.achieved_s, result.success)
+    n_cells = int(np.isfinite(targets).sum())
+    inside = int(result.success.sum())
+    groups = len({(t.layer, t.array, t.group) for t in mapping.tiles})
+    weight_rms = float(np.sqrt(np.mean([t["weight_rms_error"] ** 2 for t in tiles])))
+    summary = {"checkpoint_id": dep.checkpoint_id, "checkpoint": dep.checkpoint_name,
+               "noise_model_id": dep.noise_model_id, "tiles": len(mapping.tiles), "devices": mapping.devices_used(),
+               "cells_programmed": n_cells, "in_tolerance": inside, "fraction_in_tolerance": inside / max(n_cells, 1),
+               "mvm_groups": groups, "tolerance_s": settings.tolerance_s, "iterations": result.iterations,
+               "transactions": result.transactions, "weight_rms_error": weight_rms,
+               "rms_error_s": float(np.sqrt(np.nanmean(result.error_s ** 2))), "erased_first": erase_first,
+               "iv_cubic_per_v2": dep.executor.iv_cubic_per_v2, "verify_read_voltage_v": settings.read_voltage_v,
+               **(extra or {})}
+    with ctx.db.session() as session:
+        deployment = records.add_deployment(session, run=ctx.run, step=row, crossbar_array=ctx.array,
+                                            mapping=mapping.to_bytes(), checkpoint_id=dep.checkpoint_id,
+                                            noise_model_id=dep.noise_model_id, summary=summary, tiles=tiles)
+        dep.deployment_id = deployment.id
+    dep.executor.reference()
+    dep.programmed_at_s = ctx.xbar.now()
+    summary["deployment_id"] = dep.deployment_id
+    return summary, result
+
+
+ERASE_PULSES = 4
+
+
+def erase(xbar, targets: np.ndarray, settings: WriteVerifySettings) -> None:
+    """RESET every cell with a target to the low end of its window: a few full RESET pulses, one
+    transaction each, so that the next write-verify starts from scratch rather than from the last result."""
+    rows, cols = np.nonzero(np.isfinite(targets))
+    for _ in range(ERASE_PULSES):
+        xbar.pulse(rows, cols, -settings.max_reset_voltage_v, settings.pulse_width_s)
+
+
 def run_deploy(ctx: RunContext, step: DeployStep, row: RunStep) -> StepReport:
     checkpoint = _checkpoint(ctx, step)
     if step.noise_model is not None:
@@ -124,46 +181,19 @@ def run_deploy(ctx: RunContext, step: DeployStep, row: RunStep) -> StepReport:
     stuck, stuck_note = stuck_values(ctx, noise)
     mapping = map_model(model, [ArraySlot(ctx.array.array_id, rows, cols, stuck)], noise,
                         tiles_per_mvm=step.tiles_per_mvm, max_shared_rows=step.max_shared_rows)
-    targets = mapping.targets(0)
     tolerance = step.tolerance_s or (noise.programming.tolerance_s if noise.programming else 0.02 * mapping.span_s)
     settings = WriteVerifySettings.from_options(step, tolerance_s=tolerance, read_voltage_v=step.read_voltage_v)
-    with Progress(TextColumn(f"[bold]{step.name}[/] programming {checkpoint.name}"), BarColumn(),
-                  MofNCompleteColumn(), TextColumn("iterations, {task.fields[inside]} cells in tolerance"),
-                  TimeElapsedColumn(), console=ctx.console, transient=True) as bar:
-        task_bar = bar.add_task("program", total=step.max_iterations, inside="0")
-        result = write_verify(ctx.xbar, targets, settings,
-                              on_iteration=lambda it, outside, total: bar.update(
-                                  task_bar, completed=it, inside=f"{total - outside}/{total}"))
-    ctx.save(row, "targets", "target_conductance", "S", targets)
-    ctx.save(row, "achieved", "conductance", "S", result.achieved_s, read_voltage_v=step.read_voltage_v)
-
-    tiles = tile_records(mapping, result.achieved_s, result.success)
-    n_cells = int(np.isfinite(targets).sum())
-    inside = int(result.success.sum())
-    groups = len({(t.layer, t.array, t.group) for t in mapping.tiles})
-    weight_rms = float(np.sqrt(np.mean([t["weight_rms_error"] ** 2 for t in tiles])))
-    summary = {"checkpoint_id": checkpoint.id, "checkpoint": checkpoint.name, "noise_model_id": noise_id,
-               "tiles": len(mapping.tiles), "devices": mapping.devices_used(), "cells_programmed": n_cells,
-               "in_tolerance": inside, "fraction_in_tolerance": inside / max(n_cells, 1),
-               "mvm_groups": groups, "tolerance_s": tolerance, "iterations": result.iterations,
-               "transactions": result.transactions, "weight_rms_error": weight_rms, "stuck": stuck_note,
-               "rms_error_s": float(np.sqrt(np.nanmean(result.error_s ** 2))),
-               "iv_cubic_per_v2": noise.periphery.iv_cubic_per_v2, "verify_read_voltage_v": settings.read_voltage_v}
-    with ctx.db.session() as session:
-        deployment = records.add_deployment(session, run=ctx.run, step=row, crossbar_array=ctx.array,
-                                            mapping=mapping.to_bytes(), checkpoint_id=checkpoint.id,
-                                            noise_model_id=noise_id, summary=summary, tiles=tiles)
-        deployment_id = deployment.id
     executor = CrossbarExecutor(model, mapping, [ctx.xbar], iv_cubic_per_v2=noise.periphery.iv_cubic_per_v2,
                                 iv_reference_v=settings.read_voltage_v)
-    executor.reference()
-    ctx.deployments[step.name] = Deployed(deployment_id, checkpoint.id, checkpoint.name, model, mapping, executor,
-                                          task, ctx.xbar.now())
-    summary["deployment_id"] = deployment_id
+    dep = Deployed(0, checkpoint.id, checkpoint.name, model, mapping, executor, task, 0.0, noise_id, settings)
+    summary, result = program(ctx, row, dep, f"programming {checkpoint.name}", extra={"stuck": stuck_note})
+    ctx.deployments[step.name] = dep
+    n_cells, inside = summary["cells_programmed"], summary["in_tolerance"]
+    groups, weight_rms = summary["mvm_groups"], summary["weight_rms_error"]
     return StepReport(
         cells=f"{inside}/{n_cells} ({100 * inside / max(n_cells, 1):.1f}%)",
         iterations=f"{result.iterations}/{step.max_iterations}",
         detail=(f"{checkpoint.name}: {len(mapping.tiles)} tiles, {mapping.devices_used():,} devices, {groups} MVMs "
                 f"per step; weight rms error {100 * weight_rms:.2f}% of full scale; {stuck_note}; "
-                f"deployment {deployment_id}"),
+                f"deployment {dep.deployment_id}"),
         summary=summary)

@@ -18,7 +18,7 @@ from ..context import RunContext, StepReport
 from ..nn.matvec import digital_matvec, set_matvec
 from ..nn.tasks import load_task
 from ..protocol import InferStep
-from .deploy import Deployed
+from .deploy import Deployed, program
 
 
 def _stream(model, x: torch.Tensor, batch_size: int, on_batch) -> tuple[np.ndarray, float, int]:
@@ -50,8 +50,8 @@ def run_infer(ctx: RunContext, step: InferStep, row: RunStep) -> StepReport:
     x, y = data.test.x, data.test.y.numpy()
     if step.samples is not None:
         x, y = x[:step.samples], y[:step.samples]
-    model, executor, xbar = dep.model, dep.executor, ctx.xbar
-    executor.set_voltage(step.read_voltage_v)
+    model = dep.model
+    dep.executor.set_voltage(step.read_voltage_v)
 
     set_matvec(model, digital_matvec)
     with torch.no_grad():
@@ -62,11 +62,50 @@ def run_infer(ctx: RunContext, step: InferStep, row: RunStep) -> StepReport:
     if step.drift_compensation:
         conditions += [(t, True) for t in step.times_s if t > 0]
     conditions.sort()
+    results: list[dict] = []
+    deployments: list[int] = []
+    for k in range(step.programmings):
+        if k:
+            program(ctx, row, dep, f"programming {k + 1}/{step.programmings}", erase_first=True)
+        deployments.append(dep.deployment_id)
+        results += _evaluate(ctx, step, row, dep, x, y, data.n_classes, conditions, digital_accuracy,
+                             f" (programming {k + 1}/{step.programmings})" if step.programmings > 1 else "")
+
+    with ctx.db.session() as session:
+        others = [r for r in records.run_inferences(session, ctx.run.id) if r["deployment_id"] not in deployments]
+    report_path = write_report(ctx.report_dir / f"run-{ctx.run.id}-{step.name}", step, dep, results, data.n_classes,
+                               others)
+    first = [r for r in results if (r["time_s"], r["drift_compensation"]) == conditions[0]]
+    gaps = 100 * (digital_accuracy - np.array([r["crossbar_accuracy"] for r in first]))
+    crossbar = float(np.mean([r["crossbar_accuracy"] for r in first]))
+    spread = f" ± {gaps.std(ddof=1):.2f} over {len(gaps)} programmings" if len(gaps) > 1 else ""
+    detail = (f"{dep.checkpoint_name}: crossbar {100 * crossbar:.2f}% vs digital {100 * digital_accuracy:.2f}% "
+              f"(gap {gaps.mean():+.2f}{spread} points) on {len(y)} sequences at t = {conditions[0][0]:g} s; "
+              f"{first[0]['transactions_per_step']:.0f} MVMs and {1e3 * first[0]['step_latency_s']:.1f} ms per step "
+              f"(batch {min(step.batch_size, len(y))})")
+    for (t, compensated), rs in _by_condition(results)[1:]:
+        detail += (f"; t = {t:g} s{' compensated' if compensated else ''}: "
+                   f"{100 * np.mean([r['crossbar_accuracy'] for r in rs]):.2f}%")
+    detail += f"; report {report_path}"
+    summary = {"deployment_id": deployments[0], "deployment_ids": deployments, "checkpoint_id": dep.checkpoint_id,
+               "digital_accuracy": digital_accuracy, "crossbar_accuracy": crossbar, "gap_points": float(gaps.mean()),
+               "gap_points_sd": float(gaps.std(ddof=1)) if len(gaps) > 1 else None,
+               "programmings": step.programmings,
+               "results": [{k: v for k, v in r.items() if k != "confusion"} for r in results],
+               "report": str(report_path)}
+    return StepReport(cells=f"{len(y)} sequences", iterations="", detail=detail, summary=summary)
+
+
+def _evaluate(ctx: RunContext, step: InferStep, row: RunStep, dep: Deployed, x, y, classes: int, conditions,
+              digital_accuracy: float, label: str) -> list[dict]:
+    """The test split on the array as now programmed, at each (time, compensated) condition."""
+    model, executor, xbar = dep.model, dep.executor, ctx.xbar
     results = []
     try:
         set_matvec(model, executor)
-        with Progress(TextColumn(f"[bold]{step.name}[/] {{task.fields[cond]}}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("sequences"), TimeElapsedColumn(), console=ctx.console, transient=True) as bar:
+        with Progress(TextColumn(f"[bold]{step.name}[/]{label} {{task.fields[cond]}}"), BarColumn(),
+                      MofNCompleteColumn(), TextColumn("sequences"), TimeElapsedColumn(), console=ctx.console,
+                      transient=True) as bar:
             task = bar.add_task("infer", total=len(y) * len(conditions), cond="")
             for t, compensated in conditions:
                 wait = dep.programmed_at_s + t - xbar.now()
@@ -78,39 +117,29 @@ def run_infer(ctx: RunContext, step: InferStep, row: RunStep) -> StepReport:
                 before = executor.stats.transactions
                 predicted, seconds, steps = _stream(model, x, step.batch_size, lambda n: bar.advance(task, n))
                 per_step = (executor.stats.transactions - before) / max(steps, 1)
-                accuracy = float((predicted == y).mean())
-                cm = confusion(y, predicted, data.n_classes)
                 results.append({"time_s": t, "drift_compensation": compensated, "samples": len(y),
-                                "crossbar_accuracy": accuracy, "digital_accuracy": digital_accuracy,
-                                "confusion": cm.tolist(), "step_latency_s": seconds / max(steps, 1),
-                                "transactions_per_step": per_step,
-                                "gain": None if gains is None else float(np.mean(gains))})
+                                "crossbar_accuracy": float((predicted == y).mean()),
+                                "digital_accuracy": digital_accuracy,
+                                "confusion": confusion(y, predicted, classes).tolist(),
+                                "step_latency_s": seconds / max(steps, 1), "transactions_per_step": per_step,
+                                "gain": None if gains is None else float(np.mean(gains)),
+                                "deployment_id": dep.deployment_id})
                 with ctx.db.session() as session:
                     records.add_inference(session, run=ctx.run, step=row, deployment_id=dep.deployment_id,
-                                          **{k: v for k, v in results[-1].items() if k != "gain"})
+                                          **{k: v for k, v in results[-1].items()
+                                             if k not in ("gain", "deployment_id")})
     finally:
         set_matvec(model, digital_matvec)
         executor.drift_compensation = False
+    return results
 
-    first = results[0]
-    with ctx.db.session() as session:
-        others = [r for r in records.run_inferences(session, ctx.run.id) if r["deployment_id"] != dep.deployment_id]
-    report_path = write_report(ctx.report_dir / f"run-{ctx.run.id}-{step.name}", step, dep, results, data.n_classes,
-                               others)
-    gap = 100 * (first["digital_accuracy"] - first["crossbar_accuracy"])
-    detail = (f"{dep.checkpoint_name}: crossbar {100 * first['crossbar_accuracy']:.2f}% vs digital "
-              f"{100 * digital_accuracy:.2f}% (gap {gap:+.2f} points) on {len(y)} sequences at t = "
-              f"{first['time_s']:g} s; {first['transactions_per_step']:.0f} MVMs and "
-              f"{1e3 * first['step_latency_s']:.1f} ms per step (batch {min(step.batch_size, len(y))})")
-    for r in results[1:]:
-        detail += (f"; t = {r['time_s']:g} s{' compensated' if r['drift_compensation'] else ''}: "
-                   f"{100 * r['crossbar_accuracy']:.2f}%")
-    detail += f"; report {report_path}"
-    summary = {"deployment_id": dep.deployment_id, "checkpoint_id": dep.checkpoint_id,
-               "digital_accuracy": digital_accuracy, "crossbar_accuracy": first["crossbar_accuracy"],
-               "gap_points": gap, "results": [{k: v for k, v in r.items() if k != "confusion"} for r in results],
-               "report": str(report_path)}
-    return StepReport(cells=f"{len(y)} sequences", iterations="", detail=detail, summary=summary)
+
+def _by_condition(results: list[dict]) -> list[tuple[tuple[float, bool], list[dict]]]:
+    """Results grouped by (time, compensated), in order of first appearance."""
+    groups: dict[tuple[float, bool], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["time_s"], r["drift_compensation"]), []).append(r)
+    return list(groups.items())
 
 
 def _gap_cells(r: dict) -> str:
@@ -120,24 +149,44 @@ def _gap_cells(r: dict) -> str:
             f"{100 * (r['digital_accuracy'] - r['crossbar_accuracy']):+.2f}")
 
 
+def _mean_cells(rs: list[dict]) -> str:
+    """time | compensation | crossbar | digital | gap ± sd | n, over the programmings in ``rs``."""
+    crossbar = 100 * np.array([r["crossbar_accuracy"] for r in rs])
+    gaps = 100 * np.array([r["digital_accuracy"] for r in rs]) - crossbar
+    sd = f" ± {gaps.std(ddof=1):.2f}" if len(rs) > 1 else ""
+    r = rs[0]
+    return (f"{r['time_s']:g} s | {'yes' if r['drift_compensation'] else 'no'} | {crossbar.mean():.2f}% | "
+            f"{100 * r['digital_accuracy']:.2f}% | {gaps.mean():+.2f}{sd} | {len(rs)}")
+
+
 def write_report(out: Path, step: InferStep, dep: Deployed, results: list[dict], classes: int,
                  others: list[dict] | None = None) -> Path:
-    """Markdown with the accuracy table, the confusion matrix at the first time, and a drift figure;
-    ``others``: earlier inferences of the run (other models on the same array), for comparison."""
+    """Markdown with the accuracy table (each programming, and their mean when there are several), the
+    confusion matrix at the first time, and a drift figure; ``others``: earlier inferences of the run
+    (other models on the same array), for comparison, averaged over their programmings."""
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Inference of {dep.checkpoint_name} on the array (deployment {dep.deployment_id})", "",
-             "| time after programming | drift compensation | crossbar accuracy | digital accuracy | gap (points) | "
-             "MVMs per step | latency per step |", "|---:|:---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {_gap_cells(r)} | {r['transactions_per_step']:.0f} | {1e3 * r['step_latency_s']:.2f} ms |"
-              for r in results]
+    several = len({r.get("deployment_id") for r in results}) > 1
+    lines = [f"# Inference of {dep.checkpoint_name} on the array", "",
+             "| deployment | time after programming | drift compensation | crossbar accuracy | digital accuracy | "
+             "gap (points) | MVMs per step | latency per step |", "|---:|---:|:---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r.get('deployment_id', '')} | {_gap_cells(r)} | {r['transactions_per_step']:.0f} | "
+              f"{1e3 * r['step_latency_s']:.2f} ms |" for r in results]
+    if several:
+        lines += ["", "Over the programmings (each erased and written again; gap: mean ± sd):", "",
+                  "| time after programming | drift compensation | crossbar accuracy | digital accuracy | "
+                  "gap (points) | programmings |", "|---:|:---:|---:|---:|---:|---:|"]
+        lines += [f"| {_mean_cells(rs)} |" for _, rs in _by_condition(results)]
     if others:
-        lines += ["", "Models inferred earlier in this run, for comparison (gap: digital minus crossbar):", "",
+        lines += ["", "Models inferred earlier in this run, for comparison (gap: digital minus crossbar, mean ± sd "
+                  "over their programmings):", "",
                   "| model | time after programming | drift compensation | crossbar accuracy | digital accuracy | "
-                  "gap (points) |", "|---|---:|:---:|---:|---:|---:|"]
-        lines += [f"| **{dep.checkpoint_name}** (this step) | {_gap_cells(r)} |" for r in results]
+                  "gap (points) | programmings |", "|---|---:|:---:|---:|---:|---:|---:|"]
+        lines += [f"| **{dep.checkpoint_name}** (this step) | {_mean_cells(rs)} |" for _, rs in _by_condition(results)]
+        by_model: dict[str, list[dict]] = {}
         for r in others:
-            name = r["checkpoint"] or f"deployment {r['deployment_id']}"
-            lines.append(f"| {name} | {_gap_cells(r)} |")
+            by_model.setdefault(r["checkpoint"] or f"deployment {r['deployment_id']}", []).append(r)
+        for name, rs in by_model.items():
+            lines += [f"| {name} | {_mean_cells(group)} |" for _, group in _by_condition(rs)]
     cm = np.array(results[0]["confusion"])
     lines += ["", f"Confusion matrix at t = {results[0]['time_s']:g} s (rows: true class, columns: predicted):", "",
               "| | " + " | ".join(str(c) for c in range(classes)) + " |", "|---" * (classes + 1) + "|"]
@@ -150,10 +199,13 @@ def write_report(out: Path, step: InferStep, dep: Deployed, results: list[dict],
 
         fig, ax = plt.subplots(figsize=(5, 3.2))
         for compensated, style in ((False, "o-"), (True, "s--")):
-            pts = [(max(r["time_s"], 1.0), 100 * r["crossbar_accuracy"]) for r in results
-                   if r["drift_compensation"] == compensated or (compensated and r["time_s"] == 0)]
+            pts = [(max(t, 1.0), 100 * np.mean([r["crossbar_accuracy"] for r in rs]),
+                    100 * np.std([r["crossbar_accuracy"] for r in rs]))
+                   for (t, comp), rs in _by_condition(results) if comp == compensated or (compensated and t == 0)]
             if len(pts) > 1:
-                ax.plot(*zip(*pts), style, label="compensated" if compensated else "uncompensated")
+                t_s, mean, sd = zip(*pts)
+                ax.errorbar(t_s, mean, yerr=sd if several else None, fmt=style, capsize=3,
+                            label="compensated" if compensated else "uncompensated")
         ax.axhline(100 * results[0]["digital_accuracy"], color="grey", lw=1, label="digital")
         ax.set_xscale("log")
         ax.set_xlabel("time after programming (s; 0 drawn at 1 s)")

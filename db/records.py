@@ -549,7 +549,7 @@ def run_inferences(session: Session, run_id: int) -> list[dict]:
         select(Inference, Checkpoint.name).join(Deployment, Inference.deployment_fk == Deployment.id)
         .outerjoin(Checkpoint, Deployment.checkpoint_fk == Checkpoint.id)
         .where(Inference.run_fk == run_id).order_by(Inference.id)).all()
-    return [{"deployment_id": inf.deployment_fk, "checkpoint": name, "time_s": inf.time_s,
+    return [{"deployment_id": inf.deployment_fk, "step_id": inf.step_fk, "checkpoint": name, "time_s": inf.time_s,
              "drift_compensation": inf.drift_compensation, "samples": inf.samples,
              "crossbar_accuracy": inf.crossbar_accuracy, "digital_accuracy": inf.digital_accuracy}
             for inf, name in rows]

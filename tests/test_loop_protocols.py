@@ -58,6 +58,12 @@ steps:
     samples: 40
     times_s: [0]
     programmings: 2
+  - kind: infer
+    name: drift_aware
+    deployment: deploy_aware
+    samples: 40
+    times_s: [3600]
+    drift_compensation: false
 """
 
 
@@ -71,7 +77,7 @@ def test_small_loop_deploys_and_infers_on_the_array(tmp_path, model):
     assert hil.run.main([str(path), "--db", url, "--report-dir", str(tmp_path / "reports")]) == 0
     with Database.open(url) as db, db.session() as s:
         run = s.scalars(select(Run)).one()
-        assert [st.status for st in run.steps] == ["completed"] * 7
+        assert [st.status for st in run.steps] == ["completed"] * 8
         noise_id = run.steps[0].summary["noise_model_id"]
         deployments = s.scalars(select(Deployment).order_by(Deployment.id)).all()
         assert len(deployments) == 3        # the aware model is programmed a second time by its infer step
@@ -90,8 +96,8 @@ def test_small_loop_deploys_and_infers_on_the_array(tmp_path, model):
         rows = s.scalars(select(Inference).order_by(Inference.id)).all()
         # plain: t = 0, 3600 and 3600 compensated; aware: t = 0 on each of its two programmings
         assert [(r.time_s, r.drift_compensation) for r in rows] == [(0, False), (3600, False), (3600, True), (0, False),
-                                                                     (0, False)]
-        assert [r.deployment_fk for r in rows[3:]] == [deployments[1].id, deployments[2].id]
+                                                                     (0, False), (3600, False)]
+        assert [r.deployment_fk for r in rows[3:]] == [deployments[1].id, deployments[2].id, deployments[2].id]
         for r in rows:
             assert r.samples == 40 and np.array(r.confusion).sum() == 40
             assert np.trace(np.array(r.confusion)) == round(r.crossbar_accuracy * 40)
@@ -102,6 +108,10 @@ def test_small_loop_deploys_and_infers_on_the_array(tmp_path, model):
         with torch.no_grad():
             expected = (model_(data.test.x[:40]).argmax(-1) == data.test.y[:40]).float().mean().item()
         assert rows[-1].digital_accuracy == pytest.approx(expected)
+        # a later step on the same model compares with both of the earlier step's programmings
+        drift_report = (tmp_path / "reports" / f"run-{run.id}-drift_aware" / "report.md").read_text()
+        aware_rows = [line for line in drift_report.splitlines() if line.startswith(f"| {aware.name} |")]
+        assert len(aware_rows) == 1 and aware_rows[0].endswith("| 2 |")
         infer = run.steps[4].summary
         assert (tmp_path / "reports" / f"run-{run.id}-infer_plain" / "report.md").exists()
         assert (tmp_path / "reports" / f"run-{run.id}-infer_plain" / "accuracy_vs_time.png").exists()
@@ -113,7 +123,7 @@ def test_small_loop_deploys_and_infers_on_the_array(tmp_path, model):
         assert f"{100 * (first.digital_accuracy - first.crossbar_accuracy):+.2f} |" in plain_rows[0]
         assert infer["gap_points"] == pytest.approx(100 * (infer["digital_accuracy"] - infer["crossbar_accuracy"]))
         aware_infer = run.steps[6].summary
-        gaps = [100 * (r.digital_accuracy - r.crossbar_accuracy) for r in rows[3:]]
+        gaps = [100 * (r.digital_accuracy - r.crossbar_accuracy) for r in rows[3:5]]
         assert aware_infer["programmings"] == 2
         assert aware_infer["gap_points"] == pytest.approx(np.mean(gaps))
         assert aware_infer["gap_points_sd"] == pytest.approx(np.std(gaps, ddof=1))

@@ -72,7 +72,7 @@ def run_infer(ctx: RunContext, step: InferStep, row: RunStep) -> StepReport:
                              f" (programming {k + 1}/{step.programmings})" if step.programmings > 1 else "")
 
     with ctx.db.session() as session:
-        others = [r for r in records.run_inferences(session, ctx.run.id) if r["deployment_id"] not in deployments]
+        others = [r for r in records.run_inferences(session, ctx.run.id) if r["step_id"] != row.id]
     report_path = write_report(ctx.report_dir / f"run-{ctx.run.id}-{step.name}", step, dep, results, data.n_classes,
                                others)
     first = [r for r in results if (r["time_s"], r["drift_compensation"]) == conditions[0]]

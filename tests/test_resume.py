@@ -10,19 +10,12 @@ from db import Database
 from db.models import Checkpoint, Deployment, Inference, NoiseModelRecord, Run
 from drivers import InstrumentIOError
 from hil import steps as step_kinds
+from tests.test_loop_protocols import CALIBRATE
 
 LOOP = """name: resumable_loop
 array: {rows: 128, cols: 128}
 steps:
-  - kind: calibrate
-    name: cal
-    report: false
-    pulse_response: null
-    programming: {levels: 4, repeats: 1}
-    read_noise: {reads: 10}
-    drift: {times_s: [1, 10, 100], reads: 2}
-    periphery: {repeats: 20, sweep_points: 64}
-  - kind: train
+""" + CALIBRATE + """  - kind: train
     name: plain
     task: {name: digits}
     model: {kind: s4d, d_model: 8, d_state: 4, n_layers: 1}

@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import socket
 import socketserver
 import sys
 import threading
-import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -36,7 +34,7 @@ import numpy as np
 from . import board_protocol as bp
 from .device_model import DeviceConfig
 from .errors import LimitViolation
-from .faults import Faults, garbled
+from .faults import Faults, FaultyServer
 from .mock import SoftwareCrossbar
 from .tsp_emulator import TspInstrument, TspServer
 
@@ -153,7 +151,7 @@ class BoardEmulator:
 class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         server: BoardServer = self.server        # type: ignore[assignment]
-        faults, rng = server.faults, server.rng
+        faults = server.faults
         replies: OrderedDict = OrderedDict()     # a new connection is a new session
         for line in self.rfile:
             reply = server.board.handle(line, replies)
@@ -162,42 +160,20 @@ class _Handler(socketserver.StreamRequestHandler):
             if faults.disconnect_after is not None and server.board.commands > faults.disconnect_after:
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
-            if faults.latency_s:
-                time.sleep(faults.latency_s)
-            u = rng.random()
-            if u < faults.drop:
-                continue
-            if u < faults.drop + faults.garble:
-                reply = garbled(reply, rng)
-            self.wfile.write(reply)
-            self.wfile.flush()
+            server.deliver(self.wfile, reply)
 
 
-class BoardServer(socketserver.ThreadingTCPServer):
+class BoardServer(FaultyServer):
     """A TCP server speaking the board protocol; ``url`` is what the driver connects to."""
 
-    allow_reuse_address = True
-    daemon_threads = True
-
     def __init__(self, board: BoardEmulator, port: int = 0, host: str = "127.0.0.1", faults: Faults | None = None):
-        super().__init__((host, port), _Handler)
+        super().__init__(_Handler, board, port, host, faults)
         self.board = board
-        self.faults = faults or Faults()
-        self.rng = random.Random(self.faults.seed)
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"socket://{host}:{port}"
-
-    def start(self) -> "BoardServer":
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-        self.board.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,12 +20,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import random
 import re
 import socket
 import socketserver
 import threading
-import time
 import zlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CrossbarError, LimitViolation
-from .faults import Faults, garbled
+from .faults import Faults, FaultyServer
 from .mock import SoftwareCrossbar
 from .tsp_script import HIL_SCRIPT
 
@@ -607,7 +605,7 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         server: TspServer = self.server      # type: ignore[assignment]
-        faults, rng, inst = server.faults, server.rng, server.instrument
+        faults, inst = server.faults, server.instrument
         try:
             for raw in self.rfile:
                 replies = inst.handle(raw.decode("ascii", "replace"))
@@ -615,50 +613,24 @@ class _Handler(socketserver.StreamRequestHandler):
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 for reply in replies:
-                    data = (reply + "\n").encode("ascii", "replace")
-                    if faults.latency_s:
-                        time.sleep(faults.latency_s)
-                    if server.drop_next > 0:
-                        server.drop_next -= 1
-                        continue
-                    u = rng.random()
-                    if u < faults.drop:
-                        continue
-                    if u < faults.drop + faults.garble:
-                        data = garbled(data, rng)
-                    self.wfile.write(data)
-                    self.wfile.flush()
+                    server.deliver(self.wfile, (reply + "\n").encode("ascii", "replace"))
         except OSError:
             return                          # the host went away
 
 
-class TspServer(socketserver.ThreadingTCPServer):
+class TspServer(FaultyServer):
     """The emulated instrument on a raw TCP socket; ``resource`` is the VISA resource string for it."""
-
-    allow_reuse_address = True
-    daemon_threads = True
 
     def __init__(self, instrument: TspInstrument, port: int = 0, host: str = "127.0.0.1",
                  faults: Faults | None = None):
-        super().__init__((host, port), _Handler)
+        super().__init__(_Handler, instrument, port, host, faults)
         self.instrument = instrument
-        self.faults = faults or Faults()
-        self.rng = random.Random(self.faults.seed)
-        self.drop_next = 0                  # replies to drop before the random faults apply (for tests)
 
     @property
     def resource(self) -> str:
         host, port = self.server_address[:2]
         return f"TCPIP::{host}::{port}::SOCKET"
 
-    def start(self) -> "TspServer":
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-        self.instrument.close()
 
 
 __all__ = ["BenchProfile", "TspInstrument", "TspServer", "frame", "singles", "unsingles"]

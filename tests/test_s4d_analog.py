@@ -1,12 +1,11 @@
 """Analog-aware training of the S4D recurrence."""
 
 import numpy as np
-import pytest
 import torch
 
 from hil.nn.analog import AnalogSpec, configure_analog, simulated_chip
 from hil.nn.s4d import S4DModel
-from hil.nn.s4d_analog import S4DAnalog, _perturbed_pole, attach, input_gain
+from hil.nn.s4d_analog import _perturbed_pole, attach, input_gain
 from tests.test_analog import G_MAX, G_MIN, noise_model
 
 

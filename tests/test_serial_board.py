@@ -14,23 +14,13 @@ from drivers import InstrumentIOError, LimitViolation, SafetyLimits, SoftwareCro
 from drivers import board_protocol as bp
 from drivers.emulate import BoardEmulator, BoardServer, Faults
 from drivers.serial_board import SerialBoardCrossbar
-from tests.bench_agreement import assert_same_device, calibrate_on_mock_and_bench
+from tests.bench_helpers import assert_same_device, calibrate_on_mock_and_bench, emulators
 
 
 @pytest.fixture
 def board(tmp_path):
-    servers = []
-
-    def start(rows=16, cols=16, seed=3, faults=None, limits=None):
-        xbar = SoftwareCrossbar(rows, cols, seed=seed, limits=limits)
-        log = tmp_path / f"emu{len(servers)}.jsonl"
-        server = BoardServer(BoardEmulator(xbar, log=log), faults=faults).start()
-        servers.append(server)
-        return server, log
-
-    yield start
-    for server in servers:
-        server.stop()
+    with emulators(tmp_path, lambda xbar, log, faults: BoardServer(BoardEmulator(xbar, log=log), faults=faults)) as start:
+        yield start
 
 
 def test_frames_round_trip_and_corruption_is_detected():

@@ -17,24 +17,14 @@ from drivers.faults import Faults
 from drivers.tsp_emulator import BenchProfile, TspInstrument, TspServer, frame, unsingles
 from drivers.tsp_script import HIL_SCRIPT, SCRIPT_NAME
 from drivers.visa_bench import VisaBenchCrossbar, _unframe
-from tests.bench_agreement import assert_same_device, calibrate_on_mock_and_bench
+from tests.bench_helpers import assert_same_device, calibrate_on_mock_and_bench, emulators
 from tests.test_calibrate_step import SMALL_CALIBRATION
 
 
 @pytest.fixture
 def bench(tmp_path):
-    servers = []
-
-    def start(rows=16, cols=16, seed=3, faults=None, limits=None):
-        xbar = SoftwareCrossbar(rows, cols, seed=seed, limits=limits)
-        log = tmp_path / f"smu{len(servers)}.jsonl"
-        server = TspServer(TspInstrument(xbar, log=log), faults=faults).start()
-        servers.append(server)
-        return server, log
-
-    yield start
-    for server in servers:
-        server.stop()
+    with emulators(tmp_path, lambda xbar, log, faults: TspServer(TspInstrument(xbar, log=log), faults=faults)) as start:
+        yield start
 
 
 def entries(log):

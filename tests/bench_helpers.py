@@ -1,5 +1,8 @@
-"""Shared by the bench-driver tests: the small calibration run on the in-process mock and through a
-bench backend (its emulator over the same chip), and the statistical agreement of the two fits."""
+"""Shared by the bench-driver tests: emulators started on demand and stopped after the test, the
+small calibration run on the in-process mock and through a bench backend (its emulator over the
+same chip), and the statistical agreement of the two fits."""
+
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import select
@@ -7,8 +10,30 @@ from sqlalchemy import select
 import hil.run
 from db import Database
 from db.models import Run
+from drivers import SoftwareCrossbar
 from hil.noise_models import load_noise_model
 from tests.test_calibrate_step import SMALL_CALIBRATION
+
+
+@contextmanager
+def emulators(tmp_path, serve):
+    """``start(rows, cols, seed, faults, limits) -> (server, log)``: a new emulated instrument over its own
+    software crossbar, served by ``serve(xbar, log, faults)``, logging to a file of its own; all are
+    stopped when the block ends."""
+    servers = []
+
+    def start(rows=16, cols=16, seed=3, faults=None, limits=None):
+        xbar = SoftwareCrossbar(rows, cols, seed=seed, limits=limits)
+        log = tmp_path / f"emulator{len(servers)}.jsonl"
+        server = serve(xbar, log, faults).start()
+        servers.append(server)
+        return server, log
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def calibrate_on_mock_and_bench(tmp_path, backend: str, resource: str):

@@ -207,9 +207,11 @@ class AnalogLinear(nn.Linear):
         dac, adc = spec.converter_bits()
         if dac is not None:
             x = absmax_signal(x, dac)
-        y = F.linear(x, self.effective_weight())
-        if adc is not None:
-            y = absmax_signal(y, adc)
+        if adc is None:
+            # One fused product as in the plain layer: a separate "+ bias" rounds differently from
+            # addmm on some BLAS builds, and a neutral spec must leave the layer exactly unchanged.
+            return F.linear(x, self.effective_weight(), self.bias)
+        y = absmax_signal(F.linear(x, self.effective_weight()), adc)
         return y if self.bias is None else y + self.bias
 
 

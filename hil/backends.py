@@ -6,12 +6,12 @@ that knows the concrete drivers.
 
 from __future__ import annotations
 
-from drivers import Crossbar, CrossbarError, SoftwareCrossbar
-from drivers.arc2 import Arc2Crossbar, parse_resource, require_pyarc2
-from drivers.serial_board import SerialBoardCrossbar
-from drivers.visa_bench import VisaBenchCrossbar
+from drivers import Crossbar, CrossbarError
 
 from .protocol import Protocol
+
+# Each driver is imported when chosen: the software crossbar brings numba, the VISA bench pyvisa,
+# and a bench user's start-up should pay for neither of the others.
 
 BACKENDS = ("mock", "serial", "arc2", "visa")
 DEFAULT_SEED = 0
@@ -29,9 +29,11 @@ def make_backend(name: str, protocol: Protocol, seed: int | None,
     if name not in BACKENDS:
         raise BackendError(f"backend {name!r} is not available; choose one of: {', '.join(BACKENDS)}")
     if name == "serial":
+        from drivers.serial_board import SerialBoardCrossbar
         return _bench(name, SerialBoardCrossbar, protocol, seed, resource, "the board's port (/dev/ttyACM0, COM3) or URL "
                       "(socket://host:port for python -m drivers.emulate serial)")
     if name == "visa":
+        from drivers.visa_bench import VisaBenchCrossbar
         return _bench(name, VisaBenchCrossbar, protocol, seed, resource, "the SMU's VISA resource "
                       "(TCPIP::host::5025::SOCKET, or what python -m drivers.emulate smu prints)")
     if name == "arc2":
@@ -42,6 +44,7 @@ def make_backend(name: str, protocol: Protocol, seed: int | None,
     # random patterns, so several runs can measure the same chip.
     chip = protocol.mock.seed if protocol.mock.seed is not None else DEFAULT_SEED
     run_seed = seed if seed is not None else chip
+    from drivers.mock import SoftwareCrossbar
     xbar = SoftwareCrossbar(protocol.array.rows, protocol.array.cols, config=protocol.mock.device, seed=chip,
                             noise_seed=None if run_seed == chip else run_seed)
     check_shape(xbar, protocol)
@@ -65,6 +68,7 @@ def _bench(name: str, driver, protocol: Protocol, seed: int | None, resource: st
 
 
 def _arc2(protocol: Protocol, seed: int | None, resource: str | None) -> tuple[Crossbar, dict]:
+    from drivers.arc2 import Arc2Crossbar, parse_resource, require_pyarc2
     try:
         board_id, firmware = parse_resource(resource) if resource else (None, None)
         require_pyarc2()          # refused before a run is recorded when the vendor bindings are missing

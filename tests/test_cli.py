@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-import hil.backends
+import drivers.mock
 import hil.run
 from db import Database
 from db.models import DeviceResult, Measurement, Run, RunStep
@@ -78,12 +78,13 @@ def test_fault_mid_run_marks_run_failed_and_keeps_earlier_measurements(tmp_path,
     name: doomed
     pattern: {kind: checkerboard, g_low_s: 1.0e-5, g_high_s: 6.0e-5}
 """)
-    real = hil.backends.SoftwareCrossbar
+    real = drivers.mock.SoftwareCrossbar
 
     def flaky(*args, **kwargs):
         return real(*args, fail_on_transaction=8, **kwargs)
 
-    monkeypatch.setattr(hil.backends, "SoftwareCrossbar", flaky)
+    # the backend imports the mock when it is chosen, so the module's attribute is the one to patch
+    monkeypatch.setattr(drivers.mock, "SoftwareCrossbar", flaky)
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     assert hil.run.main([str(path), "--db", url]) == 1
     with Database.open(url) as db, db.session() as s:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
+
+if TYPE_CHECKING:    # the protocol schema imports the configurations; only building a model needs torch
+    from torch import nn
 
 
 class _Config(BaseModel):

@@ -6,6 +6,11 @@ readers do not block the writer, a generous busy timeout so concurrent writers w
 instead of failing, and foreign keys enforced so deleting a run removes its children.
 A database server (PostgreSQL: ``postgresql+psycopg://user:password@host/db``) is
 used as it is configured; only the connection set-up is ours.
+
+Opening refuses, leaving everything as it was, what would otherwise be changed or
+created by mistake: a missing directory (a mistyped path would start a second
+history; created only when asked), a file that is not a SQLite database, and a
+database of another application (see :mod:`db.migrate`).
 """
 
 from __future__ import annotations
@@ -19,15 +24,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from alembic.util import CommandError
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from db.errors import DatabaseError, mask_url
-from db.migrate import upgrade_to_head
+from db.errors import DatabaseError, DatabaseMissing, mask_url
+from db.migrate import checked_revisions, head_revisions, upgrade_to_head
 from db.records import mark_orphaned_runs
 
 DEFAULT_URL = "sqlite:///hil.db"
@@ -37,6 +41,9 @@ BUSY_TIMEOUT_MS = 30_000
 # How long to wait for a database server to answer at all: a wrong host should fail
 # a run before it starts, not leave it hanging on the operating system's TCP timeout.
 CONNECT_TIMEOUT_S = 10
+
+# The first 16 bytes of every SQLite 3 database file (an empty file is a new database too).
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def resolve_url(url: str | None = None) -> str:
@@ -54,18 +61,31 @@ def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets the pragmas above, database servers a connect timeout.
 
     A bare ``postgresql://`` URL means psycopg (version 3, installed with this package)
-    rather than SQLAlchemy's default of psycopg2.
+    rather than SQLAlchemy's default of psycopg2. Nothing is created or checked here:
+    :class:`Database` checks the path and the schema and switches a SQLite file to WAL.
 
     Raises :class:`DatabaseError` if the URL cannot be parsed, names an unknown dialect
-    or a missing driver, or is a SQLite file whose directory cannot be created.
+    or a missing driver.
     """
+    parsed = _parse(url)
     try:
-        parsed = make_url(url)
         if parsed.get_backend_name() != "sqlite":
             return _server_engine(parsed)
         return _sqlite_engine(parsed)
-    except (ArgumentError, ImportError, OSError) as exc:
+    except NoSuchModuleError as exc:
+        raise DatabaseError(url, f"unknown kind of database {parsed.drivername!r}") from exc
+    except ImportError as exc:
+        raise DatabaseError(url, f"the driver for {parsed.drivername} is not installed ({exc})") from exc
+    except ArgumentError as exc:
         raise DatabaseError(url, exc) from exc
+
+
+def _parse(url: str) -> URL:
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise DatabaseError(url, "not a database URL (like sqlite:///hil.db or "
+                                 "postgresql://user:password@host/database)") from exc
 
 
 def _server_engine(url: URL) -> Engine:
@@ -83,6 +103,13 @@ def _is_memory(url: URL) -> bool:
     return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
 
 
+def sqlite_path(url: URL) -> Path | None:
+    """The file a SQLite URL names; None for an in-memory database or a ``file:`` URI."""
+    if url.get_backend_name() != "sqlite" or _is_memory(url) or url.query.get("uri") == "true":
+        return None
+    return Path(url.database)
+
+
 def _sqlite_engine(url: URL) -> Engine:
     if _is_memory(url):
         # Each connection to ":memory:" is a new, empty database; one shared
@@ -90,8 +117,6 @@ def _sqlite_engine(url: URL) -> Engine:
         engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
         file_backed = False
     else:
-        if url.query.get("uri") != "true":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url)
         file_backed = True
 
@@ -99,13 +124,11 @@ def _sqlite_engine(url: URL) -> Engine:
     def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
-            # First, so that switching the journal mode also waits for a busy database.
             cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            if file_backed:
-                _enable_wal(cursor)
-                # Under WAL, NORMAL can lose the last commits on power loss but never
-                # corrupts the file, and saves an fsync per transaction.
-                cursor.execute("PRAGMA synchronous=NORMAL")
+            # WAL itself is switched on by Database once the file is known to be ours:
+            # the switch writes to the file, which must stay untouched when it is refused.
+            if file_backed and cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                _relax_sync(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
             cursor.close()
@@ -113,55 +136,152 @@ def _sqlite_engine(url: URL) -> Engine:
     return engine
 
 
-def _enable_wal(cursor: Any) -> None:
+def _relax_sync(cursor: Any) -> None:
+    # Under WAL, NORMAL can lose the last commits on power loss but never corrupts the
+    # file, and saves an fsync per transaction. (Not so in the rollback-journal mode.)
+    cursor.execute("PRAGMA synchronous=NORMAL")
+
+
+def _enable_wal(connection: Connection) -> None:
     # Switching a new file to WAL needs an exclusive lock, and SQLite answers "database
     # is locked" at once instead of calling the busy handler when another connection is
     # doing the same, so several processes creating one database at once need a retry.
     # Once the file is in WAL mode (which persists), the first query returns early.
+    cursor = connection.connection.dbapi_connection.cursor()
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    while True:
+    try:
+        while True:
+            try:
+                if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        _relax_sync(cursor)
+    finally:
+        cursor.close()
+
+
+def check_sqlite_file(url: str, path: Path, *, create_dirs: bool = False, must_exist: bool = False) -> None:
+    """Refuse, before SQLite touches anything, a path that cannot hold this database.
+
+    An existing file must be a SQLite database (or empty: SQLite's new database). A
+    missing file is created later by SQLite, in an existing, writable directory; a
+    missing directory is created here only with ``create_dirs``, and with ``must_exist``
+    a missing file is refused too.
+
+    Raises :class:`DatabaseMissing` for a missing file or directory (the caller may offer
+    to create it), :class:`DatabaseError` for the rest.
+    """
+    if path.is_dir():
+        raise DatabaseError(url, "is a directory, not a database file")
+    if path.exists():
         try:
-            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
+            with path.open("rb") as file:
+                header = file.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise DatabaseError(url, f"cannot read {path}: {exc.strerror or exc}") from exc
+        if header and header != SQLITE_HEADER:
+            raise DatabaseError(url, "file is not a SQLite database")
+        return
+    parent = path.parent
+    if must_exist:
+        raise DatabaseMissing(url, path, "file")
+    if not parent.exists():
+        if not create_dirs:
+            raise DatabaseMissing(url, parent, "directory")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(url, f"cannot create directory {parent}: {exc.strerror or exc}") from exc
+    elif not parent.is_dir():
+        raise DatabaseError(url, f"{parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DatabaseError(url, f"directory {parent} is not writable: cannot create {path.name} there")
+
+
+def _open_engine(url: str, *, create_dirs: bool, must_exist: bool) -> Engine:
+    """An engine on a database at the current schema, created or migrated if need be."""
+    parsed = _parse(url)
+    path = sqlite_path(parsed)
+    if path is not None:
+        check_sqlite_file(url, path, create_dirs=create_dirs, must_exist=must_exist)
+    engine = make_engine(url)
+    try:
+        # One read decides: at the newest revision (the usual case, and then Alembic is
+        # not even imported), to be created or migrated, or not ours and left alone.
+        with engine.connect() as connection:
+            current = checked_revisions(connection, url)
+            if path is not None:
+                _enable_wal(connection)
+        if current != head_revisions():
+            upgrade_to_head(engine)
+    except DatabaseError:
+        engine.dispose()
+        raise
+    except (SQLAlchemyError, ImportError, OSError) as exc:
+        engine.dispose()
+        raise DatabaseError(url, _in_context(exc, path)) from exc
+    return engine
+
+
+def _in_context(exc: BaseException, path: Path | None) -> BaseException | str:
+    # SQLite says "unable to open database file" whatever the reason; the path says which.
+    if path is not None and "unable to open database file" in str(exc):
+        parent = path.parent
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return f"directory {parent} is not writable (SQLite keeps its journal files beside {path.name})"
+        return f"cannot open {path}"
+    return exc
 
 
 class Database:
     """An open database at the current schema; hands out sessions.
 
-    Use :meth:`open` rather than the constructor. ``url`` is the resolved URL as given
-    (it may contain a password; ``repr`` masks it).
+    ``Database(url)`` opens the database at ``url`` (see :func:`resolve_url`): a new SQLite
+    file is created in an existing directory, an empty database gets the schema, an older
+    one is migrated. ``create_dirs`` also creates a SQLite file's missing directories;
+    ``must_exist`` refuses a missing SQLite file instead of creating it (for readers, to
+    whom a new empty database would look like no history). Raises :class:`DatabaseError`,
+    with everything left as it was, for a database that cannot be used.
+
+    ``url`` is the resolved URL as given (it may contain a password; ``repr`` masks it).
     """
 
-    def __init__(self, engine: Engine, url: str):
+    engine: Engine
+    url: str
+
+    def __init__(self, url: str | None = None, *, create_dirs: bool = False, must_exist: bool = False):
+        resolved = resolve_url(url)
+        self._attach(_open_engine(resolved, create_dirs=create_dirs, must_exist=must_exist), resolved)
+        try:
+            # a run whose process was killed is found here, the next time anyone opens the database
+            with self.session() as session:
+                mark_orphaned_runs(session)
+        except SQLAlchemyError as exc:
+            self.close()
+            raise DatabaseError(resolved, _in_context(exc, sqlite_path(make_url(resolved)))) from exc
+
+    @classmethod
+    def open(cls, url: str | None = None, *, create_dirs: bool = False, must_exist: bool = False) -> Database:
+        """The same as ``Database(url, ...)``."""
+        return cls(url, create_dirs=create_dirs, must_exist=must_exist)
+
+    @classmethod
+    def from_engine(cls, engine: Engine, url: str | None = None) -> Database:
+        """A handle on ``engine`` as it is: no check, no migration (for code that set the engine up itself)."""
+        db = cls.__new__(cls)
+        db._attach(engine, url or engine.url.render_as_string(hide_password=False))
+        return db
+
+    def _attach(self, engine: Engine, url: str) -> None:
         self.engine = engine
         self.url = url
         # Objects stay readable after their session commits, so a run engine can keep
         # a Run it created in one short session and finish it in another.
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-
-    @classmethod
-    def open(cls, url: str | None = None) -> Database:
-        """Open the database at ``url`` (see :func:`resolve_url`), creating it if need be, at the newest schema."""
-        resolved = resolve_url(url)
-        engine = make_engine(resolved)
-        try:
-            upgrade_to_head(engine)
-        except DatabaseError:
-            engine.dispose()
-            raise
-        except (SQLAlchemyError, CommandError, ImportError, OSError) as exc:
-            engine.dispose()
-            raise DatabaseError(resolved, exc) from exc
-        db = cls(engine, resolved)
-        # a run whose process was killed is found here, the next time anyone opens the database
-        with db.session() as session:
-            mark_orphaned_runs(session)
-        return db
 
     @contextmanager
     def session(self) -> Iterator[Session]:

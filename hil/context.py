@@ -14,7 +14,12 @@ from db import records
 from db.models import CrossbarArray, Run, RunStep
 from drivers import Crossbar
 
+from .progress import RunProgress
 from .protocol import Protocol
+
+
+class NonFiniteMeasurement(RuntimeError):
+    """A step measured NaN or infinite values; it fails instead of recording garbage as a result."""
 
 
 @dataclass
@@ -46,6 +51,7 @@ class RunContext:
     base_dir: Path
     rng: np.random.Generator
     console: Console
+    progress: RunProgress        # where every step reports how far it has got
     report_dir: Path = Path("reports")
     last_program: ProgrammedPattern | None = None
     noise_models: dict[str, int] = field(default_factory=dict)    # calibrate step name -> noise model id
@@ -53,7 +59,20 @@ class RunContext:
     deployments: dict[str, Any] = field(default_factory=dict)     # deploy step name -> hil.steps.deploy.Deployed
 
     def save(self, step: RunStep, name: str, kind: str, unit: str, array: np.ndarray, **meta) -> None:
-        """Store one measured array of ``step`` in its own committed transaction."""
+        """Store one measured array of ``step`` in its own committed transaction.
+
+        Raises :class:`NonFiniteMeasurement` (after storing it, so the evidence is kept) if a measured
+        value is NaN or infinite: the step must fail rather than record garbage as a result. Targets
+        (``kind`` ``target_*``) may hold NaN, which there means "no target for this cell".
+        """
         with self.db.session() as session:
             records.add_measurement(session, self.run, step, name, kind, unit, array,
                                     crossbar_array=self.array, meta=meta or None)
+        values = np.asarray(array)
+        if values.dtype.kind in "fc":
+            bad = np.isinf(values) if kind.startswith("target") else ~np.isfinite(values)
+            if bad.any():
+                raise NonFiniteMeasurement(f"{int(bad.sum())} of {values.size} values of {name!r} ({kind}, {unit}) "
+                                           f"are not finite (NaN or infinite), first at index "
+                                           f"{tuple(int(i) for i in np.argwhere(bad)[0])}: the measurement is "
+                                           f"unusable (stored with the step for inspection)")

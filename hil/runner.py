@@ -15,6 +15,7 @@ state, write-verify then finds little or nothing to do.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,8 @@ from db import records
 from drivers import Crossbar
 
 from .context import RunContext, StepReport
-from .protocol_loader import LoadedProtocol
+from .progress import RunProgress
+from .protocol_loader import LoadedProtocol, check_within
 from .steps import EXECUTORS, RESTORERS
 from .version import code_version
 
@@ -53,6 +55,7 @@ class RunOutcome:
     error: str | None
     seconds: float
     steps: list[StepOutcome] = field(default_factory=list)
+    protocol_name: str = ""
 
 
 def describe(exc: BaseException) -> str:
@@ -61,10 +64,13 @@ def describe(exc: BaseException) -> str:
 
 def execute(loaded: LoadedProtocol, xbar: Crossbar, db: Database, *, backend: str, seed: int | None,
             options: dict | None = None, console: Console | None = None,
-            report_dir: Path = Path("reports"), resume_run_id: int | None = None) -> RunOutcome:
+            report_dir: Path = Path("reports"), resume_run_id: int | None = None,
+            log_handler: logging.Handler | None = None) -> RunOutcome:
     """Run every step of ``loaded`` on ``xbar``; returns the outcome, never raises for a run failure.
     ``resume_run_id``: continue that failed or interrupted run (``loaded`` must be its protocol) instead
-    of starting a new one; raises :class:`db.records.ResumeRefused` if it cannot be resumed."""
+    of starting a new one; raises :class:`db.records.ResumeRefused` if it cannot be resumed.
+    Progress goes to ``console`` (bars on a terminal, plain lines elsewhere), to ``log_handler`` if given
+    (see :func:`hil.progress.log_file_handler`) and to the run's row in ``db``."""
     console = console or Console(stderr=True)
     protocol = loaded.protocol
     t_start = time.perf_counter()
@@ -73,7 +79,9 @@ def execute(loaded: LoadedProtocol, xbar: Crossbar, db: Database, *, backend: st
         if resume_run_id is None:
             run = records.start_run(session, protocol_name=protocol.name, protocol_path=str(loaded.path),
                                     protocol_text=loaded.text, backend=backend, seed=seed,
-                                    code_version=code_version(), options=options)
+                                    code_version=code_version(), options=options,
+                                    operator=(options or {}).get("operator") or protocol.operator,
+                                    notes=(options or {}).get("notes") or protocol.notes)
             expected_array = None
         else:
             run = records.resume_run(session, resume_run_id, options)
@@ -82,42 +90,64 @@ def execute(loaded: LoadedProtocol, xbar: Crossbar, db: Database, *, backend: st
             expected_array = records.array_id_of(session, run)
     # A resumed run draws fresh random patterns, reproducibly: from its seed and the number of resumes.
     rng = np.random.default_rng(seed if resume_run_id is None else [seed or 0, len(run.resumes or [])])
-    outcome = RunOutcome(run_id=run.id, status="running", error=None, seconds=0.0)
+    outcome = RunOutcome(run_id=run.id, status="running", error=None, seconds=0.0, protocol_name=protocol.name)
+    with RunProgress(console, steps=len(protocol.steps), db=db, run_id=run.id, log_handler=log_handler) as progress:
+        progress.run_started(protocol.name, resumed=resume_run_id is not None)
+        status, error = _run_steps(loaded, xbar, db, run, rng, console, Path(report_dir), previous,
+                                   expected_array, progress, outcome)
+        with db.session() as session:
+            records.finish_run(session, run, status, error)
+        outcome.status, outcome.error = status, error
+        outcome.seconds = time.perf_counter() - t_start
+        progress.run_finished(status, outcome.seconds, error)
+    return outcome
+
+
+def _run_steps(loaded: LoadedProtocol, xbar: Crossbar, db: Database, run, rng, console: Console, report_dir: Path,
+               previous: dict[int, tuple[str, int, dict]], expected_array: str | None, progress: RunProgress,
+               outcome: RunOutcome) -> tuple[str, str | None]:
+    """Open the instrument and run (or restore) every step into ``outcome``; the run's (status, error)."""
+    protocol = loaded.protocol
     try:
         with xbar:
             ident = xbar.identity
-            if expected_array is not None and ident.array_id != expected_array:
+            # A bench reports its own hard limits only once open; check every step against them now, before
+            # the first step runs, rather than half-way through the run.
+            check_within(loaded, xbar.limits, f"the {ident.backend} backend's")
+            # The array is filed under the name the protocol or the command line gave it (kept in the run's
+            # options), else under the id the instrument reports.
+            array_id = (run.options or {}).get("array") or protocol.array.name or ident.array_id
+            if expected_array is not None and array_id != expected_array:
                 raise RuntimeError(f"run {run.id} measured array {expected_array!r}, but the instrument holds "
-                                   f"{ident.array_id!r}: connect that array to resume it")
+                                   f"{array_id!r}: connect that array to resume it")
             with db.session() as session:
                 instrument = records.get_or_create_instrument(session, ident.backend, ident.instrument_id,
                                                               ident.model, ident.firmware)
-                array = records.get_or_create_array(session, instrument, ident.array_id, ident.rows, ident.cols)
+                array = records.get_or_create_array(session, instrument, array_id, ident.rows, ident.cols,
+                                                    wafer=protocol.array.wafer, die=protocol.array.die)
                 session.add(run)
                 run.array_fk = array.id
             ctx = RunContext(db=db, run=run, array=array, xbar=xbar, protocol=protocol,
                              base_dir=Path(loaded.path).resolve().parent,
-                             rng=rng, console=console, report_dir=Path(report_dir))
+                             rng=rng, console=console, progress=progress, report_dir=report_dir)
             rerun = _to_run_again(protocol.steps, previous)
             for index, step in enumerate(protocol.steps):
                 status, attempt, summary = previous.get(index, (None, 0, {}))
                 if status == "completed" and index not in rerun:
                     RESTORERS.get(step.kind, lambda *_: None)(ctx, step, summary)
+                    progress.step_restored(index, step.name, step.kind, attempt)
                     outcome.steps.append(StepOutcome(index, step.name, step.kind, "completed", 0.0, 0,
                                                      StepReport(detail=f"completed in attempt {attempt}"),
                                                      attempt=attempt, restored=True))
                 else:
                     outcome.steps.append(_run_step(ctx, index, step, attempt + 1))
-        status, error = "completed", None
+        return "completed", None
     except KeyboardInterrupt:
-        status, error = "interrupted", "interrupted by the user (KeyboardInterrupt)"
+        # Which step and epoch it stopped in tells what a resume will redo.
+        where = progress.where()
+        return "interrupted", "interrupted by the user (KeyboardInterrupt)" + (f" {where}" if where else "")
     except Exception as exc:   # the run's failure is data: recorded, reported, not re-raised
-        status, error = "failed", describe(exc)
-    with db.session() as session:
-        records.finish_run(session, run, status, error)
-    outcome.status, outcome.error = status, error
-    outcome.seconds = time.perf_counter() - t_start
-    return outcome
+        return "failed", describe(exc)
 
 
 def _to_run_again(steps, previous: dict[int, tuple[str, int, dict]]) -> set[int]:
@@ -140,15 +170,19 @@ def _run_step(ctx: RunContext, index: int, step, attempt: int = 1) -> StepOutcom
     with ctx.db.session() as session:
         row = records.start_step(session, ctx.run, index, step.name, step.kind, attempt)
     calls_before = ctx.xbar.total_transactions
-    t0 = time.perf_counter()
+    ctx.progress.step_started(index, step.name, step.kind)
     try:
         report = EXECUTORS[step.kind](ctx, step, row)
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        error = describe(exc)
+        if status == "interrupted":
+            error = f"interrupted by the user (KeyboardInterrupt) {ctx.progress.where()}"
+        ctx.progress.step_stopped(status, error)
         with ctx.db.session() as session:
-            records.finish_step(session, row, status, error=describe(exc))
+            records.finish_step(session, row, status, error=error)
         raise
-    seconds = time.perf_counter() - t0
+    seconds = ctx.progress.step_finished()
     calls = ctx.xbar.total_transactions - calls_before
     report.summary.update(seconds=seconds, instrument_calls=calls)
     with ctx.db.session() as session:

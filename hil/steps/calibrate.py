@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from calibration.pipeline import Calibration, fit_noise_model, run_calibration, stages
 from calibration.report import write_report
@@ -21,13 +20,9 @@ def restore_calibrate(ctx: RunContext, step: CalibrateStep, summary: dict) -> No
 
 def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepReport:
     names = stages(step)
-    with Progress(TextColumn(f"[bold]{step.name}[/] {{task.fields[stage]:<14}}"), BarColumn(),
-                  TextColumn("{task.fields[message]}"), TimeElapsedColumn(), console=ctx.console,
-                  transient=True) as bar:
-        task = bar.add_task("calibrate", total=len(names), stage="", message="")
-
+    with ctx.progress.task("calibration", total=len(names), unit="stages") as task:
         def progress(stage: str, done: float, message: str) -> None:
-            bar.update(task, completed=names.index(stage) + done, stage=stage, message=message)
+            task.update(names.index(stage) + done, label=stage, note=message)
 
         cal = run_calibration(ctx.xbar, step, ctx.rng, progress=progress)
 
@@ -37,7 +32,7 @@ def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepRep
     report = StepReport(detail="")
     model = None
     if step.fit:
-        model = fit_noise_model(cal, array_id=ident.array_id, rows=ident.rows, cols=ident.cols,
+        model = fit_noise_model(cal, array_id=ctx.array.array_id, rows=ident.rows, cols=ident.cols,
                                 source_runs=[ctx.run.id])
         with ctx.db.session() as session:
             stored = records.add_noise_model(session, ctx.array, model.to_json_dict(),
@@ -58,7 +53,7 @@ def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepRep
                        stuck_off=int(cal.stuck_off.sum()))
     if step.report and model is not None:
         out = ctx.report_dir / f"run-{ctx.run.id}-{step.name}"
-        path = write_report(cal, model, out, title=f"Calibration of {ident.array_id} (run {ctx.run.id}, "
+        path = write_report(cal, model, out, title=f"Calibration of {ctx.array.array_id} (run {ctx.run.id}, "
                                                     f"step {step.name})")
         summary["report"] = str(path)
         report.detail += f"; report {path}"

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from pydantic import TypeAdapter
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from calibration.noise_model import NoiseModel
@@ -122,13 +121,10 @@ def program(ctx: RunContext, row: RunStep, dep: Deployed, label: str, *, erase_f
     targets = mapping.targets(0)
     if erase_first:
         erase(ctx.xbar, targets, settings)
-    with Progress(TextColumn(f"[bold]{row.name}[/] {label}"), BarColumn(),
-                  MofNCompleteColumn(), TextColumn("iterations, {task.fields[inside]} cells in tolerance"),
-                  TimeElapsedColumn(), console=ctx.console, transient=True) as bar:
-        task_bar = bar.add_task("program", total=settings.max_iterations, inside="0")
+    with ctx.progress.task(label, total=settings.max_iterations, unit="iterations") as task:
         result = write_verify(ctx.xbar, targets, settings,
-                              on_iteration=lambda it, outside, total: bar.update(
-                                  task_bar, completed=it, inside=f"{total - outside}/{total}"))
+                              on_iteration=lambda it, outside, total: task.update(
+                                  it, note=f"{total - outside}/{total} cells in tolerance"))
     ctx.save(row, "targets", "target_conductance", "S", targets)
     ctx.save(row, "achieved", "conductance", "S", result.achieved_s, read_voltage_v=settings.read_voltage_v)
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from db import records
 from db.models import RunStep
@@ -103,19 +102,16 @@ def _evaluate(ctx: RunContext, step: InferStep, row: RunStep, dep: Deployed, x, 
     results = []
     try:
         set_matvec(model, executor)
-        with Progress(TextColumn(f"[bold]{step.name}[/]{label} {{task.fields[cond]}}"), BarColumn(),
-                      MofNCompleteColumn(), TextColumn("sequences"), TimeElapsedColumn(), console=ctx.console,
-                      transient=True) as bar:
-            task = bar.add_task("infer", total=len(y) * len(conditions), cond="")
+        with ctx.progress.task(f"inference{label}", total=len(y) * len(conditions), unit="sequences") as task:
             for t, compensated in conditions:
                 wait = dep.programmed_at_s + t - xbar.now()
                 if wait > 0:
                     xbar.wait(wait)
                 executor.drift_compensation = compensated
                 gains = executor.compensate() if compensated else None
-                bar.update(task, cond=f"t = {t:g} s{' compensated' if compensated else ''}")
+                task.update(note=f"t = {t:g} s{' compensated' if compensated else ''}")
                 before = executor.stats.transactions
-                predicted, seconds, steps = _stream(model, x, step.batch_size, lambda n: bar.advance(task, n))
+                predicted, seconds, steps = _stream(model, x, step.batch_size, lambda n: task.update(advance=n))
                 per_step = (executor.stats.transactions - before) / max(steps, 1)
                 results.append({"time_s": t, "drift_compensation": compensated, "samples": len(y),
                                 "crossbar_accuracy": float((predicted == y).mean()),
@@ -193,28 +189,68 @@ def write_report(out: Path, step: InferStep, dep: Deployed, results: list[dict],
     lines += [f"| **{i}** | " + " | ".join(str(v) for v in row) + " |" for i, row in enumerate(cm)]
     times = sorted({r["time_s"] for r in results})
     if len(times) > 1:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        for compensated, style in ((False, "o-"), (True, "s--")):
-            pts = [(max(t, 1.0), 100 * np.mean([r["crossbar_accuracy"] for r in rs]),
-                    100 * np.std([r["crossbar_accuracy"] for r in rs]))
-                   for (t, comp), rs in _by_condition(results) if comp == compensated or (compensated and t == 0)]
-            if len(pts) > 1:
-                t_s, mean, sd = zip(*pts)
-                ax.errorbar(t_s, mean, yerr=sd if several else None, fmt=style, capsize=3,
-                            label="compensated" if compensated else "uncompensated")
-        ax.axhline(100 * results[0]["digital_accuracy"], color="grey", lw=1, label="digital")
-        ax.set_xscale("log")
-        ax.set_xlabel("time after programming (s; 0 drawn at 1 s)")
-        ax.set_ylabel("accuracy (%)")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "accuracy_vs_time.png", dpi=120)
-        plt.close(fig)
+        figure = accuracy_figure(results, f"{dep.checkpoint_name} on the array: accuracy after programming")
+        figure.savefig(out / "accuracy_vs_time.png")
         lines += ["", "![accuracy against time after programming](accuracy_vs_time.png)"]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _duration(seconds: float) -> str:
+    """A time after programming as a person says it: 0, 30 s, 1 h, 1 d."""
+    if seconds == 0:
+        return "0"
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def accuracy_figure(results: list[dict], title: str):
+    """Accuracy against time after programming (a matplotlib Figure): each programming as a faint
+    point, their mean with ± sd error bars, without and with drift compensation, and the digital
+    model as a line. The time axis is linear up to the first wait and logarithmic beyond
+    (symlog), so that t = 0, the accuracy as programmed, is drawn where it belongs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    groups = _by_condition(results)
+    programmings = max(len(rs) for _, rs in groups)
+    figure = Figure(figsize=(6.4, 4.2), dpi=120, layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    for compensated, color, marker, name in ((False, "tab:blue", "o", "uncompensated"),
+                                             (True, "tab:orange", "s", "drift-compensated")):
+        # Compensation starts from the accuracy as programmed: both lines share the t = 0 point.
+        series = sorted(((t, rs) for (t, comp), rs in groups if comp == compensated or (compensated and t == 0)),
+                        key=lambda item: item[0])
+        if len(series) < 2:
+            continue
+        t_s = [t for t, _ in series]
+        accuracy = [100 * np.array([r["crossbar_accuracy"] for r in rs]) for _, rs in series]
+        if programmings > 1:
+            for t, a in zip(t_s, accuracy):
+                ax.plot([t] * a.size, a, marker, color=color, alpha=0.3, markersize=3, linestyle="none")
+        label = name + (f": mean ± sd over {programmings} programmings" if programmings > 1 else "")
+        ax.errorbar(t_s, [a.mean() for a in accuracy],
+                    yerr=[a.std(ddof=1) if a.size > 1 else 0.0 for a in accuracy] if programmings > 1 else None,
+                    fmt=f"{marker}-", color=color, capsize=3, markersize=5, label=label)
+    digital = 100 * results[0]["digital_accuracy"]
+    ax.axhline(digital, color="k", linestyle="--", linewidth=1, label=f"digital model ({digital:.2f}%)")
+    times = sorted({r["time_s"] for r in results})
+    first = min((t for t in times if t > 0), default=1.0)
+    ax.set_xscale("symlog", linthresh=first, linscale=0.6)
+    # Ticks at the times measured, named as a person would: the axis is the protocol's schedule.
+    ax.xaxis.set_major_locator(FixedLocator(times))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _duration(x)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(-0.25 * first, times[-1] * 2)
+    ax.set_xlabel("time after programming (linear to the first wait, logarithmic beyond)")
+    ax.set_ylabel("test accuracy (%)")
+    samples = results[0].get("samples")
+    ax.set_title(title + (f"\n{samples} test sequences" if samples else ""), fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return figure

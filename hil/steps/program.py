@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from db import records
 from db.models import RunStep
 from drivers import WriteVerifySettings, write_verify
@@ -23,13 +21,9 @@ def run_program(ctx: RunContext, step: ProgramStep, row: RunStep) -> StepReport:
     ctx.save(row, "target", "target_conductance", "S", targets)
 
     n_cells = int(np.isfinite(targets).sum())
-    with Progress(TextColumn(f"[bold]{step.name}[/] write-verify"), BarColumn(),
-                  MofNCompleteColumn(), TextColumn("iterations, {task.fields[inside]} cells in tolerance"),
-                  TimeElapsedColumn(), console=ctx.console, transient=True) as bar:
-        task = bar.add_task("program", total=step.max_iterations, inside="0")
-
+    with ctx.progress.task("write-verify", total=step.max_iterations, unit="iterations") as task:
         def on_iteration(iteration: int, outside: int, total: int) -> None:
-            bar.update(task, completed=iteration, inside=f"{total - outside}/{total}")
+            task.update(iteration, note=f"{total - outside}/{total} cells in tolerance")
 
         result = write_verify(ctx.xbar, targets, settings, on_iteration=on_iteration)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from rich.progress import Progress
-
 from db.models import RunStep
 
 from ..context import RunContext, StepReport
@@ -14,11 +12,10 @@ from ..protocol import ReadStep
 def run_read(ctx: RunContext, step: ReadStep, row: RunStep) -> StepReport:
     reads: list[np.ndarray] = []
     try:
-        with Progress(console=ctx.console, transient=True) as bar:
-            task = bar.add_task(f"{step.name}: reading", total=step.repeats)
+        with ctx.progress.task("reading the array", total=step.repeats, unit="reads") as task:
             for _ in range(step.repeats):
                 reads.append(ctx.xbar.read(voltage_v=step.read_voltage_v))
-                bar.advance(task)
+                task.update(advance=1)
     finally:
         # Whatever was read before a fault is kept.
         if reads:

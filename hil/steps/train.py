@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from calibration.noise_model import NoiseModel
 from db import records
@@ -60,12 +59,10 @@ def run_train(ctx: RunContext, step: TrainStep, row: RunStep) -> StepReport:
 
     cfg = TrainConfig(epochs=step.epochs, lr=step.lr, batch_size=step.batch_size, weight_decay=step.weight_decay,
                       seed=step.seed)
-    with Progress(TextColumn(f"[bold]{step.name}[/] {step.model.kind} on {step.task.name}"), BarColumn(),
-                  MofNCompleteColumn(), TextColumn("epochs · val {task.fields[val]}"), TimeElapsedColumn(),
-                  console=ctx.console, transient=True) as bar:
-        task = bar.add_task("train", total=step.epochs, val="–")
-        result = train(model, data, cfg,
-                       on_epoch=lambda s: bar.update(task, completed=s.epoch + 1, val=f"{100 * s.val_accuracy:.1f}%"))
+    with ctx.progress.training(step.epochs, label=f"training {step.model.kind} on {step.task.name}") as epochs:
+        result = train(model, data, cfg, on_batch=epochs.batch,
+                       on_epoch=lambda s: epochs.epoch_done(s.epoch, train_loss=s.train_loss,
+                                                            val_accuracy=s.val_accuracy, seconds=s.seconds))
 
     metrics = {"test_accuracy": result.test_accuracy, "best_val_accuracy": result.best_val_accuracy,
                "best_epoch": result.best_epoch, "train_seconds": result.seconds,

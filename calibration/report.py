@@ -7,13 +7,19 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")   # files only; no display on a bench PC or in CI
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .noise_model import NoiseModel  # noqa: E402
 from .pipeline import Calibration  # noqa: E402
 
 _US = 1e6   # plots speak microsiemens
+# Bins per programmed level: at fewer, a level's tails (the devices write-verify could not
+# pull in) vanish into one or two bars; at many more, a level of a few hundred devices
+# turns to noise.
+MIN_LEVEL_BINS, MAX_LEVEL_BINS = 20, 80
 
 
 def _save(fig, path: Path) -> str:
@@ -23,21 +29,73 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def _histograms(cal: Calibration, out: Path) -> str:
+def level_bins(g: np.ndarray) -> np.ndarray:
+    """Bin edges for one level's conductances: the Freedman-Diaconis width (robust to the tails it is
+    meant to show), held between MIN_LEVEL_BINS and MAX_LEVEL_BINS bins over the level's range."""
+    g = g[np.isfinite(g)]
+    if g.size == 0 or np.ptp(g) == 0:
+        centre = g[0] if g.size else 0.0
+        return np.linspace(centre - 0.5, centre + 0.5, MIN_LEVEL_BINS + 1)
+    n = len(np.histogram_bin_edges(g, bins="fd")) - 1
+    return np.linspace(g.min(), g.max(), int(np.clip(n, MIN_LEVEL_BINS, MAX_LEVEL_BINS)) + 1)
+
+
+def levels_figure(cal: Calibration):
+    """Programmed levels, one panel each with bins of its own and counts on a log scale, where the
+    tails (the devices that matter for accuracy) show next to the peak; a last panel overlays
+    every level's error against its target, to compare their spreads."""
     m = cal.programming
-    fig, ax = plt.subplots(figsize=(8, 4))
-    working = cal.working[None] if cal.working is not None else True
-    colors = plt.cm.viridis(np.linspace(0, 0.9, len(m.levels_s)))
-    lo, hi = m.achieved_s.min(), m.achieved_s.max()
-    bins = np.linspace(lo, hi, 200) * _US
-    for k, (level, color) in enumerate(zip(m.levels_s, colors)):
+    levels = len(m.levels_s)
+    cols = int(np.ceil(np.sqrt(levels + 1)))
+    rows = int(np.ceil((levels + 1) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.6 * rows + 0.5), squeeze=False)
+    axes = axes.ravel()
+    working = cal.working[None] if cal.working is not None else np.ones(m.level_index.shape[1:], dtype=bool)[None]
+    colors = plt.cm.viridis(np.linspace(0, 0.9, levels))
+    tolerance = next((w.get("tolerance_s") for w in m.write_verify if isinstance(w, dict) and w.get("tolerance_s")),
+                     None)
+    errors = []
+    for k, (level, color, ax) in enumerate(zip(m.levels_s, colors, axes)):
         g = m.achieved_s[(m.level_index == k) & working]
-        ax.hist(g * _US, bins=bins, color=color, alpha=0.8, label=f"{level * _US:.1f} µS")
-        ax.axvline(level * _US, color=color, lw=0.8, ls="--")
-    ax.set(xlabel="achieved conductance (µS)", ylabel="devices",
-           title=f"Programmed levels ({m.achieved_s.shape[0]} round(s), {m.reads} reads each; dashed: target)")
-    ax.legend(fontsize=7, ncol=2)
-    return _save(fig, out / "levels_histogram.png")
+        g = g[np.isfinite(g)] * _US
+        errors.append(g - level * _US)
+        if g.size:
+            ax.hist(g, bins=level_bins(g), color=color, alpha=0.9, log=True)
+            spread = f", sd {g.std(ddof=1):.2f} µS" if g.size > 1 else ""
+            ax.set_title(f"target {level * _US:.1f} µS (n = {g.size}{spread})", fontsize=9)
+        else:
+            ax.set_title(f"target {level * _US:.1f} µS: no devices", fontsize=9)
+        ax.axvline(level * _US, color="k", lw=0.8, ls="--")
+        if tolerance:
+            for edge in (-tolerance, tolerance):
+                ax.axvline((level + edge) * _US, color="0.5", lw=0.8, ls=":")
+        ax.set_xlabel("achieved conductance (µS)", fontsize=9)
+        if k % cols == 0:
+            ax.set_ylabel("devices per bin", fontsize=9)
+    ax = axes[levels]
+    pooled = np.concatenate(errors) if errors else np.array([])
+    if pooled.size:
+        # One set of bins for every level, so that their spreads compare bar for bar.
+        edges = level_bins(pooled)
+        for e, color in zip(errors, colors):
+            if e.size:
+                ax.hist(e, bins=edges, histtype="step", color=color, lw=1.2, log=True)
+    if tolerance:
+        for edge in (-tolerance, tolerance):
+            ax.axvline(edge * _US, color="0.5", lw=0.8, ls=":")
+    ax.set_title("error, every level (colours as above)", fontsize=9)
+    ax.set_xlabel("achieved − target (µS)", fontsize=9)
+    for extra in axes[levels + 1:]:
+        extra.set_visible(False)
+    excluded = "" if cal.working is None else f"; {int((~cal.working).sum())} stuck devices left out"
+    limits = f"; dotted: ±{tolerance * _US:.2f} µS write-verify tolerance" if tolerance else ""
+    fig.suptitle(f"Programmed levels: {m.achieved_s.shape[0]} round(s), each device the mean of {m.reads} reads"
+                 f"{excluded}\ndashed: target{limits}; counts on a log scale", fontsize=10)
+    return fig
+
+
+def _histograms(cal: Calibration, out: Path) -> str:
+    return _save(levels_figure(cal), out / "levels_histogram.png")
 
 
 def _read_noise(cal: Calibration, model: NoiseModel, out: Path) -> str:
@@ -53,9 +111,11 @@ def _read_noise(cal: Calibration, model: NoiseModel, out: Path) -> str:
     g = np.geomspace(max(1e-9, min(s[1].min() for s in sources)), max(s[1].max() for s in sources), 200)
     ax.plot(g * _US, model.read.sigma(g) * _US, "k-",
             label=f"fit: floor {model.read.floor_s * _US:.3f} µS, {100 * model.read.relative:.2f} %")
-    ax.set(xscale="log", yscale="log", xlabel="conductance (µS)", ylabel="read noise σ (µS)",
-           title="Read noise against conductance")
-    ax.legend(fontsize=7, markerscale=4)
+    ax.set(xscale="log", yscale="log", xlabel="mean conductance (µS)", ylabel="read noise σ (µS)",
+           title="Read noise against conductance (one point per device)")
+    legend = ax.legend(markerscale=4)
+    for handle in legend.legend_handles:
+        handle.set_alpha(1)  # the points are faint so that dense clouds show; their keys need not be
     return _save(fig, out / "read_noise.png")
 
 
@@ -72,13 +132,16 @@ def _drift(cal: Calibration, model: NoiseModel, out: Path) -> str:
         rel = d.mean_s[:, sel] / d.mean_s[0, sel]
         ax.plot(t, rel.mean(axis=1), "o-", color=color, ms=3, label=f"{p.levels_s[k] * _US:.1f} µS")
     ax.plot(t, model.drift.factor(t) / model.drift.factor(t[0]), "k--", label=f"fit ν={model.drift.nu_mean:.4f}")
-    ax.set(xscale="log", xlabel="time after programming (s)", ylabel="g(t) / g(first read)",
-           title=f"Drift (t0 = {model.drift.t0_s:.3g} s)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.set(xscale="log", xlabel="time after programming (s)", ylabel="g(t) / g(first read), level mean",
+           title=f"Drift by level (fit t0 = {model.drift.t0_s:.3g} s)")
+    ax.legend(ncol=2, loc="upper right", title="programmed level")  # the curves fall away from that corner
     nu = fit.nu[np.isfinite(fit.nu)]
     ax2.hist(nu, bins=60, color="tab:blue", alpha=0.8)
+    ax2.axvline(model.drift.nu_mean, color="k", ls="--", lw=1, label="mean")
+    ax2.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(6))
     ax2.set(xlabel="drift exponent ν per device", ylabel="devices",
-            title=f"ν mean {model.drift.nu_mean:.4f}, spread {model.drift.nu_std:.4f}")
+            title=f"ν per device (n = {nu.size}): mean {model.drift.nu_mean:.4f}, sd {model.drift.nu_std:.4f}")
+    ax2.legend()
     return _save(fig, out / "drift.png")
 
 
@@ -90,12 +153,19 @@ def _yield_map(cal: Calibration, out: Path) -> str:
     state[cal.stuck_off] = -1
     cmap = matplotlib.colors.ListedColormap(["tab:blue", "0.92", "tab:red"])
     ax.imshow(state, cmap=cmap, vmin=-1.5, vmax=1.5, interpolation="nearest")
-    ax.set(title=f"Yield {100 * w.yield_fraction:.2f}%: {int(cal.stuck_on.sum())} stuck on (red), "
-                 f"{int(cal.stuck_off.sum())} stuck off (blue)", xlabel="column", ylabel="row")
-    ax.title.set_fontsize(9)
-    im = ax2.imshow(w.g_max_s * _US, cmap="magma", interpolation="nearest")
-    fig.colorbar(im, ax=ax2, label="g_max (µS)")
-    ax2.set(title="Upper conductance bound per device", xlabel="column", ylabel="row")
+    ax.set(title=f"Yield {100 * w.yield_fraction:.2f}% of {state.size} devices", xlabel="column", ylabel="row")
+    ax.legend(handles=[matplotlib.patches.Patch(color="tab:red", label=f"stuck on ({int(cal.stuck_on.sum())})"),
+                       matplotlib.patches.Patch(color="tab:blue", label=f"stuck off ({int(cal.stuck_off.sum())})")],
+              loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    # The colour scale spans the working devices: a stuck device at 0 µS would otherwise take
+    # half of it and leave the spread of the others in one shade.
+    working = cal.working
+    g_max = np.ma.masked_where(~working, w.g_max_s * _US)
+    lo, hi = np.percentile(w.g_max_s[working] * _US, [0.5, 99.5]) if working.any() else (None, None)
+    magma = plt.get_cmap("magma").with_extremes(bad="0.75")
+    im = ax2.imshow(g_max, cmap=magma, vmin=lo, vmax=hi, interpolation="nearest")
+    fig.colorbar(im, ax=ax2, label="g_max (µS)", extend="both")
+    ax2.set(title="g_max per device (stuck devices grey)", xlabel="column", ylabel="row")
     return _save(fig, out / "yield_map.png")
 
 
@@ -109,8 +179,8 @@ def _pulse_response(cal: Calibration, out: Path) -> str:
             mean, std = curve.mean(axis=1) * _US, curve.std(axis=1) * _US
             ax.plot(n, mean, color=color, label=f"{sign}{a:g} V")
             ax.fill_between(n, mean - std, mean + std, color=color, alpha=0.2)
-        ax.set(xlabel="pulse number", title=f"{name} trains (mean ± device spread)")
-        ax.legend(fontsize=8)
+        ax.set(xlabel="pulse number", title=f"{name} trains: mean ± sd over {curves.shape[2]} devices")
+        ax.legend(title="pulse amplitude")
     axes[0].set_ylabel("conductance (µS)")
     return _save(fig, out / "pulse_response.png")
 

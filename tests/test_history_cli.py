@@ -181,8 +181,10 @@ def test_plot_writes_a_png(recorded, capsys, tmp_path, monkeypatch):
     code, out, _ = cli(capsys, url, "plot", "programming_sigma_s@level3", "--array", "chip-A")
     assert code == 2  # not recorded: nothing to draw
     code, out, _ = cli(capsys, url, "plot", "read_noise_relative", "--array", "chip-A")
-    assert code == 0 and out.strip() == "read_noise_relative-chip-A.png"
-    assert (tmp_path / "read_noise_relative-chip-A.png").read_bytes().startswith(PNG_SIGNATURE)
+    # By default into reports/history/, created as needed, not among the user's files.
+    assert code == 0 and out.strip() == "reports/history/read_noise_relative-chip-A.png"
+    assert (tmp_path / "reports" / "history" / "read_noise_relative-chip-A.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert not list(tmp_path.glob("*.png"))
 
 
 BAD_INPUT = {

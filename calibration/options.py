@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from drivers.limits import ABSOLUTE_MIN_PULSE_WIDTH_S, ABSOLUTE_MIN_VOLTAGE_V
+
 
 class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
@@ -19,9 +21,9 @@ class WindowOptions(_Options):
     """Saturating RESET then SET trains: each device's g_min and g_max, and which devices do not switch."""
 
     pulses: int = Field(4, ge=1, le=100, description="pulses per saturating train")
-    set_voltage_v: float = Field(2.0, gt=0)
-    reset_voltage_v: float = Field(2.0, gt=0)
-    pulse_width_s: float = Field(10e-6, gt=0)
+    set_voltage_v: float = Field(2.0, ge=ABSOLUTE_MIN_VOLTAGE_V)
+    reset_voltage_v: float = Field(2.0, ge=ABSOLUTE_MIN_VOLTAGE_V)
+    pulse_width_s: float = Field(10e-6, ge=ABSOLUTE_MIN_PULSE_WIDTH_S)
     reads: int = Field(8, ge=1, le=1000, description="reads averaged at each bound")
     stuck_fraction: float = Field(0.2, gt=0, lt=1,
                                   description="a device whose window is below this fraction of the median is stuck")
@@ -32,14 +34,15 @@ class PulseResponseOptions(_Options):
 
     amplitudes_v: list[float] = Field(default_factory=lambda: [1.1, 1.3, 1.5], min_length=1, max_length=16)
     pulses: int = Field(30, ge=1, le=1000)
-    pulse_width_s: float = Field(1e-6, gt=0)
+    pulse_width_s: float = Field(1e-6, ge=ABSOLUTE_MIN_PULSE_WIDTH_S)
     cells: int = Field(16, ge=1, le=4096, description="devices per amplitude and polarity")
-    saturate_voltage_v: float = Field(2.0, gt=0, description="amplitude of the pulses that set the starting state")
+    saturate_voltage_v: float = Field(2.0, ge=ABSOLUTE_MIN_VOLTAGE_V,
+                                      description="amplitude of the pulses that set the starting state")
 
     @model_validator(mode="after")
     def _positive(self):
-        if any(a <= 0 for a in self.amplitudes_v):
-            raise ValueError("amplitudes_v are magnitudes and must be positive")
+        if any(a < ABSOLUTE_MIN_VOLTAGE_V for a in self.amplitudes_v):
+            raise ValueError(f"amplitudes_v are magnitudes and must be at least {ABSOLUTE_MIN_VOLTAGE_V} V")
         return self
 
 
@@ -54,11 +57,11 @@ class ProgrammingOptions(_Options):
     max_iterations: int = Field(20, ge=1, le=1000)
     settle_s: float = Field(1.0, ge=0, le=3600, description="wait between programming and measuring (s)")
     reads: int = Field(8, ge=1, le=1000, description="reads averaged to measure the achieved conductance")
-    start_set_voltage_v: float = Field(0.9, gt=0)
-    max_set_voltage_v: float = Field(2.0, gt=0)
-    start_reset_voltage_v: float = Field(0.9, gt=0)
-    max_reset_voltage_v: float = Field(2.0, gt=0)
-    pulse_width_s: float = Field(1e-6, gt=0)
+    start_set_voltage_v: float = Field(0.9, ge=ABSOLUTE_MIN_VOLTAGE_V)
+    max_set_voltage_v: float = Field(2.0, ge=ABSOLUTE_MIN_VOLTAGE_V)
+    start_reset_voltage_v: float = Field(0.9, ge=ABSOLUTE_MIN_VOLTAGE_V)
+    max_reset_voltage_v: float = Field(2.0, ge=ABSOLUTE_MIN_VOLTAGE_V)
+    pulse_width_s: float = Field(1e-6, ge=ABSOLUTE_MIN_PULSE_WIDTH_S)
 
     @model_validator(mode="after")
     def _window(self):
@@ -96,7 +99,7 @@ class PeripheryOptions(_Options):
 
 
 class CalibrationOptions(_Options):
-    read_voltage_v: float = Field(0.2, gt=0)
+    read_voltage_v: float = Field(0.2, ge=ABSOLUTE_MIN_VOLTAGE_V)
     window: WindowOptions | None = Field(default_factory=WindowOptions)
     pulse_response: PulseResponseOptions | None = Field(default_factory=PulseResponseOptions)
     programming: ProgrammingOptions | None = Field(default_factory=ProgrammingOptions)

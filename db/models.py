@@ -74,6 +74,9 @@ class CrossbarArray(Base):
     rows: Mapped[int] = mapped_column(Integer)
     cols: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Where the die came from, as the protocol or the command line named it (None: not said).
+    wafer: Mapped[str | None] = mapped_column(String(255))
+    die: Mapped[str | None] = mapped_column(String(255))
 
     instrument: Mapped[Instrument] = relationship(back_populates="arrays")
 
@@ -108,6 +111,15 @@ class Run(Base):
     owner_pid: Mapped[int | None] = mapped_column(Integer)
     # One entry per resume: when, by which process, and the status and error the run had before.
     resumes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
+    # Where the run is, for another process to follow it: the step running now (0-based index and
+    # name) and that step's progress {stage, done, total, unit, epoch, epochs, updated_at}. A failed or
+    # interrupted run keeps where it stopped; a completed one has them cleared.
+    current_step_index: Mapped[int | None] = mapped_column(Integer)
+    current_step: Mapped[str | None] = mapped_column(String(255))
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    # Who ran it and why, as the protocol or the command line said.
+    operator: Mapped[str | None] = mapped_column(String(255))
+    notes: Mapped[str | None] = mapped_column(Text)
 
     crossbar_array: Mapped[CrossbarArray | None] = relationship()
     # The database deletes the children (ON DELETE CASCADE); passive_deletes spares

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -54,10 +54,11 @@ def get_or_create_instrument(session: Session, backend: str, instrument_id: str,
 
 
 def get_or_create_array(session: Session, instrument: Instrument, array_id: str, rows: int,
-                        cols: int) -> CrossbarArray:
-    """The array row for ``array_id``, created on ``instrument`` if new.
+                        cols: int, *, wafer: str | None = None, die: str | None = None) -> CrossbarArray:
+    """The array row for ``array_id``, created on ``instrument`` if new; ``wafer`` and ``die``, where
+    given, are recorded the first time they are known.
 
-    Raises ``ValueError`` if the array is known with another shape: the same id for
+    Raises ``ValueError`` if the array is known with another shape, wafer or die: the same id for
     a different array would mix the histories of two devices.
     """
     which = select(CrossbarArray).where(CrossbarArray.array_id == array_id)
@@ -70,6 +71,13 @@ def get_or_create_array(session: Session, instrument: Instrument, array_id: str,
     if (crossbar_array.rows, crossbar_array.cols) != (rows, cols):
         raise ValueError(f"array {array_id!r} is recorded as {crossbar_array.rows}x{crossbar_array.cols}, "
                          f"not {rows}x{cols}")
+    for field, given in (("wafer", wafer), ("die", die)):
+        recorded = getattr(crossbar_array, field)
+        if given is not None and recorded is not None and given != recorded:
+            raise ValueError(f"array {array_id!r} is recorded on {field} {recorded!r}, not {given!r}: "
+                             f"a different die needs a different array name")
+        if given is not None and recorded is None:
+            setattr(crossbar_array, field, given)
     return crossbar_array
 
 
@@ -94,14 +102,15 @@ def _insert_unless_present(session: Session, entity: type[Base], unique: tuple[s
 
 def start_run(session: Session, *, protocol_name: str, protocol_path: str | None, protocol_text: str,
               backend: str, seed: int | None, code_version: str, options: dict[str, Any] | None = None,
-              crossbar_array: CrossbarArray | None = None) -> Run:
+              crossbar_array: CrossbarArray | None = None, operator: str | None = None,
+              notes: str | None = None) -> Run:
     """A new run in status "running", started now."""
     run = Run(protocol_name=protocol_name, protocol_path=protocol_path, protocol_text=protocol_text,
               protocol_hash=protocol_hash(protocol_text), backend=backend,
               seed=None if seed is None else int(seed), status=RUNNING, code_version=code_version,
               started_at=utcnow(), options=_jsonable(options),
               array_fk=None if crossbar_array is None else crossbar_array.id,
-              owner_host=socket.gethostname(), owner_pid=os.getpid())
+              owner_host=socket.gethostname(), owner_pid=os.getpid(), operator=operator, notes=notes)
     session.add(run)
     session.flush()
     return run
@@ -144,6 +153,19 @@ def finish_run(session: Session, run: Run, status: str, error: str | None = None
     run.error = error
     run.finished_at = utcnow()
     session.flush()
+
+
+def set_run_progress(session: Session, run_id: int, *, step_index: int | None, step_name: str | None,
+                     progress: Mapping[str, Any] | None) -> None:
+    """Record where run ``run_id`` is: the step running (``step_index`` 0-based, ``step_name``) and a small
+    JSON-able ``progress`` of it; None clears them.
+
+    One UPDATE of these columns alone, by id: it never writes back other columns of a ``Run`` object
+    another session holds, and costs the same however often a long step reports.
+    """
+    session.execute(update(Run).where(Run.id == int(run_id)).values(
+        current_step_index=None if step_index is None else int(step_index), current_step=step_name,
+        progress=None if progress is None else _jsonable(dict(progress))))
 
 
 class ResumeRefused(Exception):
@@ -338,14 +360,21 @@ def get_noise_model(session: Session, model_id: int) -> NoiseModelRecord:
 
 
 def latest_noise_model(session: Session, array_id: str) -> NoiseModelRecord:
-    """The newest noise model of the array named ``array_id``; ``LookupError`` if it has none."""
+    """The newest noise model of the array named ``array_id`` that a completed step stored (or that was
+    stored outside any run); ``LookupError`` if it has none.
+
+    A calibrate step stores its model before it writes its report, so an interrupted or failed step can
+    leave a model behind: its calibration was never finished, and nothing should pick it up as "latest".
+    """
     crossbar_array = get_array(session, array_id)
     model = session.scalars(
-        select(NoiseModelRecord).where(NoiseModelRecord.array_fk == crossbar_array.id)
+        select(NoiseModelRecord).outerjoin(RunStep, NoiseModelRecord.step_fk == RunStep.id)
+        .where(NoiseModelRecord.array_fk == crossbar_array.id,
+               or_(NoiseModelRecord.step_fk.is_(None), RunStep.status == COMPLETED))
         .order_by(NoiseModelRecord.created_at.desc(), NoiseModelRecord.id.desc()).limit(1)
     ).one_or_none()
     if model is None:
-        raise LookupError(f"array {array_id!r} has no noise model")
+        raise LookupError(f"array {array_id!r} has no noise model from a completed calibration")
     return model
 
 

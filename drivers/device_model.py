@@ -28,15 +28,20 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .limits import (ABSOLUTE_MAX_PULSE_WIDTH_S, ABSOLUTE_MAX_VOLTAGE_V, ABSOLUTE_MIN_PULSE_WIDTH_S,
+                     ABSOLUTE_MIN_VOLTAGE_V)
+
 
 class DeviceConfig(BaseModel):
     """Hidden truth of a simulated array; calibration tries to recover it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict and finite, as every number of a protocol: an infinite or string parameter would give a
+    # simulated array that measures NaN, and every bound is one a physical device could have.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     # --- conductance window and its device-to-device spread
-    g_min_s: float = Field(1e-6, gt=0, description="median lower conductance bound, HRS (S)")
-    g_max_s: float = Field(100e-6, gt=0, description="median upper conductance bound, LRS (S)")
+    g_min_s: float = Field(1e-6, ge=1e-12, le=1, description="median lower conductance bound, HRS (S)")
+    g_max_s: float = Field(100e-6, ge=1e-12, le=1, description="median upper conductance bound, LRS (S)")
     window_spread: float = Field(0.05, ge=0, le=1,
                                  description="sigma of ln(g_min) and ln(g_max) across devices")
     initial_state: float = Field(0.0, ge=0, le=1,
@@ -49,13 +54,19 @@ class DeviceConfig(BaseModel):
     # --- pulse response: a pulse of amplitude V and width w moves the conductance a
     # fraction 1 - exp(-r) of the way to the bound, r = (w / w_ref)**width_exponent
     # * exp((|V| - V_half) / V_slope), and not at all below |V| = V_threshold.
-    set_threshold_v: float = Field(0.6, gt=0, description="SET amplitude below which nothing moves (V)")
-    set_v_half: float = Field(1.6, gt=0, description="SET amplitude with r = 1 at the reference width (V)")
-    reset_threshold_v: float = Field(0.6, gt=0, description="RESET |amplitude| below which nothing moves (V)")
-    reset_v_half: float = Field(1.5, gt=0, description="RESET |amplitude| with r = 1 at the reference width (V)")
-    switching_slope_v: float = Field(0.12, gt=0, description="voltage per e-fold of switching rate (V)")
-    v_half_spread_v: float = Field(0.03, ge=0, description="device-to-device sigma of V_half (V)")
-    reference_width_s: float = Field(1e-6, gt=0, description="pulse width at which r is quoted (s)")
+    set_threshold_v: float = Field(0.6, gt=0, le=ABSOLUTE_MAX_VOLTAGE_V,
+                                   description="SET amplitude below which nothing moves (V)")
+    set_v_half: float = Field(1.6, gt=0, le=ABSOLUTE_MAX_VOLTAGE_V,
+                              description="SET amplitude with r = 1 at the reference width (V)")
+    reset_threshold_v: float = Field(0.6, gt=0, le=ABSOLUTE_MAX_VOLTAGE_V,
+                                     description="RESET |amplitude| below which nothing moves (V)")
+    reset_v_half: float = Field(1.5, gt=0, le=ABSOLUTE_MAX_VOLTAGE_V,
+                                description="RESET |amplitude| with r = 1 at the reference width (V)")
+    switching_slope_v: float = Field(0.12, ge=1e-3, le=ABSOLUTE_MAX_VOLTAGE_V,
+                                     description="voltage per e-fold of switching rate (V)")
+    v_half_spread_v: float = Field(0.03, ge=0, le=1, description="device-to-device sigma of V_half (V)")
+    reference_width_s: float = Field(1e-6, ge=ABSOLUTE_MIN_PULSE_WIDTH_S, le=ABSOLUTE_MAX_PULSE_WIDTH_S,
+                                     description="pulse width at which r is quoted (s)")
     width_exponent: float = Field(1.0, gt=0, le=3, description="r grows as width**width_exponent")
     c2c_relative: float = Field(0.25, ge=0, le=2,
                                 description="cycle-to-cycle sigma of a step, relative to the step")
@@ -64,31 +75,33 @@ class DeviceConfig(BaseModel):
 
     # --- read noise: sigma(g) = sqrt(read_noise_floor_s**2 + (read_noise_relative * g)**2)
     read_noise_relative: float = Field(0.005, ge=0, le=1, description="relative read noise")
-    read_noise_floor_s: float = Field(0.2e-6, ge=0, description="absolute read-noise floor (S)")
-    read_noise_correlation_s: float = Field(1e-3, gt=0,
+    read_noise_floor_s: float = Field(0.2e-6, ge=0, le=1, description="absolute read-noise floor (S)")
+    read_noise_correlation_s: float = Field(1e-3, ge=1e-9, le=1e6,
                                             description="time over which read fluctuations stay correlated (s)")
 
     # --- relaxation: g(t) = g_prog * ((t - t_prog + t0) / t0) ** (-nu), nu per device
     drift_nu_mean: float = Field(0.005, ge=0, le=0.5, description="mean drift exponent")
     drift_nu_std: float = Field(0.002, ge=0, le=0.5, description="device-to-device sigma of the drift exponent")
-    drift_t0_s: float = Field(1.0, gt=0, description="drift reference time after programming (s)")
+    drift_t0_s: float = Field(1.0, ge=1e-9, le=1e6, description="drift reference time after programming (s)")
 
     # --- read path and MVM periphery
-    read_reference_v: float = Field(0.2, gt=0, description="voltage at which conductance is defined (V)")
+    read_reference_v: float = Field(0.2, ge=ABSOLUTE_MIN_VOLTAGE_V, le=ABSOLUTE_MAX_VOLTAGE_V,
+                                    description="voltage at which conductance is defined (V)")
     iv_nonlinearity_per_v2: float = Field(0.5, ge=0, le=100,
                                           description="kappa in I = g V (1 + kappa V^2) / (1 + kappa V_ref^2)")
     dac_bits: int | None = Field(8, ge=1, le=24, description="input DAC resolution (signed, bits); None: exact")
-    dac_range_v: float = Field(0.25, gt=0, description="input DAC full scale (V); also caps the read voltage")
+    dac_range_v: float = Field(0.25, ge=ABSOLUTE_MIN_VOLTAGE_V, le=ABSOLUTE_MAX_VOLTAGE_V,
+                               description="input DAC full scale (V); also caps the read voltage")
     adc_bits: int | None = Field(10, ge=1, le=24,
                                  description="column ADC resolution (signed, bits); None: exact and unclipped")
-    adc_range_a: float | None = Field(None, gt=0,
+    adc_range_a: float | None = Field(None, ge=1e-12, le=1,
                                       description="column ADC full scale (A); None: a quarter of rows*g_max*dac_range")
-    output_noise_a: float = Field(50e-9, ge=0, description="additive column-current noise sigma (A)")
+    output_noise_a: float = Field(50e-9, ge=0, le=1e-2, description="additive column-current noise sigma (A)")
 
     # --- timing of the virtual clock
-    read_time_s: float = Field(1e-3, gt=0, description="duration of one read transaction (s)")
-    mvm_time_s: float = Field(1e-6, gt=0, description="duration of one input vector in an MVM (s)")
-    pulse_overhead_s: float = Field(10e-6, ge=0, description="set-up time of one pulse transaction (s)")
+    read_time_s: float = Field(1e-3, ge=1e-9, le=10, description="duration of one read transaction (s)")
+    mvm_time_s: float = Field(1e-6, ge=1e-12, le=10, description="duration of one input vector in an MVM (s)")
+    pulse_overhead_s: float = Field(10e-6, ge=0, le=10, description="set-up time of one pulse transaction (s)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DeviceConfig":

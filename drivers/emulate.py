@@ -184,13 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--cols", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="the simulated chip")
+    parser.add_argument("--array-id", default=None, help="the id the emulated instrument reports for its array "
+                        "(default: KIND-emulator-ROWSxCOLS-seedSEED)")
     parser.add_argument("--log", type=Path, help="append every command received to this JSON-lines file")
     parser.add_argument("--latency-s", type=float, default=0.0)
     parser.add_argument("--drop", type=float, default=0.0, help="probability a reply is lost")
     parser.add_argument("--garble", type=float, default=0.0, help="probability a reply is corrupted")
     parser.add_argument("--disconnect-after", type=int, help="drop the connection after this many commands")
     args = parser.parse_args(argv)
-    xbar = SoftwareCrossbar(args.rows, args.cols, config=DeviceConfig(), seed=args.seed)
+    # Its own array id, so that runs through an emulator are not filed with the in-process mock's.
+    xbar = SoftwareCrossbar(args.rows, args.cols, config=DeviceConfig(), seed=args.seed,
+                            array_id=args.array_id or f"{args.kind}-emulator-{args.rows}x{args.cols}-seed{args.seed}")
     faults = Faults(args.latency_s, args.drop, args.garble, args.disconnect_after, args.seed)
     if args.kind == "smu":
         instrument = TspInstrument(xbar, log=args.log)

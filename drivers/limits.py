@@ -13,21 +13,32 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # The framework refuses to be configured beyond these, whatever a driver or protocol says.
 ABSOLUTE_MAX_VOLTAGE_V = 10.0
 ABSOLUTE_MAX_CURRENT_A = 0.1
+# ...nor below these: a bound under them is a typo (a unit slip, 1e-300 for 1e-3), not a limit anyone
+# measures with. The fastest switching pulses reported on memristive devices are about 100 ps; no
+# source-measure unit resolves a compliance under a nanoampere; a millivolt is below any read.
+ABSOLUTE_MIN_VOLTAGE_V = 1e-3
+ABSOLUTE_MIN_CURRENT_A = 1e-9
+ABSOLUTE_MIN_PULSE_WIDTH_S = 1e-11
+ABSOLUTE_MAX_PULSE_WIDTH_S = 1.0
 
 
 class SafetyLimits(BaseModel):
     """Voltage, current and pulse-width envelope, in SI units."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict and finite: "2.0" is not a voltage, true is not a pulse width (it would become 1 s),
+    # and an infinite bound is no bound.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
-    max_read_voltage_v: float = Field(0.3, gt=0, le=ABSOLUTE_MAX_VOLTAGE_V,
+    max_read_voltage_v: float = Field(0.3, ge=ABSOLUTE_MIN_VOLTAGE_V, le=ABSOLUTE_MAX_VOLTAGE_V,
                                       description="largest |V| applied to read or for an MVM input (V)")
-    max_write_voltage_v: float = Field(2.5, gt=0, le=ABSOLUTE_MAX_VOLTAGE_V,
+    max_write_voltage_v: float = Field(2.5, ge=ABSOLUTE_MIN_VOLTAGE_V, le=ABSOLUTE_MAX_VOLTAGE_V,
                                        description="largest |V| of a programming pulse (V)")
-    compliance_current_a: float = Field(1e-3, gt=0, le=ABSOLUTE_MAX_CURRENT_A,
+    compliance_current_a: float = Field(1e-3, ge=ABSOLUTE_MIN_CURRENT_A, le=ABSOLUTE_MAX_CURRENT_A,
                                         description="largest current compliance a pulse may set (A)")
-    min_pulse_width_s: float = Field(10e-9, gt=0, description="shortest pulse (s)")
-    max_pulse_width_s: float = Field(1e-3, gt=0, le=1.0, description="longest pulse (s)")
+    min_pulse_width_s: float = Field(10e-9, ge=ABSOLUTE_MIN_PULSE_WIDTH_S, le=ABSOLUTE_MAX_PULSE_WIDTH_S,
+                                     description="shortest pulse (s)")
+    max_pulse_width_s: float = Field(1e-3, ge=ABSOLUTE_MIN_PULSE_WIDTH_S, le=ABSOLUTE_MAX_PULSE_WIDTH_S,
+                                     description="longest pulse (s)")
 
     @model_validator(mode="after")
     def _ordered(self) -> "SafetyLimits":

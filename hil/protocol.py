@@ -22,7 +22,7 @@ from pydantic_core import PydanticCustomError
 from calibration.options import CalibrationOptions
 from hil.nn.zoo import ModelConfig
 from drivers.device_model import DeviceConfig
-from drivers.limits import SafetyLimits
+from drivers.limits import ABSOLUTE_MIN_PULSE_WIDTH_S, ABSOLUTE_MIN_VOLTAGE_V, SafetyLimits
 
 __all__ = [
     "AnalogTraining", "ArraySpec", "CalibrateStep", "CheckpointRef", "DeployStep", "InferStep", "NoiseModelRef",
@@ -31,11 +31,23 @@ __all__ = [
 ]
 
 MAX_ARRAY_DIM = 4096
+# Seeds and ids are stored in 64-bit signed database columns; a larger one could be run but never recorded.
+MAX_SEED = 2**63 - 1
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
 # Protocol and step names end up in file names, database keys and log lines, so they are kept
 # to characters that need no quoting anywhere.
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=NAME_PATTERN)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+# An array name is typed on command lines and appears in file names; instrument ids also use ':'.
+ARRAY_NAME_PATTERN = r"^[A-Za-z0-9_.:+-]+$"
+ArrayName = Annotated[str, Field(min_length=1, max_length=100, pattern=ARRAY_NAME_PATTERN)]
+# Free text on one line (a wafer id, a person's name).
+Label = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
+# A step's voltages and widths are also bounded above by the protocol's limits; these floors keep a unit
+# slip (1e-300) from passing as a tiny but valid setting.
+Volts = Annotated[float, Field(ge=ABSOLUTE_MIN_VOLTAGE_V)]
+Seconds = Annotated[float, Field(ge=ABSOLUTE_MIN_PULSE_WIDTH_S)]
 
 
 class _Model(BaseModel):
@@ -145,6 +157,33 @@ class _NotAFile(Exception):
     pass
 
 
+class _Refused(Exception):
+    """A pattern file refused for a reason stated in full (not a parse error)."""
+
+
+def _check_npy_header(handle, size: int, shape: tuple[int, int]) -> None:
+    """Check a .npy file's header before its data are read: a 128-byte file may claim a shape of
+    100000x100000, and reading it would allocate what the header claims. Leaves ``handle`` at the
+    start, for :func:`numpy.lib.format.read_array`."""
+    fmt = np.lib.format
+    version = fmt.read_magic(handle)
+    read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+    if read_header is None:
+        raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+    claimed, _, dtype = read_header(handle, max_header_size=10_000)
+    if dtype.hasobject:
+        raise ValueError("holds Python objects, which only unpickling could read")
+    if dtype.kind not in "iuf":
+        raise _Refused(f"holds {dtype} values, expected real numbers")
+    if tuple(claimed) != shape:
+        raise _Refused(f"has shape {tuple(claimed)}, expected {shape} to match the array (from its header; "
+                       f"the data were not read)")
+    if handle.tell() + shape[0] * shape[1] * dtype.itemsize > size:
+        raise _Refused(f"is truncated: its header claims {shape[0]}x{shape[1]} {dtype} values but the file holds "
+                       f"only {size} bytes")
+    handle.seek(0)
+
+
 class FilePattern(_Model):
     """Targets read from a ``.npy`` or ``.csv`` file; the values times ``scale`` are siemens.
 
@@ -168,16 +207,18 @@ class FilePattern(_Model):
         return path if path.is_absolute() else Path(base_dir) / path
 
     @staticmethod
-    def _read(path: Path, is_npy: bool, cells: int) -> np.ndarray:
+    def _read(path: Path, is_npy: bool, shape: tuple[int, int]) -> np.ndarray:
+        cells = shape[0] * shape[1]
         size = path.stat().st_size
         if not path.is_file():
             raise _NotAFile()
         if size > cells * (16 if is_npy else _CSV_BYTES_PER_VALUE) + _FILE_SLACK_BYTES:
             raise _TooLarge(size)
         if is_npy:
-            # read_array rather than np.load: np.load would also accept a .npz archive or a
-            # pickle under a .npy name.
             with path.open("rb") as handle:
+                _check_npy_header(handle, size, shape)
+                # read_array rather than np.load: np.load would also accept a .npz archive or a
+                # pickle under a .npy name.
                 return np.lib.format.read_array(handle, allow_pickle=False)
         with warnings.catch_warnings():
             # An empty file only warns; the shape check reports it properly.
@@ -192,11 +233,13 @@ class FilePattern(_Model):
 
         is_npy = path.suffix.lower() == ".npy"
         try:
-            data = self._read(path, is_npy, rows * cols)
+            data = self._read(path, is_npy, (rows, cols))
         except _TooLarge as exc:
             raise bad(f"is {exc.args[0]} bytes, far too large for a {rows}x{cols} array") from None
         except _NotAFile:
             raise bad("is not a regular file") from None
+        except _Refused as exc:
+            raise bad(str(exc)) from None
         except FileNotFoundError:
             raise bad("file not found") from None
         except PermissionError:
@@ -248,13 +291,13 @@ class ProgramStep(_Model):
     pattern: Pattern
     tolerance: float = Field(0.02, gt=0, le=0.5, description="fraction of the target span")
     max_iterations: int = Field(20, ge=1, le=1000)
-    read_voltage_v: float = Field(0.2, gt=0)
-    start_set_voltage_v: float = Field(0.9, gt=0)
-    max_set_voltage_v: float = Field(2.0, gt=0)
-    start_reset_voltage_v: float = Field(0.9, gt=0)
-    max_reset_voltage_v: float = Field(2.0, gt=0)
+    read_voltage_v: Volts = Field(0.2)
+    start_set_voltage_v: Volts = Field(0.9)
+    max_set_voltage_v: Volts = Field(2.0)
+    start_reset_voltage_v: Volts = Field(0.9)
+    max_reset_voltage_v: Volts = Field(2.0)
     voltage_step_v: float = Field(0.05, gt=0, le=1)
-    pulse_width_s: float = Field(1e-6, gt=0)
+    pulse_width_s: Seconds = Field(1e-6)
 
     @model_validator(mode="after")
     def _ramps_ordered(self):
@@ -274,7 +317,7 @@ class ReadStep(_Model):
 
     kind: Literal["read"] = "read"
     name: Name | None = None
-    read_voltage_v: float = Field(0.2, gt=0)
+    read_voltage_v: Volts = Field(0.2)
     repeats: int = Field(1, ge=1, le=10000)
 
 
@@ -325,7 +368,7 @@ class AnalogTraining(_Model):
 
 class TaskSpec(_Model):
     name: Literal["digits", "digits_permuted", "mnist1d", "period", "cue"]
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
 
 
 class TrainStep(_Model):
@@ -339,7 +382,7 @@ class TrainStep(_Model):
     lr: float = Field(1e-2, gt=0, le=1)
     batch_size: int = Field(64, ge=1, le=65536)
     weight_decay: float = Field(0.01, ge=0, le=1)
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     analog: AnalogTraining | None = None
     evaluate_under: NoiseModelRef | None = Field(None, description="noise model for the evaluation; default: the "
                                                                    "training one")
@@ -376,13 +419,13 @@ class DeployStep(_Model):
     tiles_per_mvm: int = Field(8, ge=1, le=4096)
     max_shared_rows: int = Field(24, ge=0, le=4096)
     max_iterations: int = Field(20, ge=1, le=1000)
-    read_voltage_v: float = Field(0.2, gt=0)
-    start_set_voltage_v: float = Field(0.9, gt=0)
-    max_set_voltage_v: float = Field(2.0, gt=0)
-    start_reset_voltage_v: float = Field(0.9, gt=0)
-    max_reset_voltage_v: float = Field(2.0, gt=0)
+    read_voltage_v: Volts = Field(0.2)
+    start_set_voltage_v: Volts = Field(0.9)
+    max_set_voltage_v: Volts = Field(2.0)
+    start_reset_voltage_v: Volts = Field(0.9)
+    max_reset_voltage_v: Volts = Field(2.0)
     voltage_step_v: float = Field(0.05, gt=0, le=1)
-    pulse_width_s: float = Field(1e-6, gt=0)
+    pulse_width_s: Seconds = Field(1e-6)
 
 
 class InferStep(_Model):
@@ -395,7 +438,7 @@ class InferStep(_Model):
     deployment: Name = Field(description="a deploy step earlier in this protocol")
     samples: int | None = Field(None, ge=1, description="the first N test samples; default all")
     batch_size: int = Field(512, ge=1, le=65536)
-    read_voltage_v: float = Field(0.2, gt=0, description="input amplitude of the MVMs")
+    read_voltage_v: Volts = Field(0.2, description="input amplitude of the MVMs")
     times_s: list[float] = Field(default_factory=lambda: [0.0], min_length=1,
                                  description="evaluate at these times after programming (the instrument's clock)")
     drift_compensation: bool = Field(True, description="also evaluate with drift compensation at t > 0")
@@ -418,14 +461,23 @@ Step = Annotated[Union[ProgramStep, ReadStep, CalibrateStep, TrainStep, DeploySt
 # --------------------------------------------------------------------------- protocol
 
 class ArraySpec(_Model):
+    """The array: its size, and what to file its history under.
+
+    Without a ``name`` the array is filed under the id the instrument reports (the mock's is derived
+    from its chip seed); a name given here or with ``--array`` is what ``hil.history --array`` takes.
+    """
+
     rows: int = Field(ge=1, le=MAX_ARRAY_DIM)
     cols: int = Field(ge=1, le=MAX_ARRAY_DIM)
+    name: ArrayName | None = Field(None, description="the array's name in the history, e.g. chip-A")
+    wafer: Label | None = Field(None, description="wafer the die was cut from")
+    die: Label | None = Field(None, description="die on the wafer, e.g. D3 or x12y07")
 
 
 class MockSpec(_Model):
     """Settings that only the software crossbar reads; a real instrument ignores them."""
 
-    seed: int | None = Field(None, ge=0, description="which simulated chip: its hidden device parameters and id")
+    seed: Seed | None = Field(None, description="which simulated chip: its hidden device parameters and id")
     device: DeviceConfig = Field(default_factory=DeviceConfig)
 
 
@@ -442,6 +494,8 @@ class Protocol(_Model):
 
     name: Name
     description: str = ""
+    operator: Label | None = Field(None, description="who runs it (--operator overrides)")
+    notes: str | None = Field(None, max_length=10_000, description="anything worth keeping with the run")
     array: ArraySpec
     limits: SafetyLimits = Field(default_factory=SafetyLimits)
     mock: MockSpec = Field(default_factory=MockSpec)
@@ -465,7 +519,7 @@ class Protocol(_Model):
             else:
                 first_use[step.name] = index
             problems.extend((("steps", index, *(field if isinstance(field, tuple) else (field,))), kind, message, value)
-                            for field, kind, message, value in _limit_violations(step, self.limits))
+                            for field, kind, message, value in limit_violations(step, self.limits))
             for where, ref, accepts, message in _step_references(step):
                 source = next((s for s in self.steps[:index] if s.name == ref), None)
                 if source is None or not accepts(source):
@@ -497,23 +551,24 @@ def _step_references(step):
             yield ((*where, "from_step"), ref.from_step, *_FITS_NOISE_MODEL)
 
 
-def _limit_violations(step, limits: SafetyLimits):
-    """(field, error type, message, value) for every setting of ``step`` outside ``limits``."""
+def limit_violations(step, limits: SafetyLimits, whose: str = "the safety limit limits."):
+    """(field, error type, message, value) for every setting of ``step`` outside ``limits``; ``whose``
+    names the limits in the message (the protocol's own, or a backend's)."""
     if isinstance(step, TrainStep):
         return      # touches no instrument
     if step.read_voltage_v > limits.max_read_voltage_v:
         yield ("read_voltage_v", "safety_limit",
-               f"exceeds the safety limit limits.max_read_voltage_v = {limits.max_read_voltage_v} V",
+               f"exceeds {whose}max_read_voltage_v = {limits.max_read_voltage_v} V",
                step.read_voltage_v)
     if isinstance(step, CalibrateStep):
         for loc, value in step.write_voltages():
             if value > limits.max_write_voltage_v:
                 yield (loc, "safety_limit",
-                       f"exceeds the safety limit limits.max_write_voltage_v = {limits.max_write_voltage_v} V", value)
+                       f"exceeds {whose}max_write_voltage_v = {limits.max_write_voltage_v} V", value)
         for loc, value in step.pulse_widths():
             if not limits.min_pulse_width_s <= value <= limits.max_pulse_width_s:
-                yield (loc, "safety_limit",
-                       f"outside the safety limits [{limits.min_pulse_width_s}, {limits.max_pulse_width_s}] s", value)
+                yield (loc, "safety_limit", f"outside {whose}min_pulse_width_s..max_pulse_width_s "
+                                            f"[{limits.min_pulse_width_s}, {limits.max_pulse_width_s}] s", value)
         return
     if not isinstance(step, (ProgramStep, DeployStep)):
         return
@@ -521,13 +576,13 @@ def _limit_violations(step, limits: SafetyLimits):
         value = getattr(step, field)
         if value > limits.max_write_voltage_v:
             yield (field, "safety_limit",
-                   f"exceeds the safety limit limits.max_write_voltage_v = {limits.max_write_voltage_v} V",
+                   f"exceeds {whose}max_write_voltage_v = {limits.max_write_voltage_v} V",
                    value)
     if step.pulse_width_s < limits.min_pulse_width_s:
         yield ("pulse_width_s", "safety_limit",
-               f"is below the safety limit limits.min_pulse_width_s = {limits.min_pulse_width_s} s",
+               f"is below {whose}min_pulse_width_s = {limits.min_pulse_width_s} s",
                step.pulse_width_s)
     elif step.pulse_width_s > limits.max_pulse_width_s:
         yield ("pulse_width_s", "safety_limit",
-               f"exceeds the safety limit limits.max_pulse_width_s = {limits.max_pulse_width_s} s",
+               f"exceeds {whose}max_pulse_width_s = {limits.max_pulse_width_s} s",
                step.pulse_width_s)

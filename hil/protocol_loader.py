@@ -36,9 +36,10 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from hil.protocol import FilePattern, Protocol
+from drivers.limits import SafetyLimits
+from hil.protocol import FilePattern, Protocol, limit_violations
 
-__all__ = ["LoadedProtocol", "ProtocolError", "load_protocol",
+__all__ = ["LoadedProtocol", "ProtocolError", "check_within", "load_protocol", "step_error",
            "MAX_FILE_BYTES", "MAX_EXPANDED_NODES", "MAX_DEPTH"]
 
 MAX_FILE_BYTES = 1 << 20
@@ -117,6 +118,34 @@ def load_protocol_text(text: str, path: str | os.PathLike) -> LoadedProtocol:
     except Exception as exc:  # noqa: BLE001 - the contract is that bad input only ever yields ProtocolError
         raise ProtocolError(path, None, None,
                             f"unexpected {type(exc).__name__} while loading: {exc}") from exc
+
+
+def step_error(loaded: LoadedProtocol, index: int, message: str) -> ProtocolError:
+    """A :class:`ProtocolError` about step ``index`` as a whole, at the line where the step starts."""
+    root = _compose(loaded.text)
+    builder = _Builder()
+    builder.build(root, 0)
+    where, node, _ = _locate(("steps", index), builder, root)
+    return ProtocolError(loaded.path, _line(node), where, message)
+
+
+def check_within(loaded: LoadedProtocol, limits: SafetyLimits, whose: str) -> None:
+    """Raise :class:`ProtocolError` (file, line, field) if a step asks for more than ``limits``, the
+    envelope of the backend that will run it as far as it is known before the instrument opens (the
+    mock's converters, a board's fixed ratings). ``whose`` names them in the message."""
+    root = _compose(loaded.text)
+    builder = _Builder()
+    builder.build(root, 0)
+    problems = []
+    for index, step in enumerate(loaded.protocol.steps):
+        for field, _, message, value in limit_violations(step, limits, f"{whose} limit "):
+            loc = ("steps", index, *(field if isinstance(field, tuple) else (field,)))
+            where, node, _ = _locate(loc, builder, root)
+            problems.append(_Problem(_line(node), f"{message} (got {value!r})", where))
+    try:
+        _raise_all(problems)
+    except _Problem as problem:
+        raise problem.to_error(loaded.path) from None
 
 
 # --------------------------------------------------------------------------- internals

@@ -1,6 +1,10 @@
-"""``python -m hil.run PROTOCOL.yaml [--backend mock|serial|visa|arc2 --resource STRING] [--db URL] [--seed N]``
+"""``python -m hil.run PROTOCOL.yaml [--backend mock|serial|visa|arc2 --resource STRING] [--db URL [--create-db]] [--seed N]``
 ``python -m hil.run --resume RUN_ID [--db URL] [--resource STRING]``: continue a failed or interrupted run
 with the protocol, backend, resource and seed it was started with.
+
+Progress goes to stderr: bars on a terminal, plain timestamped lines otherwise (``2>run.log``, nohup, CI);
+``--log FILE`` appends those lines to FILE as well. The run's current step and progress are also kept in
+its database row, for ``python -m hil.history runs`` and other processes to follow.
 
 Exit status: 0 completed, 1 the run failed (recorded in the database),
 2 bad input (protocol, backend or database URL; nothing was run or recorded),
@@ -10,26 +14,35 @@ Exit status: 0 completed, 1 the run failed (recorded in the database),
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 
-from db import Database, DatabaseError
-from db import records
-from db.errors import mask_url
-from db.models import Run
-
 from .backends import BACKENDS, BackendError, make_backend
-from .protocol_loader import LoadedProtocol, ProtocolError, load_protocol, load_protocol_text
-from .runner import execute
-from .summary import print_summary
+from .protocol import ARRAY_NAME_PATTERN, MAX_SEED
+from .memory import BUDGET_ENV, DEFAULT_BUDGET_BYTES, budget_bytes, estimate, format_bytes
+from .protocol_loader import LoadedProtocol, ProtocolError, check_within, load_protocol, load_protocol_text, step_error
+
+if TYPE_CHECKING:
+    from db import Database
+
+    from .runner import RunOutcome
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+class _Parser(argparse.ArgumentParser):
+    # argparse's usage-then-error is two or more lines; a log or a script wants the one that matters.
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (python -m hil.run --help for usage)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hil.run",
+    parser = _Parser(prog="python -m hil.run",
                                      description="Run a measurement protocol on a crossbar array.")
     parser.add_argument("protocol", nargs="?", help="protocol YAML file (not needed with --resume)")
     parser.add_argument("--backend", default=None, choices=BACKENDS,
@@ -39,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "protocol stored with it")
     parser.add_argument("--db", metavar="URL", default=None,
                         help="database URL (default: $HIL_DB_URL, else sqlite:///hil.db)")
+    parser.add_argument("--create-db", action="store_true",
+                        help="create the SQLite file's directory if it does not exist (without this a missing "
+                             "directory is refused: a mistyped path would start a second history)")
     parser.add_argument("--resource", default=None, metavar="STRING",
                         help="where the bench instrument is: for --backend serial a port or pyserial URL "
                              "(socket://127.0.0.1:7000 for python -m drivers.emulate serial); for --backend visa "
@@ -48,9 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the run: random patterns and the mock's noise (the simulated chip is the "
                              "protocol's mock.seed)")
+    parser.add_argument("--array", default=None, metavar="NAME",
+                        help="file the run under this array name (default: the protocol's array.name, else the id "
+                             "the instrument reports)")
+    parser.add_argument("--operator", default=None, metavar="NAME", help="who runs it (default: the protocol's)")
+    parser.add_argument("--notes", default=None, metavar="TEXT", help="kept with the run")
+    parser.add_argument("--memory-budget", type=float, default=None, metavar="GIB",
+                        help=f"refuse a protocol a step of which would need more memory than this (default: "
+                             f"${BUDGET_ENV}, else {DEFAULT_BUDGET_BYTES >> 30} GiB)")
     parser.add_argument("--report-dir", default="reports", metavar="DIR",
                         help="where calibration reports are written (default: ./reports)")
+    parser.add_argument("--log", default=None, metavar="FILE",
+                        help="also append the run's progress to FILE as plain timestamped lines (the terminal "
+                             "keeps its progress bars)")
     return parser
+
+
+class BadInput(ValueError):
+    """The input (arguments, protocol, backend, database) cannot be used; nothing was run or recorded."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,50 +89,123 @@ def main(argv: list[str] | None = None) -> int:
     # Logs and CI are not terminals; give them room for the table instead of rich's 80 columns.
     out = Console(width=None if sys.stdout.isatty() else 120)
     err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
-
-    def reject(message: str) -> int:
-        err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
-        return EXIT_BAD_INPUT
-
-    # Everything that can be wrong with the input is found before the database or an instrument is touched
-    # (a resumed run's protocol is in the database, so there the database comes first).
-    if args.seed is not None and (args.resume is not None or args.seed < 0):
-        return reject("--seed cannot be given with --resume: a resumed run keeps its seed" if args.resume is not None
-                      else f"--seed must be non-negative, got {args.seed}")
-    if args.resume is None:
-        if args.protocol is None:
-            return reject("give a protocol file (or --resume RUN_ID)")
-        try:
-            loaded = load_protocol(args.protocol)
-        except ProtocolError as exc:
-            return reject(str(exc))
-        try:
-            xbar, options = make_backend(args.backend or "mock", loaded.protocol, args.seed, args.resource)
-        except BackendError as exc:
-            return reject(f"{args.protocol}: {exc}")
     try:
-        db = Database.open(args.db)
-    except DatabaseError as exc:
-        return reject(str(exc))
-    backend = args.backend or "mock"
-    if args.resume is not None:
-        try:
-            loaded, backend, resource, seed = _resumable(db, args)
-            xbar, options = make_backend(backend, loaded.protocol, seed, resource)
-        except (ResumeError, records.ResumeRefused, ProtocolError, BackendError) as exc:
-            db.close()
-            return reject(f"--resume {args.resume}: {exc}")
-
-    with db:
-        try:
-            outcome = execute(loaded, xbar, db, backend=backend, seed=options.get("seed"), options=options,
-                              console=err, report_dir=Path(args.report_dir), resume_run_id=args.resume)
-        except records.ResumeRefused as exc:
-            return reject(str(exc))
-        print_summary(outcome, loaded.protocol.name, mask_url(db.url), out)
+        outcome, db_url = _run(args, err)
+    except BadInput as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
+    from .summary import print_summary
+    print_summary(outcome, outcome.protocol_name, db_url, out)
     if outcome.status == "completed":
         return EXIT_OK
     return EXIT_INTERRUPTED if outcome.status == "interrupted" else EXIT_FAILED
+
+
+def run_protocol(protocol: str | Path | None = None, **options) -> RunOutcome:
+    """Run a protocol file from Python as ``python -m hil.run`` would, and return its outcome.
+
+    Keywords are the command line's options: ``backend``, ``db``, ``seed``, ``resource``, ``array``,
+    ``operator``, ``notes``, ``memory_budget`` (GiB), ``create_db``, ``report_dir``, ``log``, ``resume``.
+    Raises :class:`BadInput` (one line, nothing run or recorded) where the command would exit 2; a run
+    that fails or is interrupted is returned with its status, as the command records it.
+    """
+    args = build_parser().parse_args([] if protocol is None else [str(protocol)])
+    unknown = sorted(set(options) - set(vars(args)) - {"protocol"})
+    if unknown:
+        raise TypeError(f"run_protocol() got unknown option(s): {', '.join(unknown)}")
+    vars(args).update(options)
+    outcome, _ = _run(args, Console(stderr=True))
+    return outcome
+
+
+def _run(args: argparse.Namespace, err: Console) -> tuple[RunOutcome, str]:
+    """Check everything, then run; (outcome, database URL with its password masked). BadInput if refused."""
+    # Everything that can be wrong with the input is found before the database or an instrument is touched
+    # (a resumed run's protocol is in the database, so there the database comes first).
+    if args.seed is not None and (args.resume is not None or not 0 <= args.seed <= MAX_SEED):
+        raise BadInput("--seed cannot be given with --resume: a resumed run keeps its seed" if args.resume is not None
+                       else f"--seed must be between 0 and {MAX_SEED} (2**63 - 1, what the database stores), "
+                            f"got {args.seed}")
+    if args.resume is not None and not 1 <= args.resume <= MAX_SEED:
+        raise BadInput(f"--resume takes a run id between 1 and {MAX_SEED}, got {args.resume}")
+    try:
+        budget = budget_bytes(args.memory_budget)
+        labels = _labels(args)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    if args.resume is None:
+        if args.protocol is None:
+            raise BadInput("give a protocol file (or --resume RUN_ID)")
+        try:
+            loaded = load_protocol(args.protocol)
+            xbar, options = make_backend(args.backend or "mock", loaded.protocol, args.seed, args.resource)
+            check_within(loaded, xbar.limits, f"the {args.backend or 'mock'} backend's")
+            check_memory(loaded, budget)
+            options.update(labels)
+        except BackendError as exc:
+            raise BadInput(f"{args.protocol}: {exc}") from None
+        except ProtocolError as exc:
+            raise BadInput(str(exc)) from None
+    # Imported only once the input is known to be good: the database layer and the run engine take
+    # most of a second to load, which a refused protocol or --help should not wait for.
+    from db import Database, DatabaseError, DatabaseMissing, records
+    from db.errors import mask_url
+
+    from .progress import log_file_handler
+    from .runner import execute
+    try:
+        db = Database(args.db, create_dirs=args.create_db)
+    except DatabaseMissing as exc:
+        raise BadInput(f"{exc} (give --create-db to create it)") from None
+    except DatabaseError as exc:
+        raise BadInput(str(exc)) from None
+    with db:
+        backend = args.backend or "mock"
+        if args.resume is not None:
+            try:
+                loaded, backend, resource, seed = _resumable(db, args)
+                xbar, options = make_backend(backend, loaded.protocol, seed, resource)
+                check_within(loaded, xbar.limits, f"the {backend} backend's")
+                check_memory(loaded, budget)
+            except (ResumeError, records.ResumeRefused, ProtocolError, BackendError) as exc:
+                raise BadInput(f"--resume {args.resume}: {exc}") from None
+        try:
+            log_handler = log_file_handler(args.log) if args.log else None
+        except OSError as exc:
+            raise BadInput(f"--log {args.log}: {exc.strerror or exc}") from None
+        try:
+            outcome = execute(loaded, xbar, db, backend=backend, seed=options.get("seed"), options=options,
+                              console=err, report_dir=Path(args.report_dir), resume_run_id=args.resume,
+                              log_handler=log_handler)
+        except records.ResumeRefused as exc:
+            raise BadInput(str(exc)) from None
+        finally:
+            if log_handler is not None:
+                log_handler.close()
+        return outcome, mask_url(db.url)
+
+
+def _labels(args) -> dict[str, str]:
+    """What --array, --operator and --notes say, checked as the protocol's fields are; recorded in the run's
+    options, where they override the protocol (and a resumed run finds them again)."""
+    given = {k: v for k, v in (("array", args.array), ("operator", args.operator), ("notes", args.notes))
+             if v is not None}
+    if given and args.resume is not None:
+        raise ValueError(f"--{next(iter(given))} cannot be given with --resume: a resumed run keeps its labels")
+    if "array" in given and not re.fullmatch(ARRAY_NAME_PATTERN, given["array"]):
+        raise ValueError(f"--array {given['array']!r}: use letters, digits and _ . : + - only")
+    if "operator" in given and (not given["operator"] or not given["operator"].isprintable()):
+        raise ValueError("--operator must be printable text on one line")
+    return given
+
+
+def check_memory(loaded: LoadedProtocol, budget: int) -> None:
+    """Refuse, before anything runs, a protocol one of whose steps would need more memory than ``budget``."""
+    for step in estimate(loaded.protocol):
+        if step.bytes > budget:
+            raise step_error(loaded, step.index, f"{step.name} needs about {format_bytes(step.bytes)} of memory ({step.detail}), "
+                                                 f"more than the budget of {format_bytes(budget)} (--memory-budget "
+                                                 f"GIB or ${BUDGET_ENV} to change it)")
 
 
 class ResumeError(Exception):
@@ -110,6 +214,9 @@ class ResumeError(Exception):
 
 def _resumable(db: Database, args) -> tuple[LoadedProtocol, str, str | None, int | None]:
     """The stored protocol, backend, resource and seed of the run to resume, checked against the arguments."""
+    from db import records
+    from db.models import Run
+
     with db.session() as session:
         run = session.get(Run, args.resume)
         if run is None:

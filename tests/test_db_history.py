@@ -67,11 +67,11 @@ def test_list_arrays(history):
     with database.session() as session:
         arrays = list_arrays(session)
     assert arrays == [
-        {"array_id": "chip-A", "rows": 8, "cols": 8, "backend": "mock", "instrument_id": "bench-1", "runs": 5,
+        {"array_id": "chip-A", "rows": 8, "cols": 8, "wafer": None, "die": None, "backend": "mock", "instrument_id": "bench-1", "runs": 5,
          "last_run_at": T0 + timedelta(days=4)},
-        {"array_id": "chip-B", "rows": 4, "cols": 4, "backend": "mock", "instrument_id": "bench-1", "runs": 1,
+        {"array_id": "chip-B", "rows": 4, "cols": 4, "wafer": None, "die": None, "backend": "mock", "instrument_id": "bench-1", "runs": 1,
          "last_run_at": T0 + timedelta(days=1, hours=1)},
-        {"array_id": "chip-unused", "rows": 2, "cols": 2, "backend": "mock", "instrument_id": "bench-1", "runs": 0,
+        {"array_id": "chip-unused", "rows": 2, "cols": 2, "wafer": None, "die": None, "backend": "mock", "instrument_id": "bench-1", "runs": 0,
          "last_run_at": None},
     ]
     assert arrays[0]["last_run_at"].tzinfo is not None
@@ -86,7 +86,8 @@ def test_list_runs_and_its_filters(history):
         assert newest == {"id": runs[4], "protocol_name": "calibrate", "status": "completed", "backend": "mock",
                           "array_id": "chip-A", "seed": 4, "started_at": T0 + timedelta(days=4),
                           "finished_at": T0 + timedelta(days=4, minutes=5), "duration_s": 300.0, "error": None,
-                          "code_version": "0.1.0"}
+                          "code_version": "0.1.0", "progress": None,
+                          "operator": None, "notes": None}
 
         def ids(**filters):
             return [row["id"] for row in list_runs(session, **filters)]

@@ -381,8 +381,9 @@ def test_noise_models_add_get_latest(scratch_db):
         first = add_noise_model(session, crossbar, params, schema_version=1, run=run, step=step,
                                 source_runs=[run.id, np.int64(run.id)])
         second = add_noise_model(session, crossbar, {"read_noise": {"relative": 0.02}}, schema_version=2)
-        # The newest by creation time, whatever the ids say.
+        # The newest by creation time, whatever the ids say (of a completed step: see the next test).
         first.created_at = second.created_at + timedelta(seconds=1)
+        finish_step(session, step, "completed", summary={})
         with pytest.raises(ValueError, match="source_runs"):
             add_noise_model(session, crossbar, {}, schema_version=1, source_runs=["3"])
         with pytest.raises(ValueError, match="dict"):

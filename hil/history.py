@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = command("models", "stored noise models, newest first")
     models.add_argument("--array", metavar="ARRAY_ID")
     model = command("model", "one noise model's parameters as JSON")
-    model.add_argument("id", type=_count, nargs="?", metavar="ID")
+    model.add_argument("id", type=int, nargs="?", metavar="ID")
     model.add_argument("--latest", action="store_true", help="the newest model of --array")
     model.add_argument("--array", metavar="ARRAY_ID")
     quantities = command("quantities", "the statistics recorded for an array")
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "model" and args.id is not None and not 0 <= args.id <= _MAX_ID:
+        return _reject(f"model ID must be between 0 and 2**63 - 1, got {args.id}")
     if args.command == "model" and (args.id is None) == (not args.latest):
         return _reject("give a model ID or --latest --array ARRAY_ID")
     if args.command == "model" and args.latest and not args.array:

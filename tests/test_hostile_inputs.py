@@ -307,3 +307,17 @@ def test_a_step_beyond_a_boards_own_limits_fails_before_the_first_step(tmp_path)
                "(got 2.0) (and 1 more problem)" in run.error
     sent = log.read_text()
     assert "PULSE" not in sent and "READ" not in sent.replace("READY", "")
+
+
+@pytest.mark.parametrize("args", [["model", str(BIG)], ["device", str(BIG), "0", "--array", "x"],
+                                  ["compare", "1", str(BIG)], ["export", str(BIG)]])
+def test_history_ids_beyond_64_bits_are_refused_in_one_line(tmp_path, capsys, args):
+    import hil.history
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    Database.open(url).close()
+    try:
+        code = hil.history.main(["--db", url, *args])
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and "2**63 - 1" in err

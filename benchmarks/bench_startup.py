@@ -22,11 +22,12 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Refused by every version of the schema (a misspelt key), so that versions can be compared.
 BAD_PROTOCOL = """name: bad
 array: {rows: 8, cols: 8}
-limits: {max_read_voltage_v: "0.2"}
 steps:
   - kind: read
+    repeat: 3
 """
 
 

@@ -128,3 +128,22 @@ def test_accuracy_figure_of_one_programming_has_no_error_bars():
 
     ax = accuracy_figure(_inference_rows(1), "one").axes[0]
     assert not any(c.has_yerr for c in ax.containers if isinstance(c, ErrorbarContainer))
+
+
+def test_a_drift_step_draws_t0_from_the_earlier_evaluation_of_its_programming():
+    """The loop protocols evaluate each programming at t = 0, then wait on the last one in a later step:
+    that step's figure starts from the earlier t = 0 of the same deployment, not of another programming."""
+    pytest.importorskip("torch")
+    from hil.steps.infer import accuracy_figure, figure_rows
+
+    earlier = [{"deployment_id": k, "step_id": 1, "checkpoint": "m", "time_s": 0.0, "drift_compensation": False,
+                "samples": 200, "crossbar_accuracy": 0.80 + 0.01 * k, "digital_accuracy": 0.9} for k in (1, 2, 3)]
+    drift = [r for r in _inference_rows(1) if r["time_s"] > 0]
+    for r in drift:
+        r["deployment_id"] = 3
+    rows = figure_rows(drift, earlier)
+    assert [r["crossbar_accuracy"] for r in rows if r["time_s"] == 0] == [earlier[2]["crossbar_accuracy"]]
+    ax = accuracy_figure(rows, "drift").axes[0]
+    starts = [c.lines[0].get_data()[0][0] for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert starts == [0.0, 0.0]
+    assert figure_rows(_inference_rows(1), earlier) == _inference_rows(1)     # a t = 0 of its own is kept

@@ -187,14 +187,25 @@ def write_report(out: Path, step: InferStep, dep: Deployed, results: list[dict],
     lines += ["", f"Confusion matrix at t = {results[0]['time_s']:g} s (rows: true class, columns: predicted):", "",
               "| | " + " | ".join(str(c) for c in range(classes)) + " |", "|---" * (classes + 1) + "|"]
     lines += [f"| **{i}** | " + " | ".join(str(v) for v in row) + " |" for i, row in enumerate(cm)]
-    times = sorted({r["time_s"] for r in results})
-    if len(times) > 1:
-        figure = accuracy_figure(results, f"{dep.checkpoint_name} on the array: accuracy after programming")
+    drawn = figure_rows(results, others)
+    if len({r["time_s"] for r in drawn}) > 1:
+        figure = accuracy_figure(drawn, f"{dep.checkpoint_name} on the array: accuracy after programming")
         figure.savefig(out / "accuracy_vs_time.png")
         lines += ["", "![accuracy against time after programming](accuracy_vs_time.png)"]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def figure_rows(results: list[dict], others: list[dict]) -> list[dict]:
+    """What the accuracy figure draws: this step's results, and where it measured no t = 0 (a drift step on
+    a deployment an earlier step evaluated as programmed), that earlier t = 0 of the same programming."""
+    if any(r["time_s"] == 0 for r in results):
+        return results
+    programmed = {r.get("deployment_id") for r in results}
+    start = [{**r, "samples": results[0].get("samples")} for r in others
+             if r["deployment_id"] in programmed and r["time_s"] == 0 and not r["drift_compensation"]]
+    return start + results
 
 
 def _duration(seconds: float) -> str:
@@ -250,7 +261,9 @@ def accuracy_figure(results: list[dict], title: str):
     ax.set_xlabel("time after programming (linear to the first wait, logarithmic beyond)")
     ax.set_ylabel("test accuracy (%)")
     samples = results[0].get("samples")
-    ax.set_title(title + (f"\n{samples} test sequences" if samples else ""), fontsize=10)
+    # The resolution of the axis: a narrow range can make one sequence look like a trend.
+    ax.set_title(title + (f"\n{samples} test sequences (one sequence = {100 / samples:.2g} points)" if samples else ""),
+                 fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     return figure

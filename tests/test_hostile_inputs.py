@@ -321,3 +321,21 @@ def test_history_ids_beyond_64_bits_are_refused_in_one_line(tmp_path, capsys, ar
         code = exc.code
     err = capsys.readouterr().err
     assert code == 2 and len(err.splitlines()) == 1 and "2**63 - 1" in err
+
+
+# --------------------------------------------------------------------------- the Python API
+
+def test_run_protocol_from_python_as_the_command_does(tmp_path):
+    import hil
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    outcome = hil.run_protocol(protocol(tmp_path), db=url, array="chip-P", seed=7)
+    assert outcome.status == "completed" and outcome.protocol_name == "hostile"
+    with Database(url) as db, db.session() as s:
+        run = s.get(Run, outcome.run_id)
+        assert (run.seed, run.crossbar_array.array_id) == (7, "chip-P")
+    with pytest.raises(hil.BadInput, match=r"p.yaml:3: limits.max_read_voltage_v"):
+        hil.run_protocol(protocol(tmp_path, top="limits: {max_read_voltage_v: '0.2'}\n"), db=url)
+    with pytest.raises(TypeError, match="unknown option"):
+        hil.run_protocol(protocol(tmp_path), db=url, sed=1)
+    with Database(url) as db, db.session() as s:
+        assert len(s.scalars(select(Run)).all()) == 1

@@ -274,6 +274,10 @@ class Arc2Crossbar(Crossbar):
                 "pulses are differential (+V/2, -V/2): half-selected cells on a pulsed line see |V|/2",
                 f"current sign convention: current_sign={self.current_sign:+g} (positive = into the sensing channel)")
 
+    def settings(self) -> dict:
+        return {"board_id": self.board_id, "firmware": str(self.firmware), "mapping": self.mapping.name,
+                "idle": self.idle, "notes": list(self.notes)}
+
     def _make_identity(self, instrument_id: str, board_id: int | None) -> CrossbarIdentity:
         array = self._array_label or f"arc2-{'auto' if board_id is None else board_id}:{self.mapping.name}"
         return CrossbarIdentity(backend="arc2", instrument_id=instrument_id, array_id=array,

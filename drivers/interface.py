@@ -81,6 +81,11 @@ class Crossbar(ABC):
     def total_transactions(self) -> int:
         return sum(self.transactions.values())
 
+    def settings(self) -> dict:
+        """What else shaped this instrument's behaviour in a run (firmware file, channel map, idle mode...),
+        JSON-serialisable, recorded with the run; {} by default."""
+        return {}
+
     def converters(self) -> ConverterSpec:
         """The DAC/ADC resolution the instrument declares (calibration measures what it can of the rest)."""
         return ConverterSpec()

@@ -1,87 +1,187 @@
-"""Turn a backend name and a protocol into an (unopened) Crossbar.
+"""Backends by name: the bundled ones and a lab's own, found as plug-ins.
 
-Code above this module never asks which backend it holds; this is the one place
-that knows the concrete drivers.
+A backend is a callable registered in the entry-point group ``memristor_hil.backends``::
+
+    factory(rows=R, cols=C, seed=S, resource=STR_OR_NONE, options=MAPPING) -> drivers.interface.Crossbar
+
+``seed`` is the run's seed (its random draws, the mock's noise), ``resource`` where the instrument is
+(``--resource`` or the protocol's ``bench.resource``), ``options`` the protocol's top-level
+``backend_options:`` mapping ({} when absent), for the factory to validate. The crossbar comes back
+unopened; whatever it is, this module then tightens its limits to the protocol's and checks its shape,
+and the ``Crossbar`` base class checks every command against them. A lab registers its own bench in
+its own package (see README, "Backends as plug-ins"); the bundled backends register the same way.
+
+The bundled ones also read the protocol's own sections (``mock:`` for the software crossbar,
+``bench:`` for timeouts and retries), handed to them as options: a protocol written for them needs
+no ``backend_options``. Code above this module never asks which backend it holds.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from typing import Any
 
 from drivers import Crossbar, CrossbarError
 
 from .protocol import Protocol
 
-# Each driver is imported when chosen: the software crossbar brings numba, the VISA bench pyvisa,
-# and a bench user's start-up should pay for neither of the others.
-
-BACKENDS = ("mock", "serial", "arc2", "visa")
+ENTRY_POINT_GROUP = "memristor_hil.backends"
 DEFAULT_SEED = 0
+
+Factory = Callable[..., Crossbar]
 
 
 class BackendError(Exception):
     """The backend cannot be used with this protocol; nothing has been sent to any instrument."""
 
 
+# ------------------------------------------------------------------------------ the bundled backends
+# Each driver is imported when chosen: the software crossbar brings numba, the VISA bench pyvisa, and
+# a bench user's start-up should pay for neither of the others.
+
+def mock_backend(*, rows: int, cols: int, seed: int | None, resource: str | None,
+                 options: Mapping[str, Any]) -> Crossbar:
+    """The software crossbar. ``options``: ``chip_seed`` (which simulated chip: its hidden device
+    parameters and id) and ``device`` (its device model), as the protocol's ``mock:`` section gives them.
+    The run ``seed`` is the session's noise, so several runs can measure the same chip."""
+    from drivers.mock import SoftwareCrossbar
+
+    from .protocol import MockSpec
+    if resource:
+        raise ValueError("--resource is for bench backends; the mock needs none")
+    spec = MockSpec.model_validate({"seed": options.get("chip_seed"), "device": options.get("device", {})})
+    chip = spec.seed if spec.seed is not None else DEFAULT_SEED
+    run_seed = seed if seed is not None else chip
+    return SoftwareCrossbar(rows, cols, config=spec.device, seed=chip,
+                            noise_seed=None if run_seed == chip else run_seed)
+
+
+def serial_backend(*, rows: int, cols: int, seed: int | None, resource: str | None,
+                   options: Mapping[str, Any]) -> Crossbar:
+    """The array-controller board on a serial port (drivers/serial_board.md)."""
+    from drivers.serial_board import SerialBoardCrossbar
+    _need_resource(resource, "serial", "the board's port (/dev/ttyACM0, COM3) or URL (socket://host:port for "
+                                       "python -m drivers.emulate serial)")
+    return SerialBoardCrossbar(resource, rows, cols, **_bench_settings(options))
+
+
+def visa_backend(*, rows: int, cols: int, seed: int | None, resource: str | None,
+                 options: Mapping[str, Any]) -> Crossbar:
+    """A Keithley 2600B with a switch matrix over VISA (drivers/visa_bench.md)."""
+    from drivers.visa_bench import VisaBenchCrossbar
+    _need_resource(resource, "visa", "the SMU's VISA resource (TCPIP::host::5025::SOCKET, or what python -m "
+                                     "drivers.emulate smu prints)")
+    return VisaBenchCrossbar(resource, rows, cols, **_bench_settings(options))
+
+
+def arc2_backend(*, rows: int, cols: int, seed: int | None, resource: str | None,
+                 options: Mapping[str, Any]) -> Crossbar:
+    """An ArC TWO through the vendor's pyarc2 bindings; ``resource`` is ``ID[:FIRMWARE]``."""
+    from drivers.arc2 import Arc2Crossbar, parse_resource, require_pyarc2
+    board_id, firmware = parse_resource(resource) if resource else (None, None)
+    require_pyarc2()          # refused before a run is recorded when the vendor bindings are missing
+    from drivers import SafetyLimits
+    xbar = Arc2Crossbar(board_id, firmware, rows=rows, cols=cols,
+                        limits=SafetyLimits.model_validate(options.get("limits", {})))
+    if xbar.firmware is None:
+        raise ValueError("needs the board's firmware file: --resource ID:/path/to/fw.bin (or bench.resource in "
+                         "the protocol, or $ARC2_FIRMWARE)")
+    return xbar
+
+
+def _need_resource(resource: str | None, name: str, what: str) -> None:
+    if not resource:
+        raise ValueError(f"needs --resource (or bench.resource in the protocol): {what}")
+
+
+def _bench_settings(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Timeout, retries and the starting envelope of a bundled bench driver. The envelope is the protocol's
+    (which may be wider than the framework's defaults, never than its absolute bounds); the instrument's
+    own hard limits tighten it when it opens."""
+    from drivers import SafetyLimits
+
+    from .protocol import BenchSpec
+    bench = BenchSpec.model_validate({k: options[k] for k in ("timeout_s", "retries") if k in options})
+    limits = SafetyLimits.model_validate(options.get("limits", {}))
+    return {"timeout_s": bench.timeout_s, "retries": bench.retries, "limits": limits}
+
+
+def _bench_section(protocol: Protocol) -> dict[str, Any]:
+    return {"timeout_s": protocol.bench.timeout_s, "retries": protocol.bench.retries,
+            "limits": protocol.limits.model_dump()}
+
+
+# name -> (factory, the options it takes from the protocol's own sections)
+BUNDLED: dict[str, tuple[Factory, Callable[[Protocol], dict[str, Any]]]] = {
+    "mock": (mock_backend, lambda p: {"chip_seed": p.mock.seed, "device": p.mock.device.model_dump()}),
+    "serial": (serial_backend, _bench_section),
+    "visa": (visa_backend, _bench_section),
+    "arc2": (arc2_backend, lambda p: {"limits": p.limits.model_dump()}),
+}
+
+
+# ------------------------------------------------------------------------------ finding and making one
+
+def available() -> dict[str, metadata.EntryPoint | Factory]:
+    """Every backend by name: the registered entry points, and the bundled ones (also where this package
+    runs from a source tree that was never installed, so that its entry points are not registered)."""
+    found: dict[str, metadata.EntryPoint | Factory] = {name: factory for name, (factory, _) in BUNDLED.items()}
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(entry.name, entry)    # a plug-in cannot take a bundled name
+    return found
+
+
+def names() -> list[str]:
+    return sorted(available())
+
+
+def load(name: str) -> Factory:
+    """The factory registered as ``name``; BackendError naming the available ones if there is none or it
+    cannot be imported."""
+    found = available()
+    if name not in found:
+        raise BackendError(f"backend {name!r} is not available; choose one of: {', '.join(sorted(found))} "
+                           f"(plug-ins register in the entry-point group {ENTRY_POINT_GROUP})")
+    target = found[name]
+    if not isinstance(target, metadata.EntryPoint):
+        return target
+    try:
+        factory = target.load()
+    except Exception as exc:  # noqa: BLE001 - a broken plug-in is bad input, reported in one line
+        raise BackendError(f"backend {name!r} ({target.value}) cannot be loaded: {type(exc).__name__}: {exc}") \
+            from None
+    if not callable(factory):
+        raise BackendError(f"backend {name!r} ({target.value}) is not callable")
+    return factory
+
+
 def make_backend(name: str, protocol: Protocol, seed: int | None,
                  resource: str | None = None) -> tuple[Crossbar, dict]:
-    """The crossbar for ``name`` with the protocol's limits applied, and the options to record with the run.
-    ``resource``: where a bench instrument is (a pyserial URL or port for ``serial``, a VISA resource string
-    for ``visa``)."""
-    if name not in BACKENDS:
-        raise BackendError(f"backend {name!r} is not available; choose one of: {', '.join(BACKENDS)}")
-    if name == "serial":
-        from drivers.serial_board import SerialBoardCrossbar
-        return _bench(name, SerialBoardCrossbar, protocol, seed, resource, "the board's port (/dev/ttyACM0, COM3) or URL "
-                      "(socket://host:port for python -m drivers.emulate serial)")
-    if name == "visa":
-        from drivers.visa_bench import VisaBenchCrossbar
-        return _bench(name, VisaBenchCrossbar, protocol, seed, resource, "the SMU's VISA resource "
-                      "(TCPIP::host::5025::SOCKET, or what python -m drivers.emulate smu prints)")
-    if name == "arc2":
-        return _arc2(protocol, seed, resource or protocol.bench.resource)
-    if resource:
-        raise BackendError("--resource is for bench backends; the mock needs none")
-    # The protocol's mock.seed is the simulated chip; the run seed (--seed) its session's noise and
-    # random patterns, so several runs can measure the same chip.
-    chip = protocol.mock.seed if protocol.mock.seed is not None else DEFAULT_SEED
-    run_seed = seed if seed is not None else chip
-    from drivers.mock import SoftwareCrossbar
-    xbar = SoftwareCrossbar(protocol.array.rows, protocol.array.cols, config=protocol.mock.device, seed=chip,
-                            noise_seed=None if run_seed == chip else run_seed)
+    """The (unopened) crossbar for ``name`` with the protocol's limits applied, and the settings to record
+    with the run. ``resource``: where a bench instrument is (default: the protocol's ``bench.resource``)."""
+    factory = load(name)
+    resource = resource or protocol.bench.resource
+    options = dict(protocol.backend_options)
+    bundled = BUNDLED.get(name)
+    if bundled is not None and factory is bundled[0]:
+        options = {**bundled[1](protocol), **options}
+    try:
+        xbar = factory(rows=protocol.array.rows, cols=protocol.array.cols, seed=seed, resource=resource,
+                       options=options)
+    except (ValueError, TypeError, CrossbarError) as exc:
+        raise BackendError(f"the {name} backend: {' '.join(str(exc).split())}") from None
+    if not isinstance(xbar, Crossbar):
+        raise BackendError(f"the {name} backend returned a {type(xbar).__name__}, not a drivers.interface.Crossbar")
     check_shape(xbar, protocol)
     xbar.restrict_limits(protocol.limits)
-    return xbar, {"seed": run_seed, "chip_seed": chip, "device": protocol.mock.device.model_dump()}
-
-
-def _bench(name: str, driver, protocol: Protocol, seed: int | None, resource: str | None,
-           what: str) -> tuple[Crossbar, dict]:
-    """A bench driver taking (resource, rows, cols, limits, timeout_s, retries), unopened: the runner opens
-    it, and the instrument's own hard limits then tighten the protocol's further."""
-    resource = resource or protocol.bench.resource
-    if not resource:
-        raise BackendError(f"the {name} backend needs --resource (or bench.resource in the protocol): "
-                           f"{what}")
-    bench = protocol.bench
-    xbar = driver(resource, protocol.array.rows, protocol.array.cols, limits=protocol.limits,
-                  timeout_s=bench.timeout_s, retries=bench.retries)
-    return xbar, {"resource": resource, "timeout_s": bench.timeout_s, "retries": bench.retries,
-                  "seed": seed if seed is not None else DEFAULT_SEED}
-
-
-def _arc2(protocol: Protocol, seed: int | None, resource: str | None) -> tuple[Crossbar, dict]:
-    from drivers.arc2 import Arc2Crossbar, parse_resource, require_pyarc2
-    try:
-        board_id, firmware = parse_resource(resource) if resource else (None, None)
-        require_pyarc2()          # refused before a run is recorded when the vendor bindings are missing
-        xbar = Arc2Crossbar(board_id, firmware, rows=protocol.array.rows, cols=protocol.array.cols,
-                            limits=protocol.limits)
-    except (ValueError, CrossbarError) as exc:
-        raise BackendError(f"the arc2 backend: {exc}") from None
-    if xbar.firmware is None:
-        raise BackendError("the arc2 backend needs the board's firmware file: --resource ID:/path/to/fw.bin "
-                           "(or bench.resource in the protocol, or $ARC2_FIRMWARE)")
-    return xbar, {"resource": resource, "board_id": board_id, "firmware": str(xbar.firmware),
-                  "mapping": xbar.mapping.name, "idle": xbar.idle, "notes": list(xbar.notes),
-                  "seed": seed if seed is not None else DEFAULT_SEED}
+    record: dict[str, Any] = {"seed": seed if seed is not None else options.get("chip_seed") or DEFAULT_SEED}
+    if resource:
+        record["resource"] = resource
+    # the protocol's limits are recorded with it already; everything else that shaped the instrument is kept
+    record.update({k: v for k, v in options.items() if k not in record and k != "limits"})
+    record.update(xbar.settings())
+    return xbar, record
 
 
 def check_shape(xbar: Crossbar, protocol: Protocol) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -500,6 +500,8 @@ class Protocol(_Model):
     limits: SafetyLimits = Field(default_factory=SafetyLimits)
     mock: MockSpec = Field(default_factory=MockSpec)
     bench: BenchSpec = Field(default_factory=BenchSpec)
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="passed as they are to the backend's "
+                                            "factory, which validates them (a plug-in's own settings)")
     steps: list[Step] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from .backends import BACKENDS, BackendError, make_backend
+from .backends import BackendError, make_backend, names
 from .protocol import ARRAY_NAME_PATTERN, MAX_SEED
 from .memory import BUDGET_ENV, DEFAULT_BUDGET_BYTES, budget_bytes, estimate, format_bytes
 from .protocol_loader import LoadedProtocol, ProtocolError, check_within, load_protocol, load_protocol_text, step_error
@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m hil.run",
                                      description="Run a measurement protocol on a crossbar array.")
     parser.add_argument("protocol", nargs="?", help="protocol YAML file (not needed with --resume)")
-    parser.add_argument("--backend", default=None, choices=BACKENDS,
-                        help="instrument backend (default: mock; with --resume, the run's own)")
+    parser.add_argument("--backend", default=None, metavar="NAME",
+                        help=f"instrument backend: {', '.join(names())}, or a plug-in's name (default: mock; with "
+                             f"--resume, the run's own)")
     parser.add_argument("--resume", type=int, default=None, metavar="RUN_ID",
                         help="continue this failed or interrupted run from its first unfinished step, with the "
                              "protocol stored with it")

@@ -4,6 +4,7 @@ limits like the bundled ones."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +40,10 @@ def installed(tmp_path_factory):
     """The plug-in package installed by pip into a directory of its own (no index, no build isolation:
     nothing is downloaded), put on sys.path as a site directory would be."""
     target = tmp_path_factory.mktemp("site")
+    source = tmp_path_factory.mktemp("src") / "lab_bench"
+    shutil.copytree(PLUGIN, source)     # the build writes beside the sources; not into this repository
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                    "--no-build-isolation", "--disable-pip-version-check", "--target", str(target), str(PLUGIN)],
+                    "--no-build-isolation", "--disable-pip-version-check", "--target", str(target), str(source)],
                    check=True, capture_output=True, timeout=300)
     sys.path.insert(0, str(target))
     try:

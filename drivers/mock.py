@@ -2,7 +2,9 @@
 
 Hidden per-device truth (window, defects, switching voltages, drift exponents)
 is drawn once from :class:`~drivers.device_model.DeviceConfig` and a seed; the
-calibration pipeline's job is to recover it through the interface alone.
+calibration pipeline's job is to recover it through the interface alone. Configs of
+the other device families (:mod:`drivers.families`: PCM, filamentary VCM) build
+subclasses that replace the device physics and share everything else here.
 
 Time is virtual: every operation advances the clock by its modelled duration
 and :meth:`SoftwareCrossbar.wait` jumps it, so hours of drift take microseconds.
@@ -18,6 +20,7 @@ a pre-drawn pool read at random offsets, which is far cheaper than drawing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -46,16 +49,35 @@ class DeviceTruth:
     set_v_half: np.ndarray
     reset_v_half: np.ndarray
     drift_nu: np.ndarray
+    # Cells unresponsive to pulses wherever they were frozen; None for a chip without any.
+    stuck_mid: np.ndarray | None = None
 
     @property
     def stuck(self) -> np.ndarray:
-        return self.stuck_on | self.stuck_off
+        stuck = self.stuck_on | self.stuck_off
+        return stuck if self.stuck_mid is None else stuck | self.stuck_mid
 
 
 class SoftwareCrossbar(Crossbar):
-    """A ``rows x cols`` simulated RRAM array; same seeds, same behaviour, call for call."""
+    """A ``rows x cols`` simulated array; same seeds, same behaviour, call for call.
 
-    def __init__(self, rows: int = 64, cols: int = 64, *, config: DeviceConfig | None = None, seed: int = 0,
+    This class is the RRAM family; a config of another family (``drivers.device_families``)
+    makes ``SoftwareCrossbar(config=...)`` return that family's subclass, which replaces the
+    device physics (``_draw_devices``, ``_pulse``, ``_read_sigma``, ``_read_faults``) and keeps
+    the clock, the drift cache and the MVM periphery.
+    """
+
+    MODEL_NAME = "RRAM model"
+
+    def __new__(cls, *args, config=None, **kwargs):
+        # SoftwareCrossbar(config=...) builds the family the config names: callers never pick a class.
+        family = getattr(config, "family", "rram")
+        if cls is SoftwareCrossbar and family != "rram":
+            from .families import crossbar_class
+            cls = crossbar_class(family)
+        return super().__new__(cls)
+
+    def __init__(self, rows: int = 64, cols: int = 64, *, config: DeviceConfig | Any = None, seed: int = 0,
                  noise_seed: int | None = None, limits: SafetyLimits | None = None, array_id: str | None = None,
                  fail_on_transaction: int | None = None):
         if rows < 1 or cols < 1:
@@ -64,28 +86,13 @@ class SoftwareCrossbar(Crossbar):
         self.seed = seed
         name = array_id or f"mock-{rows}x{cols}-seed{seed}"
         super().__init__(CrossbarIdentity(backend="mock", instrument_id=f"software-crossbar:{name}", array_id=name,
-                                          rows=rows, cols=cols, model="SoftwareCrossbar RRAM model",
+                                          rows=rows, cols=cols, model=f"SoftwareCrossbar {self.MODEL_NAME}",
                                           firmware="1"), self._hard_limits(limits or SafetyLimits(), cfg))
         # A fault-injection hook: the N-th transaction (1-based) times out, as a lost instrument would.
         self._fail_on = fail_on_transaction
         rng = np.random.default_rng(seed)
         shape = (rows, cols)
-        spread = cfg.window_spread
-        self._gmin = cfg.g_min_s * np.exp(spread * rng.standard_normal(shape))
-        self._gmax = cfg.g_max_s * np.exp(spread * rng.standard_normal(shape))
-        self._gmax = np.maximum(self._gmax, 2 * self._gmin)
-        u = rng.random(shape)
-        self._stuck_on = u < cfg.stuck_on_rate
-        self._stuck_off = (u >= cfg.stuck_on_rate) & (u < cfg.stuck_on_rate + cfg.stuck_off_rate)
-        self._stuck = self._stuck_on | self._stuck_off
-        self._stuck_value = np.where(self._stuck_on, self._gmax, self._gmin)
-        self._v_half_set = cfg.set_v_half + cfg.v_half_spread_v * rng.standard_normal(shape)
-        self._v_half_reset = cfg.reset_v_half + cfg.v_half_spread_v * rng.standard_normal(shape)
-        self._nu = np.clip(cfg.drift_nu_mean + cfg.drift_nu_std * rng.standard_normal(shape), 0.0, None)
-        self._nu[self._stuck] = 0.0
-
-        self._g_prog = self._gmin + cfg.initial_state * (self._gmax - self._gmin)
-        self._g_prog[self._stuck] = self._stuck_value[self._stuck]
+        self._draw_devices(cfg, rng, shape)
         self._t_prog = np.full(shape, -_FORMED_AGO_S)
         self._clock = 0.0
         # ``seed`` makes the chip (its hidden device parameters); ``noise_seed``, when given, the
@@ -131,6 +138,34 @@ class SoftwareCrossbar(Crossbar):
         self._g_mvm = None            # float32 conductance with a frozen read fluctuation, for mvm
         self._t_noise = -np.inf
 
+    def _draw_devices(self, cfg, rng: np.random.Generator, shape: tuple[int, int]) -> None:
+        """Draw the hidden per-device parameters and the fresh state (``_g_prog``) from the chip's ``rng``."""
+        spread = cfg.window_spread
+        self._gmin = cfg.g_min_s * np.exp(spread * rng.standard_normal(shape))
+        self._gmax = cfg.g_max_s * np.exp(spread * rng.standard_normal(shape))
+        self._gmax = np.maximum(self._gmax, 2 * self._gmin)
+        u = rng.random(shape)
+        self._stuck_on = u < cfg.stuck_on_rate
+        self._stuck_off = (u >= cfg.stuck_on_rate) & (u < cfg.stuck_on_rate + cfg.stuck_off_rate)
+        # Unresponsive cells reuse the same uniform draw, rescaled, for where in the window they froze:
+        # no extra random number, so a chip without them draws exactly what it always drew.
+        low = cfg.stuck_on_rate + cfg.stuck_off_rate
+        self._stuck_mid = (u >= low) & (u < low + cfg.stuck_mid_rate)
+        self._stuck = self._stuck_on | self._stuck_off | self._stuck_mid
+        self._stuck_value = np.where(self._stuck_on, self._gmax, self._gmin)
+        if cfg.stuck_mid_rate:
+            frac = (u - low) / cfg.stuck_mid_rate
+            self._stuck_value = np.where(self._stuck_mid, self._gmin + frac * (self._gmax - self._gmin),
+                                         self._stuck_value)
+        self._v_half_set = cfg.set_v_half + cfg.v_half_spread_v * rng.standard_normal(shape)
+        self._v_half_reset = cfg.reset_v_half + cfg.v_half_spread_v * rng.standard_normal(shape)
+        self._nu = np.clip(cfg.drift_nu_mean + cfg.drift_nu_std * rng.standard_normal(shape), 0.0, None)
+        self._nu[self._stuck] = 0.0
+
+        self._g_prog = self._gmin + cfg.initial_state * (self._gmax - self._gmin)
+        self._g_prog[self._stuck] = self._stuck_value[self._stuck]
+        self._floor = self._gmin
+
     @staticmethod
     def _hard_limits(limits: SafetyLimits, cfg: DeviceConfig) -> SafetyLimits:
         # The input DAC cannot produce more than its full scale, so neither may a read request.
@@ -148,7 +183,8 @@ class SoftwareCrossbar(Crossbar):
     @property
     def truth(self) -> DeviceTruth:
         return DeviceTruth(self._gmin.copy(), self._gmax.copy(), self._stuck_on.copy(), self._stuck_off.copy(),
-                           self._v_half_set.copy(), self._v_half_reset.copy(), self._nu.copy())
+                           self._v_half_set.copy(), self._v_half_reset.copy(), self._nu.copy(),
+                           self._stuck_mid.copy() if self._stuck_mid.any() else None)
 
     def true_conductance(self) -> np.ndarray:
         """Noise-free conductance of every cell now (S); not part of the Crossbar interface."""
@@ -198,12 +234,21 @@ class SoftwareCrossbar(Crossbar):
     def _read(self, rows, cols, voltage_v):
         self._maybe_fail("read")
         self._clock += self.config.read_time_s
-        g = self._conductance_now()[np.ix_(rows, cols)]
-        sigma = self.read_noise_sigma(g)
+        index = np.ix_(rows, cols)
+        g = self._conductance_now()[index]
+        sigma = self._read_sigma(g, index)
         noisy = g + sigma * self._normal(g.size).reshape(g.shape)
         kappa = self.config.iv_nonlinearity_per_v2
         # The instrument reports I/V; a nonlinear I-V makes that depend on the read voltage.
-        return noisy * ((1.0 + kappa * voltage_v ** 2) * self._iv_norm)
+        return self._read_faults(noisy * ((1.0 + kappa * voltage_v ** 2) * self._iv_norm), index, voltage_v)
+
+    def _read_sigma(self, g: np.ndarray, index) -> np.ndarray:
+        """Read-noise sigma (S) of the cells ``index`` (an ``np.ix_`` or ``...``) at conductance ``g``."""
+        return self.read_noise_sigma(g)
+
+    def _read_faults(self, g_read: np.ndarray, index, voltage_v: float) -> np.ndarray:
+        """What the read path does to a read of the cells ``index`` beyond noise (this family: nothing)."""
+        return g_read
 
     def _pulse(self, rows, cols, amplitude_v, width_s, compliance_a):
         self._maybe_fail("pulse")
@@ -304,7 +349,7 @@ class SoftwareCrossbar(Crossbar):
         np.exp(decay, out=decay)
         g = decay
         g *= self._g_prog
-        np.maximum(g, self._gmin, out=g)
+        np.maximum(g, self._floor, out=g)
         g[self._stuck] = self._stuck_value[self._stuck]
         self._g_cache = g
         self._sigma_cache = None
@@ -315,7 +360,7 @@ class SoftwareCrossbar(Crossbar):
     def _refresh_mvm_conductance(self) -> None:
         g = self._conductance_now()
         if self._sigma_cache is None:
-            self._sigma_cache = (self.read_noise_sigma(g) * self._g_to_codes).astype(np.float32)
+            self._sigma_cache = (self._read_sigma(g, ...) * self._g_to_codes).astype(np.float32)
             self._g_scaled = (g * self._g_to_codes).astype(np.float32)
         fluct = self._sigma_cache * self._normal(g.size).reshape(g.shape)
         fluct += self._g_scaled

@@ -22,6 +22,7 @@ from pydantic_core import PydanticCustomError
 from calibration.options import CalibrationOptions
 from hil.nn.zoo import ModelConfig
 from drivers.device_model import DeviceConfig
+from drivers.families import AnyDeviceConfig
 from drivers.limits import ABSOLUTE_MIN_PULSE_WIDTH_S, ABSOLUTE_MIN_VOLTAGE_V, SafetyLimits
 
 __all__ = [
@@ -478,7 +479,8 @@ class MockSpec(_Model):
     """Settings that only the software crossbar reads; a real instrument ignores them."""
 
     seed: Seed | None = Field(None, description="which simulated chip: its hidden device parameters and id")
-    device: DeviceConfig = Field(default_factory=DeviceConfig)
+    device: AnyDeviceConfig = Field(default_factory=DeviceConfig,
+                                    description="the device family and its parameters; no family: rram")
 
 
 class BenchSpec(_Model):

@@ -15,6 +15,7 @@ import numpy as np
 from drivers import Crossbar
 
 from .options import DriftOptions
+from .quality import ReadQuality, assess
 from .read_noise import ReadNoiseFit
 
 
@@ -23,6 +24,10 @@ class DriftMeasurement:
     times_s: np.ndarray       # (T,) after the end of programming
     mean_s: np.ndarray        # (T, rows, cols): mean of `reads` reads at each time
     reads: int
+
+    @property
+    def quality(self) -> ReadQuality:
+        return assess(self.mean_s)
 
 
 @dataclass
@@ -59,9 +64,16 @@ def _slopes(x: np.ndarray, y: np.ndarray):
 
 
 def fit_drift(m: DriftMeasurement, usable: np.ndarray, read_noise: ReadNoiseFit | None = None) -> DriftFit:
-    """Per-device exponents over ``usable`` devices (e.g. not stuck) and the shared t0."""
+    """Per-device exponents over ``usable`` devices (e.g. not stuck) and the shared t0.
+
+    A device takes part only if every one of its reads is finite, positive (the law is fitted to
+    log g) and below a saturated converter's ceiling (a clipped read does not drift)."""
     g = m.mean_s[:, usable]
-    ok = np.all(g > 0, axis=0)
+    with np.errstate(invalid="ignore"):
+        ok = np.all(np.isfinite(g) & (g > 0), axis=0) & ~m.quality.saturated[usable]
+    if ok.sum() < 2:
+        raise ValueError(f"drift needs at least two devices with finite, positive reads at every time, "
+                         f"got {int(ok.sum())}")
     y = np.log(g[:, ok])
     t = m.times_s
 

@@ -50,8 +50,10 @@ class ProgrammingOptions(_Options):
     """Write-verify to random levels, repeated; achieved minus target is the programming error."""
 
     levels: int = Field(8, ge=2, le=64)
-    g_low_s: float = Field(5e-6, gt=0, le=1)
-    g_high_s: float = Field(80e-6, gt=0, le=1)
+    # None: taken from the window measurement (see calibration.levels); a value given here is kept
+    # where it lies inside the measured window and clipped, with a warning, where it does not.
+    g_low_s: float | None = Field(None, gt=0, le=1, description="lowest level (S); default from the window")
+    g_high_s: float | None = Field(None, gt=0, le=1, description="highest level (S); default from the window")
     repeats: int = Field(2, ge=1, le=100)
     tolerance: float = Field(0.02, gt=0, le=0.5, description="write-verify tolerance, fraction of the level span")
     max_iterations: int = Field(20, ge=1, le=1000)
@@ -65,7 +67,7 @@ class ProgrammingOptions(_Options):
 
     @model_validator(mode="after")
     def _window(self):
-        if self.g_low_s >= self.g_high_s:
+        if self.g_low_s is not None and self.g_high_s is not None and self.g_low_s >= self.g_high_s:
             raise ValueError(f"g_low_s ({self.g_low_s}) must be below g_high_s ({self.g_high_s})")
         return self
 
@@ -111,6 +113,10 @@ class CalibrationOptions(_Options):
     def _dependencies(self):
         if (self.read_noise or self.drift) and not self.programming:
             raise ValueError("read_noise and drift measure the programmed levels: they need programming")
+        if self.programming and not self.window and (self.programming.g_low_s is None
+                                                     or self.programming.g_high_s is None):
+            raise ValueError("without the window measurement, programming needs both g_low_s and g_high_s: "
+                             "the default levels are taken from the measured window")
         return self
 
     def write_voltages(self) -> Iterator[tuple[tuple, float]]:

@@ -68,12 +68,16 @@ def _quantum(values: np.ndarray) -> float | None:
 
 
 def fit_periphery(m: PeripheryMeasurement) -> PeripheryFit:
-    step = _quantum(np.concatenate([m.zero_outputs_a.ravel(), m.sweep_outputs_a.ravel()]))
-    top = float(np.max(np.abs(m.sweep_outputs_a)))
+    """The converters and output noise; non-finite outputs (stored as measured) are left out of every estimate."""
+    zero = m.zero_outputs_a[np.isfinite(m.zero_outputs_a)]
+    sweep = m.sweep_outputs_a
+    finite_sweep = sweep[np.isfinite(sweep)]
+    step = _quantum(np.concatenate([zero, finite_sweep]))
+    top = float(np.max(np.abs(finite_sweep))) if finite_sweep.size else 0.0
     # Saturation shows as the largest output repeated over the end of the sweep on some column.
-    repeats = np.sum(np.isclose(np.abs(m.sweep_outputs_a), top, rtol=1e-9, atol=0), axis=0)
-    full_scale = top if step is not None and repeats.max() > 3 else None
-    noise = float(m.zero_outputs_a.std(ddof=1))
+    repeats = np.sum(np.isclose(np.abs(sweep), top, rtol=1e-9, atol=0), axis=0)
+    full_scale = top if step is not None and top > 0 and repeats.max() > 3 else None
+    noise = float(zero.std(ddof=1)) if zero.size > 1 else None
     upper = None
     if step is not None and noise == 0.0:
         # Every zero-input output rounded to the same code: the noise is below half a step.
@@ -91,7 +95,7 @@ def fit_iv_cubic(sweep_v: np.ndarray, outputs_a: np.ndarray, adc_step_a: float |
     cubic term, a few percent of the current, stands above quantisation."""
     v = np.asarray(sweep_v, np.float64)
     i = np.asarray(outputs_a, np.float64)
-    top = np.abs(i).max() if i.size else 0.0
+    top = np.abs(i[np.isfinite(i)]).max() if np.isfinite(i).any() else 0.0
     if top == 0 or v.size < 4:
         return None
     limit = 0.98 * (full_scale_a if full_scale_a is not None else np.inf)
@@ -99,7 +103,7 @@ def fit_iv_cubic(sweep_v: np.ndarray, outputs_a: np.ndarray, adc_step_a: float |
     basis = np.stack([v, v ** 3], axis=1)
     kappas = []
     for col in i.T:
-        keep = (np.abs(col) < limit) & (v > 0)
+        keep = np.isfinite(col) & (np.abs(col) < limit) & (v > 0)
         if keep.sum() < 4 or np.abs(col[keep]).max() < floor:
             continue
         (a, c), *_ = np.linalg.lstsq(basis[keep], col[keep], rcond=None)

@@ -8,23 +8,34 @@ drift are measured on the state the last programming round left behind.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from drivers import Crossbar
 
 from .drift import DriftFit, DriftMeasurement, fit_drift, measure_drift
+from .levels import LevelRange, level_range, measured_window
 from .noise_model import (ConductanceWindow, Defects, Drift, NoiseModel, Periphery, ProgrammingNoise, ReadNoise)
 from .options import CalibrationOptions
 from .periphery import PeripheryFit, PeripheryMeasurement, fit_periphery, measure_periphery
 from .programming import ProgrammingMeasurement, measure_programming
 from .pulse_response import PulseResponseMeasurement, measure_pulse_response
+from .quality import KINDS, MAX_NON_FINITE_FRACTION, ReadQuality, assess, saturation_ceiling
 from .read_noise import ReadNoiseFit, ReadNoiseMeasurement, fit_read_noise, measure_read_noise
 from .window import WindowMeasurement, measure_window
 
 # (stage, fraction of that stage done, message) for progress displays
 Progress = Callable[[str, float, str], None]
+_US = 1e6
+
+
+class CalibrationFailed(RuntimeError):
+    """Too little of a measurement is usable to go on; ``calibration`` holds everything measured until then."""
+
+    def __init__(self, reason: str, calibration: "Calibration"):
+        super().__init__(reason)
+        self.calibration = calibration
 
 
 @dataclass
@@ -43,10 +54,42 @@ class Calibration:
     periphery_fit: PeripheryFit | None = None
     stuck_on: np.ndarray | None = None
     stuck_off: np.ndarray | None = None
+    unreadable: np.ndarray | None = None      # devices with a non-finite window read: neither working nor stuck
+    levels: LevelRange | None = None          # the range the programming levels were placed over, and why
+    warnings: list[str] = field(default_factory=list)   # one line each: what was clipped, left out or not fitted
 
     @property
     def working(self) -> np.ndarray | None:
-        return None if self.stuck_on is None else ~(self.stuck_on | self.stuck_off)
+        if self.stuck_on is None:
+            return None
+        working = ~(self.stuck_on | self.stuck_off)
+        return working if self.unreadable is None else working & ~self.unreadable
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    def read_quality(self) -> dict[str, dict[str, int]]:
+        """Per measurement, how many devices (pulse trains for pulse_response, values for the periphery's
+        MVM outputs) showed each kind of read a fit cannot take as it is (see calibration.quality)."""
+        out: dict[str, dict[str, int]] = {}
+        if self.window is not None:
+            out["window.after_reset"] = self.window.low_quality.counts()
+            out["window.after_set"] = self.window.high_quality.counts()
+        if self.pulse_response is not None:
+            pr = self.pulse_response
+            set_q, reset_q = assess(pr.set_curves_s, axis=1), assess(pr.reset_curves_s, axis=1)
+            out["pulse_response"] = {k: set_q.counts()[k] + reset_q.counts()[k] for k in KINDS}
+        if self.programming is not None:
+            out["programming"] = self.programming.quality.counts()
+        if self.read_noise is not None:
+            out["read_noise"] = self.read_noise.quality.counts()
+        if self.drift is not None:
+            out["drift"] = self.drift.quality.counts()
+        if self.periphery is not None:
+            values = np.concatenate([self.periphery.zero_outputs_a.ravel(), self.periphery.sweep_outputs_a.ravel()])
+            out["periphery"] = {"non_finite": int((~np.isfinite(values)).sum())}
+        return out
 
 
 def stages(options: CalibrationOptions) -> list[str]:
@@ -54,18 +97,43 @@ def stages(options: CalibrationOptions) -> list[str]:
             if getattr(options, name) is not None]
 
 
+def _check_readable(cal: Calibration, stage: str, quality: ReadQuality) -> None:
+    """Fail the calibration when more than MAX_NON_FINITE_FRACTION of the array read NaN or infinity;
+    otherwise record how many devices read what, and go on without them."""
+    counts = quality.counts()
+    n = quality.non_finite.size
+    if counts["non_finite"] > MAX_NON_FINITE_FRACTION * n:
+        raise CalibrationFailed(
+            f"{stage}: {counts['non_finite']} of {n} devices read NaN or infinite values, more than "
+            f"{MAX_NON_FINITE_FRACTION:.0%} of the array: too little is usable to calibrate it (the "
+            f"instrument or its connection is the likely cause); the reads are stored as measured", cal)
+    found = [f"{counts[k]} {k.replace('_', '-')}" for k in KINDS if counts[k]]
+    if found:
+        cal.warn(f"{stage}: devices with {', '.join(found)} reads, stored as measured and left out of the fits "
+                 f"that cannot use them")
+
+
 def run_calibration(xbar: Crossbar, options: CalibrationOptions, rng: np.random.Generator,
-                    progress: Progress | None = None) -> Calibration:
+                    progress: Progress | None = None, *, into: Calibration | None = None) -> Calibration:
+    """Measure every part ``options`` asks for, and fit what can be fitted as it goes.
+
+    ``into`` (a fresh Calibration of ``options``) is filled stage by stage, so a caller holds what was
+    measured even when a later stage raises. Raises :class:`CalibrationFailed` when a measurement is
+    mostly NaN or infinite, or leaves no window to program levels in.
+    """
     def report(stage: str, done: float, message: str = "") -> None:
         if progress is not None:
             progress(stage, done, message)
 
-    cal = Calibration(options)
+    cal = into if into is not None else Calibration(options)
     v = options.read_voltage_v
     if options.window:
         report("window", 0.0, "saturating RESET and SET")
         cal.window = measure_window(xbar, options.window, v)
         cal.stuck_on, cal.stuck_off = cal.window.stuck_on, cal.window.stuck_off
+        cal.unreadable = cal.window.unreadable
+        _check_readable(cal, "window.after_reset", cal.window.low_quality)
+        _check_readable(cal, "window.after_set", cal.window.high_quality)
         report("window", 1.0, f"yield {100 * cal.window.yield_fraction:.2f}%")
     if options.pulse_response:
         report("pulse_response", 0.0, "pulse trains")
@@ -73,15 +141,27 @@ def run_calibration(xbar: Crossbar, options: CalibrationOptions, rng: np.random.
         report("pulse_response", 1.0)
     if options.programming:
         p = options.programming
+        window = None
+        if cal.window is not None:
+            try:
+                window = measured_window(cal.window.g_min_s, cal.window.g_max_s, cal.working)
+            except ValueError as exc:
+                raise CalibrationFailed(f"programming: {exc}", cal) from exc
+        cal.levels = level_range(p, window)
+        for warning in cal.levels.warnings:
+            cal.warn(warning)
 
         def on_iteration(repeat: int, iteration: int, out: int, total: int) -> None:
             done = (repeat + iteration / p.max_iterations) / p.repeats
             report("programming", done, f"round {repeat + 1}/{p.repeats}: {total - out}/{total} in tolerance")
 
-        cal.programming = measure_programming(xbar, p, v, rng, on_iteration=on_iteration)
+        cal.programming = measure_programming(xbar, p, v, rng, on_iteration=on_iteration,
+                                              g_low_s=cal.levels.g_low_s, g_high_s=cal.levels.g_high_s)
+        _check_readable(cal, "programming", cal.programming.quality)
     if options.read_noise:
         report("read_noise", 0.0, f"{options.read_noise.reads} reads")
         cal.read_noise = measure_read_noise(xbar, options.read_noise, v)
+        _check_readable(cal, "read_noise", cal.read_noise.quality)
         report("read_noise", 1.0)
     cal.read_fit = _fit_read_noise(cal)
     if options.drift:
@@ -91,64 +171,106 @@ def run_calibration(xbar: Crossbar, options: CalibrationOptions, rng: np.random.
             report("drift", k / len(times), f"waiting until {t:g} s after programming (instrument clock)")
 
         cal.drift = measure_drift(xbar, options.drift, v, cal.programming.programmed_at_s, on_time=on_time)
+        _check_readable(cal, "drift", cal.drift.quality)
         usable = cal.working if cal.working is not None else np.ones(xbar.shape, dtype=bool)
-        cal.drift_fit = fit_drift(cal.drift, usable, cal.read_fit)
+        try:
+            cal.drift_fit = fit_drift(cal.drift, usable, cal.read_fit)
+        except ValueError as exc:
+            cal.warn(f"drift not fitted: {exc}")
         report("drift", 1.0)
     if options.periphery:
         report("periphery", 0.0, "MVM sweeps")
         cal.periphery = measure_periphery(xbar, options.periphery)
         cal.periphery_fit = fit_periphery(cal.periphery)
+        bad = cal.read_quality()["periphery"]["non_finite"]
+        if bad:
+            cal.warn(f"periphery: {bad} MVM outputs NaN or infinite, stored as measured and left out of the fit")
         report("periphery", 1.0)
     return cal
 
 
 def _fit_read_noise(cal: Calibration) -> ReadNoiseFit | None:
+    """The read-noise law over every set of repeated reads, each device taken only where all its reads
+    are finite, positive and below a converter's ceiling: a clipped or offset read does not show the
+    device's noise."""
     samples = []
-    for m in (cal.read_noise,):
-        if m is not None:
-            samples.append((m.mean_s, m.std_s ** 2, m.reads_s.shape[0]))
+    sets = []
+    if cal.read_noise is not None:
+        sets.append((cal.read_noise.reads_s, cal.read_noise.quality))
     if cal.window is not None and cal.window.low_reads_s.shape[0] >= 3:
-        for reads in (cal.window.low_reads_s, cal.window.high_reads_s):
-            samples.append((reads.mean(axis=0), reads.var(axis=0, ddof=1), reads.shape[0]))
-    return fit_read_noise(samples) if samples else None
+        sets += [(cal.window.low_reads_s, cal.window.low_quality), (cal.window.high_reads_s, cal.window.high_quality)]
+    for reads, quality in sets:
+        keep = ~quality.flagged
+        samples.append((reads.mean(axis=0)[keep], reads.var(axis=0, ddof=1)[keep], reads.shape[0]))
+    if not samples:
+        return None
+    try:
+        return fit_read_noise(samples)
+    except ValueError as exc:
+        cal.warn(f"read noise not fitted: {exc}")
+        return None
 
 
 def fit_noise_model(cal: Calibration, *, array_id: str, rows: int, cols: int,
                     source_runs: list[int] | None = None) -> NoiseModel:
-    """The NoiseModel of what ``cal`` measured; needs at least the window and some repeated reads."""
+    """The NoiseModel of what ``cal`` measured; needs at least the window and some repeated reads.
+
+    Values outside their physical bounds are clipped or left out, never stored silently: each such
+    decision is a line of ``cal.warnings``. Raises ValueError, with the reason, when no model can be made.
+    """
     if cal.window is None or cal.read_fit is None:
         raise ValueError("a noise model needs the window measurement and repeated reads (read_noise, "
-                         "or window.reads >= 3)")
+                         "or window.reads >= 3) with at least two finite, unclipped devices")
     working = cal.working
+    if not working.any():
+        raise ValueError("no working device: every device is stuck or unreadable")
     read = cal.read_fit
 
-    def spread(reads: np.ndarray) -> float:
-        g = reads.mean(axis=0)[working]
+    def spread(reads: np.ndarray, quality: ReadQuality, name: str) -> float:
+        # ln g needs g > 0: devices with a zero, negative, non-finite or clipped read are left out.
+        g = reads.mean(axis=0)[working & ~quality.flagged]
+        if g.size < 2:
+            cal.warn(f"window: spread of ln {name} not estimable ({g.size} devices with positive, unclipped "
+                     f"reads): stored as 0")
+            return 0.0
         # Take out what averaging `n` noisy reads adds to the device-to-device scatter of ln g.
         noise = np.mean((read.sigma(g) / g) ** 2) / reads.shape[0]
         return float(np.sqrt(max(np.var(np.log(g), ddof=1) - noise, 0.0)))
 
-    window = ConductanceWindow(
-        g_min_s=float(np.median(cal.window.g_min_s[working])), g_max_s=float(np.median(cal.window.g_max_s[working])),
-        g_min_spread=spread(cal.window.low_reads_s), g_max_spread=spread(cal.window.high_reads_s))
+    def bound(values: np.ndarray, name: str) -> float:
+        g = values[working]
+        median = float(np.median(g))
+        if median > 0:
+            return median
+        positive = g[g > 0]
+        if not positive.size:
+            raise ValueError(f"window: no working device read a positive {name}: the conductance window is "
+                             f"below what the instrument resolves")
+        clipped = float(np.median(positive))
+        cal.warn(f"window: median {name} of working devices is {median * _US:.3g} µS (reads at or below 0 S); "
+                 f"stored as {clipped * _US:.3g} µS, the median of the {positive.size} devices that read a "
+                 f"positive value (an upper estimate)")
+        return clipped
 
-    programming = None
-    if cal.programming is not None:
-        m = cal.programming
-        sigma, bias = [], []
-        for k in range(len(m.levels_s)):
-            sel = (m.level_index == k) & working[None]
-            err = m.error_s[sel]
-            read_var = np.mean(read.sigma(m.achieved_s[sel]) ** 2) / m.reads
-            sigma.append(float(np.sqrt(max(np.var(err, ddof=1) - read_var, 0.0))))
-            bias.append(float(np.mean(err)))
-        programming = ProgrammingNoise(levels_s=m.levels_s.tolist(), sigma_s=sigma, bias_s=bias,
-                                       tolerance_s=m.write_verify[0]["tolerance_s"])
+    g_min, g_max = bound(cal.window.g_min_s, "g_min"), bound(cal.window.g_max_s, "g_max")
+    if not g_max > g_min:
+        raise ValueError(f"window: median g_max {g_max * _US:.3g} µS is not above median g_min "
+                         f"{g_min * _US:.3g} µS")
+    window = ConductanceWindow(
+        g_min_s=g_min, g_max_s=g_max,
+        g_min_spread=spread(cal.window.low_reads_s, cal.window.low_quality, "g_min"),
+        g_max_spread=spread(cal.window.high_reads_s, cal.window.high_quality, "g_max"))
+
+    programming = _programming_noise(cal, working, read)
 
     drift = None
     if cal.drift_fit is not None:
         d = cal.drift_fit
-        drift = Drift(nu_mean=d.nu_mean, nu_std=d.nu_std, t0_s=d.t0_s)
+        if all(np.isfinite(x) for x in (d.nu_mean, d.nu_std, d.t0_s)) and d.t0_s > 0:
+            drift = Drift(nu_mean=d.nu_mean, nu_std=d.nu_std, t0_s=d.t0_s)
+        else:
+            cal.warn(f"drift: fit not finite (nu {d.nu_mean:.3g} ± {d.nu_std:.3g}, t0 {d.t0_s:.3g} s): "
+                     f"left out of the noise model")
 
     pf = cal.periphery_fit
     periphery = Periphery(read_voltage_v=cal.options.read_voltage_v,
@@ -158,9 +280,52 @@ def fit_noise_model(cal: Calibration, *, array_id: str, rows: int, cols: int,
                           output_noise_a=pf.output_noise_a if pf else None,
                           output_noise_upper_a=pf.output_noise_upper_a if pf else None,
                           iv_cubic_per_v2=pf.iv_cubic_per_v2 if pf else None)
-    n = working.size
+    # Rates over the devices whose window could be read: an unreadable device is neither.
+    readable = int((~cal.unreadable).sum()) if cal.unreadable is not None else working.size
     return NoiseModel(array_id=array_id, rows=rows, cols=cols, window=window, programming=programming,
                       read=ReadNoise(floor_s=read.floor_s, relative=read.relative), drift=drift,
-                      defects=Defects(stuck_on_rate=float(cal.stuck_on.sum() / n),
-                                      stuck_off_rate=float(cal.stuck_off.sum() / n)),
+                      defects=Defects(stuck_on_rate=float(cal.stuck_on.sum() / readable),
+                                      stuck_off_rate=float(cal.stuck_off.sum() / readable)),
                       periphery=periphery, source_runs=list(source_runs or []))
+
+
+def _programming_noise(cal: Calibration, working: np.ndarray, read: ReadNoiseFit) -> ProgrammingNoise | None:
+    """Error against target per level over working devices with finite, unclipped achieved reads.
+
+    A level with fewer than two such devices is left out. A bias that would put the mean achieved
+    conductance below 0 S is clipped to -level; a bias beyond the write-verify tolerance is kept (it
+    is what was measured: most devices did not reach the level) and reported.
+    """
+    if cal.programming is None:
+        return None
+    m = cal.programming
+    tolerance = m.write_verify[0]["tolerance_s"]
+    achieved = m.achieved_s
+    ceiling = saturation_ceiling(achieved)
+    usable = np.isfinite(achieved) & working[None]
+    if ceiling is not None:
+        usable &= achieved != ceiling
+    levels, sigma, bias = [], [], []
+    for k, level in enumerate(m.levels_s):
+        sel = (m.level_index == k) & usable
+        err = achieved[sel] - level
+        if err.size < 2:
+            cal.warn(f"programming: level {level * _US:.3g} µS has {err.size} usable devices: left out of the "
+                     f"noise model")
+            continue
+        read_var = np.mean(read.sigma(achieved[sel]) ** 2) / m.reads
+        b = float(np.mean(err))
+        if level + b < 0:
+            cal.warn(f"programming: level {level * _US:.3g} µS has mean achieved {(level + b) * _US:.3g} µS, below "
+                     f"0 S: bias clipped from {b * _US:.3g} to {-level * _US:.3g} µS")
+            b = -float(level)
+        elif abs(b) > tolerance:
+            cal.warn(f"programming: level {level * _US:.3g} µS has bias {b * _US:.3g} µS, beyond the write-verify "
+                     f"tolerance {tolerance * _US:.3g} µS: most devices did not reach it")
+        levels.append(float(level))
+        sigma.append(float(np.sqrt(max(np.var(err, ddof=1) - read_var, 0.0))))
+        bias.append(b)
+    if not levels:
+        cal.warn("programming: no level had two usable devices: no programming noise in the model")
+        return None
+    return ProgrammingNoise(levels_s=levels, sigma_s=sigma, bias_s=bias, tolerance_s=tolerance)

@@ -10,6 +10,7 @@ import numpy as np
 from drivers import Crossbar, WriteVerifySettings, write_verify
 
 from .options import ProgrammingOptions
+from .quality import ReadQuality, assess
 
 
 @dataclass
@@ -22,6 +23,10 @@ class ProgrammingMeasurement:
     write_verify: list[dict] = field(default_factory=list)   # per repeat: iterations, transactions, success
 
     @property
+    def quality(self) -> ReadQuality:
+        return assess(self.achieved_s)
+
+    @property
     def targets_s(self) -> np.ndarray:
         return self.levels_s[self.level_index]
 
@@ -32,14 +37,21 @@ class ProgrammingMeasurement:
 
 def measure_programming(xbar: Crossbar, options: ProgrammingOptions, read_voltage_v: float,
                         rng: np.random.Generator,
-                        on_iteration: Callable[[int, int, int, int], None] | None = None) -> ProgrammingMeasurement:
+                        on_iteration: Callable[[int, int, int, int], None] | None = None, *,
+                        g_low_s: float | None = None, g_high_s: float | None = None) -> ProgrammingMeasurement:
     """``repeats`` rounds of write-verify to a random arrangement of the levels; leaves the last one programmed.
 
-    ``on_iteration(repeat, iteration, cells_out, cells)`` reports write-verify progress.
+    The levels span ``g_low_s..g_high_s`` (S), by default the options' own (see calibration.levels for
+    the range taken from a measured window). ``on_iteration(repeat, iteration, cells_out, cells)``
+    reports write-verify progress.
     """
     rows, cols = xbar.shape
-    levels = np.linspace(options.g_low_s, options.g_high_s, options.levels)
-    tolerance = options.tolerance * (options.g_high_s - options.g_low_s)
+    low = options.g_low_s if g_low_s is None else g_low_s
+    high = options.g_high_s if g_high_s is None else g_high_s
+    if low is None or high is None or not 0 < low < high:
+        raise ValueError(f"programming needs 0 < g_low_s < g_high_s, got {low} and {high}")
+    levels = np.linspace(low, high, options.levels)
+    tolerance = options.tolerance * (high - low)
     settings = WriteVerifySettings.from_options(options, tolerance_s=tolerance, read_voltage_v=read_voltage_v)
     indices, achieved, summaries = [], [], []
     programmed_at = xbar.now()

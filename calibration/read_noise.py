@@ -9,11 +9,16 @@ import numpy as np
 from drivers import Crossbar
 
 from .options import ReadNoiseOptions
+from .quality import ReadQuality, assess
 
 
 @dataclass
 class ReadNoiseMeasurement:
     reads_s: np.ndarray           # (reads, rows, cols)
+
+    @property
+    def quality(self) -> ReadQuality:
+        return assess(self.reads_s)
 
     @property
     def mean_s(self) -> np.ndarray:
@@ -50,6 +55,8 @@ def fit_read_noise(samples: list[tuple[np.ndarray, np.ndarray, int]]) -> ReadNoi
     dof = np.concatenate([np.full(np.size(m), n - 1.0) for m, _, n in samples])
     keep = np.isfinite(g) & np.isfinite(var)
     g, var, dof = g[keep], var[keep], dof[keep]
+    if g.size < 2:
+        raise ValueError(f"read noise needs at least two devices with finite repeated reads, got {g.size}")
     # Work in units of the largest conductance and variance so both columns are of order one.
     g_unit = float(np.max(np.abs(g))) or 1.0
     v_unit = float(np.max(var)) or 1.0

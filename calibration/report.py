@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -108,7 +109,11 @@ def _read_noise(cal: Calibration, model: NoiseModel, out: Path) -> str:
             sources.append((name, reads.mean(axis=0), reads.std(axis=0, ddof=1)))
     for name, mean, std in sources:
         ax.scatter(mean.ravel() * _US, std.ravel() * _US, s=2, alpha=0.3, label=name)
-    g = np.geomspace(max(1e-9, min(s[1].min() for s in sources)), max(s[1].max() for s in sources), 200)
+    # The curve spans the positive, finite means: a log axis has no place for 0 S, NaN or negatives.
+    means = np.concatenate([m.ravel() for _, m, _ in sources]) if sources else np.array([])
+    means = means[np.isfinite(means) & (means > 0)]
+    low, high = (max(1e-9, float(means.min())), float(means.max())) if means.size else (1e-6, 1e-4)
+    g = np.geomspace(low, max(high, 1.01 * low), 200)
     ax.plot(g * _US, model.read.sigma(g) * _US, "k-",
             label=f"fit: floor {model.read.floor_s * _US:.3f} µS, {100 * model.read.relative:.2f} %")
     ax.set(xscale="log", yscale="log", xlabel="mean conductance (µS)", ylabel="read noise σ (µS)",
@@ -129,7 +134,12 @@ def _drift(cal: Calibration, model: NoiseModel, out: Path) -> str:
     t = d.times_s
     for k, color in enumerate(colors):
         sel = (index == k) & working
-        rel = d.mean_s[:, sel] / d.mean_s[0, sel]
+        g = d.mean_s[:, sel]
+        # Devices with a non-finite or non-positive read have no ratio to the first read.
+        g = g[:, np.all(np.isfinite(g) & (g > 0), axis=0)]
+        if not g.shape[1]:
+            continue
+        rel = g / g[0]
         ax.plot(t, rel.mean(axis=1), "o-", color=color, ms=3, label=f"{p.levels_s[k] * _US:.1f} µS")
     ax.plot(t, model.drift.factor(t) / model.drift.factor(t[0]), "k--", label=f"fit ν={model.drift.nu_mean:.4f}")
     ax.set(xscale="log", xlabel="time after programming (s)", ylabel="g(t) / g(first read), level mean",
@@ -176,7 +186,11 @@ def _pulse_response(cal: Calibration, out: Path) -> str:
     for ax, curves, sign, name in ((axes[0], m.set_curves_s, "+", "SET"), (axes[1], m.reset_curves_s, "−", "RESET")):
         n = np.arange(curves.shape[1])
         for a, curve, color in zip(m.amplitudes_v, curves, colors):
-            mean, std = curve.mean(axis=1) * _US, curve.std(axis=1) * _US
+            # A device that read NaN is left out of that point's mean, not of the whole curve.
+            curve = np.where(np.isfinite(curve), curve, np.nan)
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, std = np.nanmean(curve, axis=1) * _US, np.nanstd(curve, axis=1) * _US
             ax.plot(n, mean, color=color, label=f"{sign}{a:g} V")
             ax.fill_between(n, mean - std, mean + std, color=color, alpha=0.2)
         ax.set(xlabel="pulse number", title=f"{name} trains: mean ± sd over {curves.shape[2]} devices")
@@ -209,13 +223,39 @@ def _model_table(model: NoiseModel) -> list[str]:
     return ["| quantity | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
 
 
+def _quality_table(cal: Calibration) -> list[str]:
+    """Devices per measurement with reads a fit cannot take as they are; empty if there were none."""
+    quality = cal.read_quality()
+    if not any(any(counts.values()) for counts in quality.values()):
+        return []
+    kinds = ("non_finite", "zero", "negative", "saturated")
+    lines = ["## Read quality", "",
+             "Devices (pulse trains for the pulse response, values for the periphery's MVM outputs) with at "
+             "least one read of each kind. The raw data are stored as measured; each fit leaves out the "
+             "devices it cannot use.", "",
+             "| measurement | NaN or infinite | 0 S | negative | saturated |", "|---|---|---|---|---|"]
+    for stage, counts in quality.items():
+        lines.append(f"| {stage} | " + " | ".join(str(counts.get(k, "")) for k in kinds) + " |")
+    return lines + [""]
+
+
+def _warnings(cal: Calibration) -> list[str]:
+    if not cal.warnings:
+        return []
+    return ["## Warnings", "", *(f"- {w}" for w in cal.warnings), ""]
+
+
 def write_report(cal: Calibration, model: NoiseModel, out_dir: Path, *, title: str) -> Path:
     """Write ``report.md`` and its figures into ``out_dir``; returns the Markdown file's path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", "", f"Array `{model.array_id}` ({model.rows}x{model.cols}), "
              f"noise model schema v{model.schema_version}, fitted {model.created_at:%Y-%m-%d %H:%M:%S} UTC.", "",
-             "## Fitted noise model", "", *_model_table(model), ""]
+             *_warnings(cal), "## Fitted noise model", "", *_model_table(model), ""]
+    if cal.levels is not None:
+        lines += [f"Programming levels {cal.levels.g_low_s * _US:.3g}-{cal.levels.g_high_s * _US:.3g} µS "
+                  f"(from the {cal.levels.source}).", ""]
+    lines += _quality_table(cal)
     figures = []
     if cal.window is not None:
         figures.append(("Yield map and conductance window", _yield_map(cal, out)))

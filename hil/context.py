@@ -58,18 +58,22 @@ class RunContext:
     checkpoints: dict[str, int] = field(default_factory=dict)     # train step name -> checkpoint id
     deployments: dict[str, Any] = field(default_factory=dict)     # deploy step name -> hil.steps.deploy.Deployed
 
-    def save(self, step: RunStep, name: str, kind: str, unit: str, array: np.ndarray, **meta) -> None:
+    def save(self, step: RunStep, name: str, kind: str, unit: str, array: np.ndarray, *, finite: bool = True,
+             **meta) -> None:
         """Store one measured array of ``step`` in its own committed transaction.
 
-        Raises :class:`NonFiniteMeasurement` (after storing it, so the evidence is kept) if a measured
-        value is NaN or infinite: the step must fail rather than record garbage as a result. Targets
-        (``kind`` ``target_*``) may hold NaN, which there means "no target for this cell".
+        With ``finite`` (the default), raises :class:`NonFiniteMeasurement` (after storing it, so the
+        evidence is kept) if a measured value is NaN or infinite: the step must fail rather than record
+        garbage as a result. Targets (``kind`` ``target_*``) may hold NaN, which there means "no target
+        for this cell". ``finite=False`` is for raw data in which a non-finite value is itself an
+        observation (a calibration's reads of a broken cell): stored as measured, the step judges how
+        much of it is usable.
         """
         with self.db.session() as session:
             records.add_measurement(session, self.run, step, name, kind, unit, array,
                                     crossbar_array=self.array, meta=meta or None)
         values = np.asarray(array)
-        if values.dtype.kind in "fc":
+        if finite and values.dtype.kind in "fc":
             bad = np.isinf(values) if kind.startswith("target") else ~np.isfinite(values)
             if bad.any():
                 raise NonFiniteMeasurement(f"{int(bad.sum())} of {values.size} values of {name!r} ({kind}, {unit}) "

@@ -59,7 +59,7 @@ def test_four_concurrent_runs_share_one_sqlite_file(tmp_path):
         assert session.scalar(select(func.count()).select_from(DeviceResult)) == 4 * 256
         assert session.scalar(select(func.count()).select_from(RunStep)) == 12
         # every calibration stored its per-device statistics and its noise model
-        assert session.scalar(select(func.count()).select_from(DeviceStat)) == 4 * 256 * 7   # g_min, g_max, stuck on/off, programming error, read sigma, drift nu
+        assert session.scalar(select(func.count()).select_from(DeviceStat)) == 4 * 256 * 8   # g_min, g_max, stuck on/off, unreadable, programming error, read sigma, drift nu
         assert session.scalar(select(func.count()).select_from(NoiseModelRecord)) == 4
         with database.engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"

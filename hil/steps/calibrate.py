@@ -20,20 +20,35 @@ def restore_calibrate(ctx: RunContext, step: CalibrateStep, summary: dict) -> No
 
 def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepReport:
     names = stages(step)
-    with ctx.progress.task("calibration", total=len(names), unit="stages") as task:
-        def progress(stage: str, done: float, message: str) -> None:
-            task.update(names.index(stage) + done, label=stage, note=message)
+    cal = Calibration(step)
+    try:
+        with ctx.progress.task("calibration", total=len(names), unit="stages") as task:
+            def progress(stage: str, done: float, message: str) -> None:
+                task.update(names.index(stage) + done, label=stage, note=message)
 
-        cal = run_calibration(ctx.xbar, step, ctx.rng, progress=progress)
+            run_calibration(ctx.xbar, step, ctx.rng, progress=progress, into=cal)
+    except BaseException as exc:
+        # Whatever was measured before the failure is evidence: store it, then let the step fail.
+        try:
+            _save_raw(ctx, row, cal)
+        except Exception as save_error:  # noqa: BLE001 - the original failure is the one to report
+            exc.add_note(f"the raw data measured before it could not be stored: {save_error}")
+        raise
 
     _save_raw(ctx, row, cal)
     ident = ctx.xbar.identity
-    summary: dict = {"stages": names}
+    summary: dict = {"stages": names, "read_quality": cal.read_quality()}
+    if cal.levels is not None:
+        summary["programming_levels"] = {"g_low_s": cal.levels.g_low_s, "g_high_s": cal.levels.g_high_s,
+                                         "source": cal.levels.source}
     report = StepReport(detail="")
     model = None
     if step.fit:
-        model = fit_noise_model(cal, array_id=ctx.array.array_id, rows=ident.rows, cols=ident.cols,
-                                source_runs=[ctx.run.id])
+        try:
+            model = fit_noise_model(cal, array_id=ctx.array.array_id, rows=ident.rows, cols=ident.cols,
+                                    source_runs=[ctx.run.id])
+        except ValueError as exc:
+            raise ValueError(f"noise model not fitted ({'; '.join(cal.warnings) or 'no warning'}): {exc}") from exc
         with ctx.db.session() as session:
             stored = records.add_noise_model(session, ctx.array, model.to_json_dict(),
                                              schema_version=model.schema_version, run=ctx.run, step=row,
@@ -47,10 +62,15 @@ def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepRep
             report.detail += f", drift ν {model.drift.nu_mean:.4f}±{model.drift.nu_std:.4f}"
     if cal.window is not None:
         n = cal.stuck_on.size
-        working = int(n - cal.stuck_on.sum() - cal.stuck_off.sum())
+        working = int(cal.working.sum())
         report.cells = f"{working}/{n} working ({100 * working / n:.1f}%)"
         summary.update(yield_fraction=working / n, stuck_on=int(cal.stuck_on.sum()),
-                       stuck_off=int(cal.stuck_off.sum()))
+                       stuck_off=int(cal.stuck_off.sum()), unreadable=int(cal.unreadable.sum()))
+    summary["warnings"] = list(cal.warnings)
+    if cal.warnings:
+        # The summary table has one line per step: the first warning, and where to read the others.
+        more = f" (and {len(cal.warnings) - 1} more in the step summary)" if len(cal.warnings) > 1 else ""
+        report.detail = "; ".join(filter(None, [report.detail, f"warning: {cal.warnings[0]}{more}"]))
     if step.report and model is not None:
         out = ctx.report_dir / f"run-{ctx.run.id}-{step.name}"
         path = write_report(cal, model, out, title=f"Calibration of {ctx.array.array_id} (run {ctx.run.id}, "
@@ -61,15 +81,25 @@ def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepRep
     return report
 
 
+def _finite_or_nan(values: np.ndarray) -> np.ndarray:
+    """Per-device statistics as stored: an infinite value estimates nothing, like NaN (stored as NULL)."""
+    a = np.asarray(values)
+    return np.where(np.isfinite(a), a, np.nan) if a.dtype.kind == "f" else a
+
+
 def _save_raw(ctx: RunContext, row: RunStep, cal: Calibration) -> None:
-    """Every raw array of the calibration, and the per-device statistics, with the step."""
-    save = ctx.save
+    """Every raw array of the calibration, as measured (NaN and infinities included), and the per-device
+    statistics, with the step."""
+    def save(*args, **meta):
+        # A cell that reads NaN is an observation of that cell: the calibration decides how much it can use.
+        ctx.save(*args, finite=False, **meta)
+
     devices: dict[str, np.ndarray] = {}
     if cal.window is not None:
         save(row, "window.after_reset", "conductance", "S", cal.window.low_reads_s)
         save(row, "window.after_set", "conductance", "S", cal.window.high_reads_s)
         devices.update(g_min_s=cal.window.g_min_s, g_max_s=cal.window.g_max_s, stuck_on=cal.stuck_on,
-                       stuck_off=cal.stuck_off)
+                       stuck_off=cal.stuck_off, unreadable=cal.window.unreadable)
     if cal.pulse_response is not None:
         pr = cal.pulse_response
         save(row, "pulse_response.set", "conductance", "S", pr.set_curves_s, amplitudes_v=pr.amplitudes_v.tolist())
@@ -79,7 +109,8 @@ def _save_raw(ctx: RunContext, row: RunStep, cal: Calibration) -> None:
         save(row, "pulse_response.reset_cells", "cell_index", "1", pr.reset_cells)
     if cal.programming is not None:
         p = cal.programming
-        save(row, "programming.targets", "target_conductance", "S", p.targets_s, levels_s=p.levels_s.tolist())
+        save(row, "programming.targets", "target_conductance", "S", p.targets_s, levels_s=p.levels_s.tolist(),
+             level_source=cal.levels.source if cal.levels else None)
         save(row, "programming.achieved", "conductance", "S", p.achieved_s, reads=p.reads,
              write_verify=p.write_verify)
         devices["programming_error_s"] = p.error_s[-1]
@@ -89,14 +120,16 @@ def _save_raw(ctx: RunContext, row: RunStep, cal: Calibration) -> None:
     if cal.drift is not None:
         save(row, "drift.mean", "conductance", "S", cal.drift.mean_s, times_s=cal.drift.times_s.tolist(),
              reads=cal.drift.reads)
-        devices["drift_nu"] = cal.drift_fit.nu
+        if cal.drift_fit is not None:
+            devices["drift_nu"] = cal.drift_fit.nu
     if cal.periphery is not None:
         save(row, "periphery.zero_input", "current", "A", cal.periphery.zero_outputs_a)
         save(row, "periphery.sweep", "current", "A", cal.periphery.sweep_outputs_a,
              sweep_v=cal.periphery.sweep_v.tolist())
     if devices:
         with ctx.db.session() as session:
-            records.add_device_stats(session, ctx.run, row, ctx.array, devices)
+            records.add_device_stats(session, ctx.run, row, ctx.array,
+                                     {k: _finite_or_nan(v) for k, v in devices.items()})
 
 
 def _array_stats(cal: Calibration, model) -> tuple[dict[str, float], dict[str, str]]:

@@ -30,3 +30,5 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_db.py
 	$(PY) benchmarks/bench_seq.py
 	$(PY) benchmarks/bench_executor.py
+	$(PY) benchmarks/bench_startup.py
+	$(PY) benchmarks/bench_memory.py

@@ -1,19 +1,27 @@
 """Write-verify programming over the Crossbar interface, vectorised over the whole array.
 
-Each iteration is one read of the array and one pulse transaction carrying a
-pulse for every cell still out of tolerance, so instrument round trips grow
-with iterations, never with cells.
+Each iteration is one (possibly averaged) read of the array and one pulse transaction carrying a
+pulse for every cell still out of tolerance, so instrument round trips grow with iterations, never
+with cells; the bookkeeping works on the active cells only, so its time grows with cells, linearly.
 
-Pulse amplitudes adapt per cell, in the spirit of Alibart et al.,
-"High precision tuning of state for memristive devices by adaptable
-variation-tolerant algorithm", Nanotechnology 23, 075201 (2012): switching rate
-is roughly exponential in voltage, so the next amplitude is the last one moved
-by ``volts_per_efold * ln(wanted change / observed change)``, bounded per step.
-A cell with no history in a polarity starts gently; a cell that overshoots
-switches polarity and keeps what it learned about each polarity, so a cell
-knocked slightly out of tolerance later gets a correspondingly small pulse.
-A cell that does not move at the maximum amplitude is given up as unresponsive
-(a stuck-cell suspect) rather than pulsed on to the iteration limit.
+Pulse amplitudes adapt per cell, in the spirit of Alibart et al., "High precision tuning of state
+for memristive devices by adaptable variation-tolerant algorithm", Nanotechnology 23, 075201 (2012):
+switching rate is roughly exponential in voltage, so the next amplitude is the cell's last
+informative one moved by ``slope * ln(wanted change / observed change)``. No device constant is
+assumed: the slope (volts per e-fold of step) is learned per polarity from every pair of informative
+pulses a cell received (``volts_per_efold`` is only the guess before there are any), and so is the
+spread of the steps around what was aimed for, which makes the controller aim short of the full
+error when steps are erratic. Amplitudes stay within the settings' bounds; a change finer than the
+lowest amplitude gives is asked of a shorter pulse, and one beyond the highest of a longer pulse
+(within ``max_width_factor`` and the instrument's limits), on the same learned law.
+
+Read noise is measured from cells left alone between two reads; where it is large next to the
+tolerance, each verify averages several reads (one transaction each).
+
+Cells that cannot be programmed are reported instead of being pulsed to the iteration limit: a cell
+that does not move at the highest amplitude and width is given up as unresponsive (``gave_up``, a
+stuck-cell suspect); a cell that moves but has not come closer to its target for ``stall_after``
+pulses is left as ``stalled``. The loop ends when no programmable cell is out of the aim band.
 """
 
 from __future__ import annotations
@@ -40,9 +48,14 @@ class WriteVerifySettings:
     max_reset_voltage_v: float = 2.0
     voltage_step_v: float = 0.05
     pulse_width_s: float = 1e-6
+    # Only the first guess of the learned slope: the array's own pulses replace it.
     volts_per_efold: float = 0.12
     max_voltage_change_v: float = 0.4
     give_up_after: int = 3
+    stall_after: int = 12
+    # Longest pulse, as a multiple of pulse_width_s, for a cell that needs more than the top amplitude.
+    max_width_factor: float = 10.0
+    max_reads_per_verify: int = 4
     # Cells are pulsed until within aim_fraction * tolerance, so read noise at the final
     # verify does not push cells that settled at the edge of the band out of it.
     aim_fraction: float = 0.6
@@ -60,6 +73,8 @@ class WriteVerifySettings:
             raise ValueError(f"aim_fraction must be in (0, 1], got {self.aim_fraction}")
         if not self.tolerance_s > 0:
             raise ValueError(f"tolerance_s must be positive, got {self.tolerance_s}")
+        if self.max_reads_per_verify < 1 or self.stall_after < 1 or self.max_width_factor < 1:
+            raise ValueError("max_reads_per_verify and stall_after must be at least 1, max_width_factor >= 1")
         if self.max_iterations < 1:
             raise ValueError(f"max_iterations must be at least 1, got {self.max_iterations}")
         for start, top in ((self.start_set_voltage_v, self.max_set_voltage_v),
@@ -76,12 +91,19 @@ class WriteVerifyResult:
     achieved_s: np.ndarray          # last verify read
     success: np.ndarray             # |achieved - target| <= tolerance (False where target is NaN)
     pulses: np.ndarray              # pulses each cell received
-    gave_up: np.ndarray             # unresponsive at the maximum amplitude
+    gave_up: np.ndarray             # unresponsive at the maximum amplitude and width
     tolerance_s: float
     iterations: int                 # pulse rounds performed
     transactions: dict[str, int]    # instrument calls by kind, for this programming only
     elapsed_s: float
     remaining_per_iteration: list[int] = field(default_factory=list)
+    stalled: np.ndarray | None = None          # responded, but stopped coming closer to the target
+    # What was learned: volts per e-fold of step (SET, RESET), the spread of ln(step) around the
+    # aimed one (SET, RESET), the read-noise sigma (S) and the reads averaged per verify at the end.
+    volts_per_efold: tuple[float, float] = (float("nan"), float("nan"))
+    step_spread: tuple[float, float] = (float("nan"), float("nan"))
+    read_noise_s: float = float("nan")
+    reads_per_verify: int = 1
 
     @property
     def error_s(self) -> np.ndarray:
@@ -123,84 +145,223 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
                          f"{lim.max_read_voltage_v} V")
     before = dict(xbar.transactions)
     t_start = time.perf_counter()
-    wanted = np.isfinite(targets)
     shape = targets.shape
+    n_cols = shape[1]
+    # Flat views throughout: per-iteration work indexes only the active cells.
+    target = targets.ravel()
+    wanted = np.isfinite(target)
+    n = target.size
 
-    # Per-cell controller state, one slot per polarity (0 = SET, 1 = RESET): the last informative
-    # (amplitude, change) pair locates the cell on its rate-voltage curve; the last amplitude used and
-    # the iteration it was used in tell whether an uninformative pulse was just tried.
-    v_info = np.zeros((2,) + shape)
-    d_info = np.zeros((2,) + shape)
-    v_prev = np.zeros((2,) + shape)
-    it_prev = np.full((2,) + shape, -1)
+    w0 = s.pulse_width_s
+    # Width may shorten to the instrument's minimum (finer steps than the lowest amplitude gives) and
+    # lengthen up to max_width_factor; in both cases rate is taken as proportional to width.
+    lw_min = np.log(lim.min_pulse_width_s / w0)
+    lw_max = np.log(min(lim.max_pulse_width_s, s.max_width_factor * w0) / w0)
     start_v = np.array([s.start_set_voltage_v, s.start_reset_voltage_v])
     max_v = np.array([s.max_set_voltage_v, s.max_reset_voltage_v])
-    still = np.zeros(shape, dtype=np.int64)   # consecutive non-moves at max amplitude
-    gave_up = np.zeros(shape, dtype=bool)
-    pulses = np.zeros(shape, dtype=np.int64)
-    remaining: list[int] = []
-    # A change below this is within read noise of nothing: it says little about the rate.
-    floor = 0.5 * s.tolerance_s
 
-    g = xbar.read(voltage_v=s.read_voltage_v)
+    # Per-cell controller state, one slot per polarity (0 = SET, 1 = RESET): the last informative
+    # pulse (amplitude, ln width ratio, change) locates the cell on its rate curve; the last effective
+    # amplitude and its iteration tell whether an uninformative pulse was just tried.
+    # Stored flat, polarity-major (index polarity * n + cell): one gather per quantity per iteration.
+    v_info = np.zeros(2 * n)
+    lw_info = np.zeros(2 * n)
+    d_info = np.zeros(2 * n)
+    ve_prev = np.zeros(2 * n)
+    it_prev = np.full(2 * n, -1)
+    fails = np.zeros(2 * n, dtype=np.int64)      # consecutive uninformative pulses
+    # Whether the anchor's step stopped short of the target: then it cannot have been cut short by the
+    # edge of the cell's window (the target lies inside it), and it measures the rate law itself.
+    short_info = np.zeros(2 * n, dtype=bool)
+    still = np.zeros(n, dtype=np.int64)          # consecutive non-moves at the top amplitude and width
+    best = np.full(n, np.inf)                    # closest the cell has come to its target
+    since_best = np.zeros(n, dtype=np.int64)
+    responded = np.zeros(n, dtype=bool)
+    gave_up = np.zeros(n, dtype=bool)
+    stalled = np.zeros(n, dtype=bool)
+    pulses = np.zeros(n, dtype=np.int64)
+    remaining: list[int] = []
+
+    # Learned, per polarity: slope from a decaying least-squares fit of d ln(step) against
+    # d(effective volts) over pairs of informative pulses of one cell; spread of ln(step / aimed step).
+    slope = np.full(2, s.volts_per_efold)
+    sxx, sxy, npairs = np.zeros(2), np.zeros(2), np.zeros(2)
+    s_res2, n_res = np.zeros(2), np.zeros(2)
+    spread = np.full(2, 0.3)
+    forget = 0.7                   # weight of the past per iteration: the slope follows the cells' state
+    intercept = np.full(2, np.nan)     # per polarity: median effective volts giving a step of 1 S, in ln
+    sigma_read = np.nan
+    n_reads = 1
+
+    def verify() -> np.ndarray:
+        g_sum = xbar.read(voltage_v=s.read_voltage_v).ravel().astype(np.float64)
+        for _ in range(n_reads - 1):
+            g_sum += xbar.read(voltage_v=s.read_voltage_v).ravel()
+        return g_sum / n_reads if n_reads > 1 else g_sum
+
+    raw = verify()
+    # Decisions use, per cell, the mean of every read since its last pulse: a cell left alone gets
+    # a better estimate each iteration at no extra transaction (drift over milliseconds is negligible).
+    g_sum = raw.copy()
+    g_cnt = np.ones(n)
+    g = raw
+    pulsed_last = np.zeros(n, dtype=bool)
     iteration = 0
     n_wanted = int(wanted.sum())
+    eff_max = max_v + slope * lw_max
     while True:
-        err = np.where(wanted, targets - g, 0.0)
-        active = wanted & (np.abs(err) > s.aim_fraction * s.tolerance_s) & ~gave_up
-        n_active = int(active.sum())
-        n_out = int((wanted & (np.abs(err) > s.tolerance_s)).sum())
+        err = np.where(wanted, target - g, 0.0)
+        abs_err = np.abs(err)
+        n_out = int((abs_err > s.tolerance_s).sum())
         remaining.append(n_out)
         if on_iteration is not None:
             on_iteration(iteration, n_out, n_wanted)
-        if n_active == 0 or iteration >= s.max_iterations:
+        if iteration >= s.max_iterations:
+            break
+        idx = np.flatnonzero((abs_err > s.aim_fraction * s.tolerance_s) & ~gave_up & ~stalled)
+        e = abs_err[idx]
+        pol = (err[idx] < 0).astype(np.int64)          # RESET where we are above target
+        k = pol * n + idx
+        sl = slope[pol]
+        eff_max = max_v + slope * lw_max
+        # Aim short of the full error by the learned spread, so an erratic step rarely overshoots.
+        want = e * np.exp(-0.5 * np.minimum(spread[pol], 0.7))
+        di = d_info[k]
+        has = di > 0
+        ve_info = v_info[k] + sl * lw_info[k]
+        predicted = ve_info + np.clip(sl * np.log(want / np.where(has, di, 1.0)),
+                                      -s.max_voltage_change_v, s.max_voltage_change_v)
+        # A cell with no history in this polarity starts from what the array has taught so far, an
+        # e-fold below it (cells differ), or gently at the start amplitude while nothing is known.
+        prior = np.where(np.isnan(intercept[pol]), start_v[pol],
+                         intercept[pol] + sl * (np.log(np.maximum(want, 1e-30)) - 1.0))
+        predicted = np.where(has, predicted, np.maximum(prior, start_v[pol]))
+        vp = ve_prev[k]
+        just_tried = it_prev[k] == iteration     # pulsed in the previous round, uninformatively
+        # An uninformative pulse was just tried: climb above it, boldly when far from target, gently when
+        # close, the step doubling with each failure so an unresponsive cell reaches the top in a few pulses.
+        nf = fails[k]
+        doubling = np.exp2(np.clip(nf - 1, 0, 5))
+        step = np.where(e > 3 * s.tolerance_s, s.max_voltage_change_v / 2, s.voltage_step_v) * doubling
+        climb = vp + np.minimum(step, 2 * s.max_voltage_change_v)
+        climb = np.where(has | np.isnan(intercept[pol]), climb, np.maximum(climb, prior))
+        ve = np.where(just_tried & (vp >= predicted), climb, predicted)
+        ve = np.clip(ve, start_v[pol] + sl * lw_min, eff_max[pol])
+
+        # A cell pulsed at the top amplitude and width that did not move, several times running, is given up.
+        at_max = just_tried & (vp >= eff_max[pol] - 1e-9)
+        st = np.where(at_max, still[idx] + 1, 0)
+        still[idx] = st
+        quit_now = st >= s.give_up_after
+        if quit_now.any():
+            gave_up[idx[quit_now]] = True
+            keep = ~quit_now
+            idx, pol, ve, e, want, sl, has = idx[keep], pol[keep], ve[keep], e[keep], want[keep], sl[keep], has[keep]
+            k = k[keep]
+            predicted, ve_info, di = predicted[keep], ve_info[keep], di[keep]
+        if idx.size == 0:
             break
         iteration += 1
 
-        rows, cols = np.nonzero(active)
-        e = np.abs(err[rows, cols])
-        pol = (err[rows, cols] < 0).astype(np.int64)      # RESET where we are above target
-        vi, di = v_info[pol, rows, cols], d_info[pol, rows, cols]
-        vp = v_prev[pol, rows, cols]
-        just_tried = it_prev[pol, rows, cols] == iteration - 1
-        # From the last informative pulse: ln(wanted / obtained) e-folds of rate.
-        predicted = vi + np.clip(s.volts_per_efold * np.log(e / np.maximum(di, 1e-30)),
-                                 -s.max_voltage_change_v, s.max_voltage_change_v)
-        predicted = np.where(di > 0, predicted, start_v[pol])
-        # An uninformative pulse was just tried: climb above it, boldly only when far from target.
-        climb = vp + np.where(e > 3 * s.tolerance_s, s.max_voltage_change_v / 2, s.voltage_step_v)
-        v = np.where(just_tried & (vp >= predicted), climb, predicted)
-        v = np.clip(v, start_v[pol], max_v[pol])
+        # Effective volts to (amplitude, width): amplitude within its bounds, the rest in width.
+        v = np.clip(ve, start_v[pol], max_v[pol])
+        lw = np.clip((ve - v) / sl, lw_min, lw_max)
+        width = w0 * np.exp(lw)
+        rows, cols = np.divmod(idx, n_cols)
+        xbar.pulse(rows, cols, np.where(pol == 0, v, -v), width)
+        pulses[idx] += 1
+        g_prev, raw_prev = g, raw
+        raw = verify()
+        g_sum += raw
+        g_cnt += 1.0
+        g_sum[idx] = raw[idx]
+        g_cnt[idx] = 1.0
+        g = g_sum / g_cnt
+        sign = np.where(pol == 0, 1.0, -1.0)
+        moved = (g[idx] - g_prev[idx]) * sign
 
-        # A cell pulsed at full amplitude that barely moved, several times running, is left alone.
-        at_max = just_tried & (vp >= max_v[pol] - 1e-12)
-        still[rows, cols] = np.where(at_max, still[rows, cols] + 1, 0)
-        quit_now = still[rows, cols] >= s.give_up_after
-        if quit_now.any():
-            gave_up[rows[quit_now], cols[quit_now]] = True
-            keep = ~quit_now
-            rows, cols, pol, v = rows[keep], cols[keep], pol[keep], v[keep]
-        if rows.size == 0:
-            continue
+        # Read noise from cells left alone across the last two pulse rounds (pulsed cells may relax).
+        calm = ~pulsed_last
+        calm[idx] = False
+        pulsed_last[:] = False
+        pulsed_last[idx] = True
+        cells = np.flatnonzero(calm)
+        cells = cells[::max(1, cells.size // 50000)]     # a sample gives the noise as well as all
+        diff = raw[cells] - raw_prev[cells]
+        diff = diff[np.isfinite(diff)]      # a cell reading NaN (an open channel) says nothing of the noise
+        if diff.size >= 32:
+            sigma_read = float(1.4826 * np.median(np.abs(diff - np.median(diff))) / np.sqrt(2.0)) * np.sqrt(n_reads)
+            # Enough reads that the averaged noise is a quarter of the tolerance.
+            n_reads = int(np.clip(np.ceil((sigma_read / (0.25 * s.tolerance_s)) ** 2), 1, s.max_reads_per_verify))
+        # A change within read noise of nothing says little about the rate.
+        noise = 0.0 if np.isnan(sigma_read) else 3.0 * sigma_read * np.sqrt(2.0 / n_reads)
+        informative = moved > max(0.5 * s.tolerance_s, noise)
+        responded[idx[informative]] = True
 
-        xbar.pulse(rows, cols, np.where(pol == 0, v, -v), s.pulse_width_s)
-        pulses[rows, cols] += 1
-        g_prev = g
-        g = xbar.read(voltage_v=s.read_voltage_v)
-        # Progress in the pulse's own direction (negative = moved the wrong way).
-        moved = (g - g_prev)[rows, cols] * np.where(pol == 0, 1.0, -1.0)
-        informative = moved > floor
-        v_prev[pol, rows, cols] = v
+        # Learn the slope from cells with an earlier informative pulse in this polarity, on steps well
+        # clear of read noise (small steps, barely informative, are ln-noisy and truncated by the floor).
+        short = moved < e
+        clear = informative & short & (moved > 2 * max(s.tolerance_s, noise))
+        pair = clear & has & short_info[k] & (di > 2 * max(s.tolerance_s, noise)) & (np.abs(ve - ve_info) >= 0.05)
+        sxx *= forget
+        sxy *= forget
+        npairs *= forget
+        s_res2 *= forget
+        n_res *= forget
+        for p in (0, 1):
+            m = pair & (pol == p)
+            if m.any():
+                dv = ve[m] - ve_info[m]
+                dl = np.log(moved[m]) - np.log(di[m])
+                sxx[p] += float(dv @ dv)
+                sxy[p] += float(dv @ dl)
+                npairs[p] += m.sum()
+            # Spread: steps the model aimed (not clipped, not climbing) against what they gave.
+            r = clear & has & (pol == p) & (np.abs(ve - predicted) < 1e-9)
+            if r.any():
+                res = np.log(moved[r]) - np.log(want[r])
+                s_res2[p] += float(res @ res)
+                n_res[p] += r.sum()
+        learned = (npairs >= 16) & (sxy > 0)
+        slope = np.where(learned, np.clip(sxx / np.where(sxy > 0, sxy, 1.0), 0.02, 1.0), slope)
+        spread = np.where(n_res >= 16, np.sqrt(s_res2 / np.maximum(n_res, 1e-12)), spread)
+
+        # The array's typical cell: median over anchored cells of ve - slope ln(step) (a strided
+        # sample keeps it cheap on large arrays).
+        for p in (0, 1):
+            part = slice(p * n, (p + 1) * n, max(1, n // 20000))
+            d_a = d_info[part]
+            anchored = d_a > 0
+            if anchored.sum() >= 16:
+                ve_a = v_info[part][anchored] + slope[p] * lw_info[part][anchored]
+                intercept[p] = float(np.median(ve_a - slope[p] * np.log(d_a[anchored])))
+        v_eff_used = v + sl * lw
+        ve_prev[k] = v_eff_used
         # An informative pulse is remembered; an uninformative one leaves it_prev set so the next
         # iteration climbs (cells that moved clear it, so a later episode starts from the model).
-        it_prev[pol, rows, cols] = np.where(informative, -1, iteration)
-        ri, ci, pi = rows[informative], cols[informative], pol[informative]
-        v_info[pi, ri, ci] = v[informative]
-        d_info[pi, ri, ci] = moved[informative]
+        it_prev[k] = np.where(informative, -1, iteration)
+        fails[k] = np.where(informative, 0, fails[k] + 1)
+        ki = k[informative]
+        v_info[ki] = v[informative]
+        lw_info[ki] = lw[informative]
+        d_info[ki] = moved[informative]
+        short_info[ki] = short[informative]
 
-    err = g - targets
+        # Progress: a cell that responds but has not come closer for stall_after pulses is left alone.
+        e_now = np.abs(target[idx] - g[idx])
+        closer = e_now < best[idx] - 0.1 * s.tolerance_s
+        best[idx] = np.minimum(best[idx], e_now)
+        since_best[idx] = np.where(closer, 0, since_best[idx] + 1)
+        stalled[idx] = responded[idx] & (since_best[idx] >= s.stall_after) & (e_now > s.aim_fraction * s.tolerance_s)
+
+    err = g - target
     success = wanted & (np.abs(err) <= s.tolerance_s)
+    stalled &= ~success
     used = {k: xbar.transactions[k] - before.get(k, 0) for k in xbar.transactions}
-    return WriteVerifyResult(target_s=targets, achieved_s=g, success=success, pulses=pulses, gave_up=gave_up,
+    return WriteVerifyResult(target_s=targets, achieved_s=g.reshape(shape), success=success.reshape(shape),
+                             pulses=pulses.reshape(shape), gave_up=gave_up.reshape(shape),
                              tolerance_s=s.tolerance_s, iterations=iteration, transactions=used,
-                             elapsed_s=time.perf_counter() - t_start, remaining_per_iteration=remaining)
+                             elapsed_s=time.perf_counter() - t_start, remaining_per_iteration=remaining,
+                             stalled=stalled.reshape(shape), volts_per_efold=(float(slope[0]), float(slope[1])),
+                             step_spread=(float(spread[0]), float(spread[1])), read_noise_s=sigma_read,
+                             reads_per_verify=n_reads)

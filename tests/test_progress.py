@@ -40,9 +40,10 @@ steps:
     repeats: 2
 """
 
-# Write-verify to a tolerance the mock cannot reach on 65536 cells: a minute of iterations, unless stopped.
+# Write-verify to a tolerance no device can reach, through a bench that is slow to answer each
+# reply (the serial emulator with 0.4 s added latency): tens of seconds of iterations, unless stopped.
 LONG = """name: long_levels
-array: {rows: 256, cols: 256}
+array: {rows: 64, cols: 64}
 steps:
   - kind: read
     name: first
@@ -226,7 +227,11 @@ def test_another_process_follows_a_long_measurement_and_ctrl_c_names_the_step(tm
     path = _write(tmp_path, "long", LONG)
     db_file = tmp_path / "long.db"
     url = f"sqlite:///{db_file}"
-    proc = _start([str(path), "--db", url], tmp_path / "run.log", tmp_path)
+    from drivers.emulate import BoardEmulator, BoardServer, Faults
+    from drivers.mock import SoftwareCrossbar
+    server = BoardServer(BoardEmulator(SoftwareCrossbar(64, 64, seed=1)), faults=Faults(latency_s=0.4)).start()
+    proc = _start([str(path), "--db", url, "--backend", "serial", "--resource", server.url], tmp_path / "run.log",
+                  tmp_path)
     try:
         first = _wait_for(url, db_file, proc, lambda r: r["current_step"] == "slow" and
                           (r["progress"] or {}).get("done", 0) > 0)
@@ -249,13 +254,14 @@ def test_another_process_follows_a_long_measurement_and_ctrl_c_names_the_step(tm
     finally:
         if proc.poll() is None:
             proc.kill()
+        server.stop()
     assert proc.returncode == 130
     lines = _plain_lines(tmp_path / "run.log")
     stopped = [line for line in lines if line.startswith("step 2/2 slow (program) interrupted after ")]
     assert len(stopped) == 1 and re.search(r"\(write-verify at \d+/1000 iterations\)$", stopped[0])
     assert lines[-1].startswith("run 1 interrupted in ") and "in step 2/2 slow (program)" in lines[-1]
     # Periodic lines while the measurement went on.
-    assert any(re.fullmatch(r"write-verify: \d+/1000 iterations, \d+/65536 cells in tolerance \(\d+\.\d s\)", line)
+    assert any(re.fullmatch(r"write-verify: \d+/1000 iterations, \d+/4096 cells in tolerance \(\d+\.\d s\)", line)
                for line in lines)
     row = _run_row(url)
     assert row["status"] == "interrupted"

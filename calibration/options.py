@@ -81,6 +81,9 @@ class ReadNoiseOptions(_Options):
 class DriftOptions(_Options):
     """Reads at a series of times after programming (waits on the instrument's clock: real time on a bench)."""
 
+    # Up to 10^4 s: on a bench the drift stage waits in real time (close to three hours), and the predictive
+    # check (CheckOptions) waits the same schedule again on its held-out devices. A protocol that wants the
+    # model checked at the horizons a deployed network meets lists them (3600 and 86400 s: instant on the mock).
     times_s: list[float] = Field(default_factory=lambda: [1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0,
                                                           10000.0], min_length=3, max_length=100)
     reads: int = Field(4, ge=1, le=1000, description="reads averaged at each time")
@@ -100,6 +103,24 @@ class PeripheryOptions(_Options):
     sweep_points: int = Field(512, ge=16, le=100000)
 
 
+class CheckOptions(_Options):
+    """The predictive check: devices kept out of every fit, programmed afresh after the other stages,
+    read repeatedly and at the drift times, and compared with what the fitted model predicts for them."""
+
+    holdout_fraction: float = Field(0.25, gt=0, lt=1, description="fraction of working devices kept out of the fits")
+    max_ks: float = Field(0.1, gt=0, le=1, description="a check passes with a KS distance below this")
+    min_spread_ratio: float = Field(0.8, gt=0, description="... and predicted/observed spread at least this")
+    max_spread_ratio: float = Field(1.25, gt=0, description="... and at most this")
+    samples_per_device: int = Field(20, ge=1, le=1000,
+                                    description="model draws per held-out device for the drift predictions")
+
+    @model_validator(mode="after")
+    def _ratios(self):
+        if self.min_spread_ratio >= self.max_spread_ratio:
+            raise ValueError("min_spread_ratio must be below max_spread_ratio")
+        return self
+
+
 class CalibrationOptions(_Options):
     read_voltage_v: float = Field(0.2, ge=ABSOLUTE_MIN_VOLTAGE_V)
     window: WindowOptions | None = Field(default_factory=WindowOptions)
@@ -108,11 +129,12 @@ class CalibrationOptions(_Options):
     read_noise: ReadNoiseOptions | None = Field(default_factory=ReadNoiseOptions)
     drift: DriftOptions | None = Field(default_factory=DriftOptions)
     periphery: PeripheryOptions | None = Field(default_factory=PeripheryOptions)
+    check: CheckOptions | None = Field(default_factory=CheckOptions)
 
     @model_validator(mode="after")
     def _dependencies(self):
-        if (self.read_noise or self.drift) and not self.programming:
-            raise ValueError("read_noise and drift measure the programmed levels: they need programming")
+        if (self.read_noise or self.drift or self.check) and not self.programming:
+            raise ValueError("read_noise, drift and check measure the programmed levels: they need programming")
         if self.programming and not self.window and (self.programming.g_low_s is None
                                                      or self.programming.g_high_s is None):
             raise ValueError("without the window measurement, programming needs both g_low_s and g_high_s: "

@@ -2,7 +2,9 @@
 
 Order matters: the window pass finds the stuck devices that later parts leave out, the
 pulse trains disturb only a few devices and come before programming, and read noise and
-drift are measured on the state the last programming round left behind.
+drift are measured on the state the last programming round left behind. The devices held
+out for the predictive check (calibration.checks) are drawn once the working ones are
+known; every fit leaves them out, and they are programmed afresh after the drift stage.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 
 from drivers import Crossbar
 
+from .checks import CheckMeasurement, choose_holdout, measure_checks
 from .drift import DriftFit, DriftMeasurement, fit_drift, measure_drift
 from .levels import LevelRange, level_range, measured_window
 from .noise_model import (ConductanceWindow, Defects, Drift, NoiseModel, Periphery, ProgrammingNoise, ReadNoise)
@@ -56,6 +59,8 @@ class Calibration:
     stuck_off: np.ndarray | None = None
     unreadable: np.ndarray | None = None      # devices with a non-finite window read: neither working nor stuck
     levels: LevelRange | None = None          # the range the programming levels were placed over, and why
+    holdout: np.ndarray | None = None         # devices kept out of every fit, for the predictive check
+    check: CheckMeasurement | None = None     # what the held-out devices did, programmed afresh
     warnings: list[str] = field(default_factory=list)   # one line each: what was clipped, left out or not fitted
 
     @property
@@ -64,6 +69,18 @@ class Calibration:
             return None
         working = ~(self.stuck_on | self.stuck_off)
         return working if self.unreadable is None else working & ~self.unreadable
+
+    @property
+    def fitted(self) -> np.ndarray | None:
+        """The working devices the fits use: all but the held-out ones."""
+        working = self.working
+        if working is None or self.holdout is None:
+            return working
+        return working & ~self.holdout
+
+    def fit_mask(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Devices a fit may use irrespective of being stuck: not held out."""
+        return np.ones(shape, dtype=bool) if self.holdout is None else ~self.holdout
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -86,6 +103,12 @@ class Calibration:
             out["read_noise"] = self.read_noise.quality.counts()
         if self.drift is not None:
             out["drift"] = self.drift.quality.counts()
+        if self.check is not None:
+            out["check.programming"] = assess(self.check.achieved_s[None]).counts()
+            if self.check.reads_s is not None:
+                out["check.read_noise"] = assess(self.check.reads_s).counts()
+            if self.check.drift is not None:
+                out["check.drift"] = self.check.drift.quality.counts()
         if self.periphery is not None:
             values = np.concatenate([self.periphery.zero_outputs_a.ravel(), self.periphery.sweep_outputs_a.ravel()])
             out["periphery"] = {"non_finite": int((~np.isfinite(values)).sum())}
@@ -93,8 +116,8 @@ class Calibration:
 
 
 def stages(options: CalibrationOptions) -> list[str]:
-    return [name for name in ("window", "pulse_response", "programming", "read_noise", "drift", "periphery")
-            if getattr(options, name) is not None]
+    return [name for name in ("window", "pulse_response", "programming", "read_noise", "drift", "check",
+                              "periphery") if getattr(options, name) is not None]
 
 
 def _check_readable(cal: Calibration, stage: str, quality: ReadQuality) -> None:
@@ -135,6 +158,9 @@ def run_calibration(xbar: Crossbar, options: CalibrationOptions, rng: np.random.
         _check_readable(cal, "window.after_reset", cal.window.low_quality)
         _check_readable(cal, "window.after_set", cal.window.high_quality)
         report("window", 1.0, f"yield {100 * cal.window.yield_fraction:.2f}%")
+    if options.check:
+        working = cal.working if cal.working is not None else np.ones(xbar.shape, dtype=bool)
+        cal.holdout = choose_holdout(working, options.check, rng)
     if options.pulse_response:
         report("pulse_response", 0.0, "pulse trains")
         cal.pulse_response = measure_pulse_response(xbar, options.pulse_response, v, rng, usable=cal.working)
@@ -172,12 +198,22 @@ def run_calibration(xbar: Crossbar, options: CalibrationOptions, rng: np.random.
 
         cal.drift = measure_drift(xbar, options.drift, v, cal.programming.programmed_at_s, on_time=on_time)
         _check_readable(cal, "drift", cal.drift.quality)
-        usable = cal.working if cal.working is not None else np.ones(xbar.shape, dtype=bool)
+        usable = cal.fitted if cal.fitted is not None else cal.fit_mask(xbar.shape)
         try:
             cal.drift_fit = fit_drift(cal.drift, usable, cal.read_fit)
         except ValueError as exc:
             cal.warn(f"drift not fitted: {exc}")
         report("drift", 1.0)
+    if options.check:
+        n = int(cal.holdout.sum())
+        report("check", 0.0, f"{n} held-out devices")
+
+        def on_part(done: float, message: str) -> None:
+            report("check", done, message)
+
+        cal.check = measure_checks(xbar, options, cal.holdout, cal.programming.levels_s,
+                                   cal.programming.write_verify[-1]["tolerance_s"], rng, on_part=on_part)
+        report("check", 1.0)
     if options.periphery:
         report("periphery", 0.0, "MVM sweeps")
         cal.periphery = measure_periphery(xbar, options.periphery)
@@ -200,7 +236,7 @@ def _fit_read_noise(cal: Calibration) -> ReadNoiseFit | None:
     if cal.window is not None and cal.window.low_reads_s.shape[0] >= 3:
         sets += [(cal.window.low_reads_s, cal.window.low_quality), (cal.window.high_reads_s, cal.window.high_quality)]
     for reads, quality in sets:
-        keep = ~quality.flagged
+        keep = ~quality.flagged & cal.fit_mask(quality.flagged.shape)
         samples.append((reads.mean(axis=0)[keep], reads.var(axis=0, ddof=1)[keep], reads.shape[0]))
     if not samples:
         return None
@@ -221,7 +257,8 @@ def fit_noise_model(cal: Calibration, *, array_id: str, rows: int, cols: int,
     if cal.window is None or cal.read_fit is None:
         raise ValueError("a noise model needs the window measurement and repeated reads (read_noise, "
                          "or window.reads >= 3) with at least two finite, unclipped devices")
-    working = cal.working
+    # The fits see the working devices that were not held out for the predictive check.
+    working = cal.fitted
     if not working.any():
         raise ValueError("no working device: every device is stuck or unreadable")
     read = cal.read_fit

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .checks import MIN_DEVICES, Check  # noqa: E402
 from .noise_model import NoiseModel  # noqa: E402
 from .pipeline import Calibration  # noqa: E402
 
@@ -239,13 +240,35 @@ def _quality_table(cal: Calibration) -> list[str]:
     return lines + [""]
 
 
+def _checks_table(cal: Calibration, checks: list[Check]) -> list[str]:
+    """The predictive check: each quantity of the held-out devices against the model's prediction."""
+    if not checks:
+        return []
+    o = cal.options.check
+    n = int(cal.holdout.sum()) if cal.holdout is not None else 0
+    lines = ["## Predictive check on held-out devices", "",
+             f"{n} working devices ({100 * o.holdout_fraction:.0f}%) were kept out of every fit, programmed afresh "
+             f"after the other stages and measured again; each distribution is compared with what the fitted "
+             f"model predicts for them. Pass: KS distance below {o.max_ks:g} and predicted/observed spread within "
+             f"{o.min_spread_ratio:g}-{o.max_spread_ratio:g}; no verdict below {MIN_DEVICES} devices.", "",
+             "| quantity | devices | KS distance | spread ratio (predicted/observed) | verdict | note |",
+             "|---|---|---|---|---|---|"]
+    for c in checks:
+        ks = "" if c.ks is None else f"{c.ks:.3f}"
+        ratio = "" if c.spread_ratio is None else f"{c.spread_ratio:.3f}"
+        verdict = {"pass": "pass", "warn": "**warn**", "n/a": "n/a"}[c.verdict]
+        lines.append(f"| {c.quantity} | {c.n} | {ks} | {ratio} | {verdict} | {c.note} |")
+    return lines + [""]
+
+
 def _warnings(cal: Calibration) -> list[str]:
     if not cal.warnings:
         return []
     return ["## Warnings", "", *(f"- {w}" for w in cal.warnings), ""]
 
 
-def write_report(cal: Calibration, model: NoiseModel, out_dir: Path, *, title: str) -> Path:
+def write_report(cal: Calibration, model: NoiseModel, out_dir: Path, *, title: str,
+                 checks: list[Check] | None = None) -> Path:
     """Write ``report.md`` and its figures into ``out_dir``; returns the Markdown file's path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -255,6 +278,7 @@ def write_report(cal: Calibration, model: NoiseModel, out_dir: Path, *, title: s
     if cal.levels is not None:
         lines += [f"Programming levels {cal.levels.g_low_s * _US:.3g}-{cal.levels.g_high_s * _US:.3g} µS "
                   f"(from the {cal.levels.source}).", ""]
+    lines += _checks_table(cal, checks or [])
     lines += _quality_table(cal)
     figures = []
     if cal.window is not None:

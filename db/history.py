@@ -21,7 +21,7 @@ from db.records import get_array, load_measurement_array
 if TYPE_CHECKING:
     import pandas
 
-__all__ = ["array_quantities", "array_trend", "compare_runs", "count_unopened_runs", "device_history", "get_run",
+__all__ = ["array_quantities", "array_trend", "calibration_checks", "compare_runs", "count_unopened_runs", "device_history", "get_run",
            "list_arrays", "list_noise_models", "list_runs", "progress_text", "run_device_stats", "run_measurements",
            "to_frame"]
 
@@ -307,6 +307,40 @@ def compare_runs(session: Session, run_a: int, run_b: int, *, any_array: bool = 
             rows.append({"source": source, "quantity": quantity, "unit": unit_a if unit_a is not None else unit_b,
                          "a": value_a, "b": value_b, **_change(value_a, value_b)})
     return rows
+
+
+def calibration_checks(session: Session, array_id: str, run_id: int | None = None) -> list[dict[str, Any]]:
+    """The predictive checks of one calibration of ``array_id`` (its newest run that stored any, unless
+    ``run_id`` names one): a row per checked quantity with its devices, KS distance, predicted/observed
+    spread ratio and verdict ("pass", "warn", or "n/a" where too few devices gave none), from the
+    ``check.<quantity>.<figure>`` statistics. ``LookupError`` for an unknown array or a run without checks."""
+    array = get_array(session, array_id)
+    checks = (select(ArrayStat.run_fk).where(ArrayStat.array_fk == array.id, ArrayStat.quantity.like("check.%")))
+    if run_id is None:
+        run_id = session.scalar(select(Run.id).where(Run.id.in_(checks))
+                                .order_by(Run.started_at.desc(), Run.id.desc()).limit(1))
+        if run_id is None:
+            raise LookupError(f"array {array_id!r} has no calibration with a predictive check")
+    statement = (select(ArrayStat.quantity, ArrayStat.value, RunStep.name.label("step_name"), Run.started_at)
+                 .join(Run, ArrayStat.run_fk == Run.id).outerjoin(RunStep, ArrayStat.step_fk == RunStep.id)
+                 .where(ArrayStat.array_fk == array.id, ArrayStat.run_fk == run_id,
+                        ArrayStat.quantity.like("check.%"))
+                 .order_by(RunStep.index, RunStep.attempt, ArrayStat.id))
+    rows: dict[tuple[Any, str], dict[str, Any]] = {}
+    for r in session.execute(statement):
+        quantity, _, figure = r.quantity[len("check."):].rpartition(".")
+        row = rows.setdefault((r.step_name, quantity), {
+            "run_id": run_id, "started_at": as_utc(r.started_at), "step_name": r.step_name, "quantity": quantity,
+            "n": None, "ks": None, "spread_ratio": None, "verdict": "n/a"})
+        if figure == "pass":
+            row["verdict"] = "n/a" if r.value is None else ("pass" if r.value >= 0.5 else "warn")
+        elif figure == "n":
+            row["n"] = None if r.value is None else int(r.value)
+        elif figure in ("ks", "spread_ratio"):
+            row[figure] = r.value
+    if not rows:
+        raise LookupError(f"run {run_id} stored no predictive check of array {array_id!r}")
+    return list(rows.values())
 
 
 def latest_runs(session: Session, array_id: str, count: int, *, calibrations: bool = False) -> list[int]:

@@ -14,6 +14,9 @@ Commands::
                                              a run's raw measurements and per-device maps as files
     compare (RUN_A RUN_B | --array A) [--any-array] [--out FILE.png]
                                              two calibrations side by side, and their distributions
+    checks --array A [RUN]                   a calibration's predictive check on held-out devices
+                                             (KS distance, spread ratio, verdict per quantity);
+                                             default: the newest run that has one
 
 Times are UTC: ``--since``/``--until`` take ``YYYY-MM-DD`` or ``YYYY-MM-DDTHH:MM`` (a
 date alone in ``--until`` includes that whole day), and are printed in ISO 8601.
@@ -63,6 +66,7 @@ COLUMNS = {
     "trend": ("run_id", "started_at", "step_name", "value", "unit"),
     "device": ("run_id", "started_at", "quantity", "value"),
     "compare": ("source", "quantity", "unit", "a", "b", "change", "relative_change"),
+    "checks": ("run_id", "started_at", "step_name", "quantity", "n", "ks", "spread_ratio", "verdict"),
 }
 
 # A table is read by a person on a terminal: runs leave out what the other views or
@@ -204,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="allow runs that measured different arrays")
     compare.add_argument("--out", metavar="FILE.png", type=Path,
                          help=f"where to write the figure (default: {PLOT_DIR}/compare-run-A-run-B.png)")
+    checks = command("checks", "a calibration's predictive check: per quantity, the KS distance and "
+                     "predicted/observed spread ratio on held-out devices, and the verdict")
+    checks.add_argument("run", type=_count, nargs="?", metavar="RUN",
+                        help="a run id (default: the newest run of --array with a check)")
+    checks.add_argument("--array", metavar="ARRAY_ID", required=True)
     return parser
 
 
@@ -373,9 +382,16 @@ def _compare(session: Session, args: argparse.Namespace, out: Console) -> None:
         sys.stderr.write(note + "\n")
 
 
+def _checks(session: Session, args: argparse.Namespace, out: Console) -> None:
+    rows = history.calibration_checks(session, args.array, args.run)
+    title = f"predictive check of {args.array}, run {rows[0]['run_id']} (held-out devices; times UTC)"
+    _emit(rows, "checks", title, args.format, out)
+
+
 COMMANDS: dict[str, Callable[[Session, argparse.Namespace, Console], None]] = {
     "arrays": _arrays, "runs": _runs, "models": _models, "model": _model, "quantities": _quantities,
     "trend": _trend, "device": _device, "plot": _plot, "export": _export, "compare": _compare,
+    "checks": _checks,
 }
 
 

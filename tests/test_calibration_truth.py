@@ -55,7 +55,8 @@ def test_programming_noise_per_level_is_recovered(seed):
     rng = np.random.default_rng(seed)
     cfg = random_device(rng)
     options = CalibrationOptions(programming=ProgrammingOptions(repeats=1, **programming_window(cfg)),
-                                 pulse_response=None, read_noise=None, drift=None, periphery=None)
+                                 pulse_response=None, read_noise=None, drift=None, periphery=None,
+                                 check=None)   # the check would reprogram devices after the measurement
     with SoftwareCrossbar(64, 64, config=cfg, seed=seed) as x:
         cal = run_calibration(x, options, rng)
         model = fit_noise_model(cal, array_id=x.identity.array_id, rows=64, cols=64)

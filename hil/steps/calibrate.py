@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from calibration.checks import check_stats, evaluate_checks
 from calibration.pipeline import Calibration, fit_noise_model, run_calibration, stages
 from calibration.report import write_report
 from db import records
@@ -43,23 +44,38 @@ def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepRep
                                          "source": cal.levels.source}
     report = StepReport(detail="")
     model = None
+    checks = []
+    if cal.holdout is not None:
+        summary["holdout"] = {"fraction": step.check.holdout_fraction, "devices": int(cal.holdout.sum())}
     if step.fit:
         try:
             model = fit_noise_model(cal, array_id=ctx.array.array_id, rows=ident.rows, cols=ident.cols,
                                     source_runs=[ctx.run.id])
         except ValueError as exc:
             raise ValueError(f"noise model not fitted ({'; '.join(cal.warnings) or 'no warning'}): {exc}") from exc
+        if cal.check is not None:
+            checks = evaluate_checks(cal.check, model, step.check, ctx.rng,
+                                     step.drift.times_s if step.drift else None)
+        stats, units = _array_stats(cal, model)
+        for name, value in zip(("values", "units"), check_stats(checks)):
+            (stats if name == "values" else units).update(value)
         with ctx.db.session() as session:
             stored = records.add_noise_model(session, ctx.array, model.to_json_dict(),
                                              schema_version=model.schema_version, run=ctx.run, step=row,
                                              source_runs=[ctx.run.id])
-            records.add_array_stats(session, ctx.run, row, ctx.array, *_array_stats(cal, model))
+            records.add_array_stats(session, ctx.run, row, ctx.array, stats, units)
         ctx.noise_models[step.name] = stored.id
         summary["noise_model_id"] = stored.id
         report.detail = (f"noise model {stored.id}: read noise {model.read.floor_s * 1e6:.3f} µS + "
                          f"{100 * model.read.relative:.2f}%")
         if model.drift:
             report.detail += f", drift ν {model.drift.nu_mean:.4f}±{model.drift.nu_std:.4f}"
+        if checks:
+            summary["checks"] = [c.as_dict() for c in checks]
+            warned = [c.quantity for c in checks if c.passed is False]
+            judged = [c for c in checks if c.passed is not None]
+            report.detail += (f"; held-out check {len(judged) - len(warned)}/{len(judged)} pass"
+                              + (f" (warn: {', '.join(warned)})" if warned else ""))
     if cal.window is not None:
         n = cal.stuck_on.size
         working = int(cal.working.sum())
@@ -73,7 +89,7 @@ def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepRep
         report.detail = "; ".join(filter(None, [report.detail, f"warning: {cal.warnings[0]}{more}"]))
     if step.report and model is not None:
         out = ctx.report_dir / f"run-{ctx.run.id}-{step.name}"
-        path = write_report(cal, model, out, title=f"Calibration of {ctx.array.array_id} (run {ctx.run.id}, "
+        path = write_report(cal, model, out, checks=checks, title=f"Calibration of {ctx.array.array_id} (run {ctx.run.id}, "
                                                     f"step {step.name})")
         summary["report"] = str(path)
         report.detail += f"; report {path}"
@@ -122,6 +138,17 @@ def _save_raw(ctx: RunContext, row: RunStep, cal: Calibration) -> None:
              reads=cal.drift.reads)
         if cal.drift_fit is not None:
             devices["drift_nu"] = cal.drift_fit.nu
+    if cal.check is not None:
+        c = cal.check
+        save(row, "check.cells", "cell_index", "1", c.cells)
+        save(row, "check.targets", "target_conductance", "S", c.targets_s, levels_s=c.levels_s.tolist())
+        save(row, "check.achieved", "conductance", "S", c.achieved_s, reads=c.programming_reads,
+             write_verify=c.write_verify)
+        if c.reads_s is not None:
+            save(row, "check.reads", "conductance", "S", c.reads_s)
+        if c.drift is not None:
+            save(row, "check.drift", "conductance", "S", c.drift.mean_s, times_s=c.drift.times_s.tolist(),
+                 reads=c.drift.reads)
     if cal.periphery is not None:
         save(row, "periphery.zero_input", "current", "A", cal.periphery.zero_outputs_a)
         save(row, "periphery.sweep", "current", "A", cal.periphery.sweep_outputs_a,

@@ -32,3 +32,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_executor.py
 	$(PY) benchmarks/bench_startup.py
 	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_write_verify.py

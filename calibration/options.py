@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from drivers.limits import ABSOLUTE_MIN_PULSE_WIDTH_S, ABSOLUTE_MIN_VOLTAGE_V
 
@@ -46,7 +47,32 @@ class PulseResponseOptions(_Options):
         return self
 
 
-class ProgrammingOptions(_Options):
+class WriteVerifyOptions(_Options):
+    """The write-verify settings a protocol may give, declared once for ``program``, ``deploy`` and the
+    calibration's programming (see drivers.write_verify.WriteVerifySettings.from_options). SET and RESET
+    pulses of ``pulse_width_s`` start at the ``start_*`` amplitude and may grow to the ``max_*`` one (the
+    algorithm learns by how much); amplitudes are magnitudes, the driver applies the polarity."""
+
+    max_iterations: int = Field(20, ge=1, le=1000)
+    # The maxima come first so that each start can be checked against its maximum at its own field.
+    max_set_voltage_v: float = Field(2.0, ge=ABSOLUTE_MIN_VOLTAGE_V)
+    start_set_voltage_v: float = Field(0.9, ge=ABSOLUTE_MIN_VOLTAGE_V)
+    max_reset_voltage_v: float = Field(2.0, ge=ABSOLUTE_MIN_VOLTAGE_V)
+    start_reset_voltage_v: float = Field(0.9, ge=ABSOLUTE_MIN_VOLTAGE_V)
+    voltage_step_v: float = Field(0.05, gt=0, le=1, description="smallest amplitude change between pulses (V)")
+    pulse_width_s: float = Field(1e-6, ge=ABSOLUTE_MIN_PULSE_WIDTH_S)
+
+    @field_validator("start_set_voltage_v", "start_reset_voltage_v")
+    @classmethod
+    def _ramp_ordered(cls, value: float, info: ValidationInfo) -> float:
+        which = "set" if info.field_name == "start_set_voltage_v" else "reset"
+        stop = info.data.get(f"max_{which}_voltage_v")
+        if stop is not None and value > stop:
+            raise PydanticCustomError("ramp_order", f"exceeds max_{which}_voltage_v ({stop})")
+        return value
+
+
+class ProgrammingOptions(WriteVerifyOptions):
     """Write-verify to random levels, repeated; achieved minus target is the programming error."""
 
     levels: int = Field(8, ge=2, le=64)
@@ -56,14 +82,8 @@ class ProgrammingOptions(_Options):
     g_high_s: float | None = Field(None, gt=0, le=1, description="highest level (S); default from the window")
     repeats: int = Field(2, ge=1, le=100)
     tolerance: float = Field(0.02, gt=0, le=0.5, description="write-verify tolerance, fraction of the level span")
-    max_iterations: int = Field(20, ge=1, le=1000)
     settle_s: float = Field(1.0, ge=0, le=3600, description="wait between programming and measuring (s)")
     reads: int = Field(8, ge=1, le=1000, description="reads averaged to measure the achieved conductance")
-    start_set_voltage_v: float = Field(0.9, ge=ABSOLUTE_MIN_VOLTAGE_V)
-    max_set_voltage_v: float = Field(2.0, ge=ABSOLUTE_MIN_VOLTAGE_V)
-    start_reset_voltage_v: float = Field(0.9, ge=ABSOLUTE_MIN_VOLTAGE_V)
-    max_reset_voltage_v: float = Field(2.0, ge=ABSOLUTE_MIN_VOLTAGE_V)
-    pulse_width_s: float = Field(1e-6, ge=ABSOLUTE_MIN_PULSE_WIDTH_S)
 
     @model_validator(mode="after")
     def _window(self):

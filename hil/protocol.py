@@ -19,11 +19,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from calibration.options import CalibrationOptions
+from calibration.options import CalibrationOptions, WriteVerifyOptions
 from hil.nn.zoo import ModelConfig
 from drivers.device_model import DeviceConfig
 from drivers.families import AnyDeviceConfig
-from drivers.limits import ABSOLUTE_MIN_PULSE_WIDTH_S, ABSOLUTE_MIN_VOLTAGE_V, SafetyLimits
+from drivers.limits import ABSOLUTE_MIN_VOLTAGE_V, SafetyLimits
 
 __all__ = [
     "AnalogTraining", "ArraySpec", "CalibrateStep", "CheckpointRef", "DeployStep", "InferStep", "NoiseModelRef",
@@ -45,10 +45,9 @@ ARRAY_NAME_PATTERN = r"^[A-Za-z0-9_.:+-]+$"
 ArrayName = Annotated[str, Field(min_length=1, max_length=100, pattern=ARRAY_NAME_PATTERN)]
 # Free text on one line (a wafer id, a person's name).
 Label = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
-# A step's voltages and widths are also bounded above by the protocol's limits; these floors keep a unit
-# slip (1e-300) from passing as a tiny but valid setting.
+# A step's voltages are also bounded above by the protocol's limits; this floor keeps a unit slip (1e-300)
+# from passing as a tiny but valid setting (write-verify widths: calibration.options.WriteVerifyOptions).
 Volts = Annotated[float, Field(ge=ABSOLUTE_MIN_VOLTAGE_V)]
-Seconds = Annotated[float, Field(ge=ABSOLUTE_MIN_PULSE_WIDTH_S)]
 
 
 class _Model(BaseModel):
@@ -277,40 +276,20 @@ Pattern = Annotated[Union[LevelsPattern, CheckerboardPattern, RandomPattern, Fil
 
 # --------------------------------------------------------------------------- steps
 
-class ProgramStep(_Model):
+class ProgramStep(_Model, WriteVerifyOptions):
     """Write-verify programming of a target pattern.
 
     A cell counts as programmed once its read-back conductance (read at ``read_voltage_v``) is
-    within ``tolerance`` times the target span, max(target) - min(target), of its target. SET and
-    RESET pulses of ``pulse_width_s`` start at the ``start_*`` amplitude and grow by
-    ``voltage_step_v`` up to the ``max_*`` amplitude. Amplitudes are magnitudes; the driver
-    applies the polarity.
+    within ``tolerance`` times the target span, max(target) - min(target), of its target. The
+    write-verify settings (iterations, SET/RESET amplitudes, pulse width) are those of
+    :class:`calibration.options.WriteVerifyOptions`.
     """
 
     kind: Literal["program"] = "program"
     name: Name | None = None
     pattern: Pattern
     tolerance: float = Field(0.02, gt=0, le=0.5, description="fraction of the target span")
-    max_iterations: int = Field(20, ge=1, le=1000)
     read_voltage_v: Volts = Field(0.2)
-    start_set_voltage_v: Volts = Field(0.9)
-    max_set_voltage_v: Volts = Field(2.0)
-    start_reset_voltage_v: Volts = Field(0.9)
-    max_reset_voltage_v: Volts = Field(2.0)
-    voltage_step_v: float = Field(0.05, gt=0, le=1)
-    pulse_width_s: Seconds = Field(1e-6)
-
-    @model_validator(mode="after")
-    def _ramps_ordered(self):
-        problems = []
-        for which in ("set", "reset"):
-            start = getattr(self, f"start_{which}_voltage_v")
-            stop = getattr(self, f"max_{which}_voltage_v")
-            if start > stop:
-                problems.append(((f"start_{which}_voltage_v",), "ramp_order",
-                                 f"exceeds max_{which}_voltage_v ({stop})", start))
-        _raise_at("ProgramStep", problems)
-        return self
 
 
 class ReadStep(_Model):
@@ -404,12 +383,13 @@ class CheckpointRef(_Model):
         return _exactly_one_of(self, ("id", "name", "from_step"))
 
 
-class DeployStep(_Model):
+class DeployStep(_Model, WriteVerifyOptions):
     """Map a trained model onto the array and program it with write-verify.
 
     Every weight matrix becomes differential conductance pairs in the noise model's weight window,
     tiled and placed around the array's stuck devices (from its latest calibration). Cells count as
-    programmed within ``tolerance_s`` (default: the tolerance the noise model was measured with).
+    programmed within ``tolerance_s`` (default: the tolerance the noise model was measured with), with the
+    write-verify settings of :class:`calibration.options.WriteVerifyOptions`.
     """
 
     kind: Literal["deploy"] = "deploy"
@@ -419,14 +399,7 @@ class DeployStep(_Model):
     tolerance_s: float | None = Field(None, gt=0, le=1e-3)
     tiles_per_mvm: int = Field(8, ge=1, le=4096)
     max_shared_rows: int = Field(24, ge=0, le=4096)
-    max_iterations: int = Field(20, ge=1, le=1000)
     read_voltage_v: Volts = Field(0.2)
-    start_set_voltage_v: Volts = Field(0.9)
-    max_set_voltage_v: Volts = Field(2.0)
-    start_reset_voltage_v: Volts = Field(0.9)
-    max_reset_voltage_v: Volts = Field(2.0)
-    voltage_step_v: float = Field(0.05, gt=0, le=1)
-    pulse_width_s: Seconds = Field(1e-6)
 
 
 class InferStep(_Model):

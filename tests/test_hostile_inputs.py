@@ -339,3 +339,22 @@ def test_run_protocol_from_python_as_the_command_does(tmp_path):
         hil.run_protocol(protocol(tmp_path), db=url, sed=1)
     with Database(url) as db, db.session() as s:
         assert len(s.scalars(select(Run)).all()) == 1
+
+
+@pytest.mark.parametrize("kind, extra", [
+    ("program", "    pattern: {kind: checkerboard, g_low_s: 1.0e-5, g_high_s: 5.0e-5}\n"),
+    ("deploy", "    checkpoint: {id: 1}\n"),
+    ("calibrate", ""),
+])
+def test_every_write_verify_takes_the_same_settings_and_checks(tmp_path, kind, extra):
+    """program, deploy and the calibration's programming share one declaration of the write-verify settings,
+    so a ramp that starts above its maximum is refused at the same field in each."""
+    if kind == "calibrate":
+        step = "  - kind: calibrate\n    programming: {start_set_voltage_v: 1.9, max_set_voltage_v: 1.2}\n"
+        field = "steps[0].programming.start_set_voltage_v"
+    else:
+        step = f"  - kind: {kind}\n{extra}    start_set_voltage_v: 1.9\n    max_set_voltage_v: 1.2\n"
+        field = "steps[0].start_set_voltage_v"
+    with pytest.raises(ProtocolError) as info:
+        load_protocol(protocol(tmp_path, step=step))
+    assert info.value.field == field and "exceeds max_set_voltage_v (1.2)" in info.value.message

@@ -11,6 +11,8 @@ from sqlalchemy import select
 
 import hil.run
 from db import Database
+from drivers.emulate import BoardEmulator, BoardServer, Faults
+from drivers.mock import SoftwareCrossbar
 from db.models import Measurement, Run
 
 LONG = """name: long_levels
@@ -32,8 +34,11 @@ def test_a_run_killed_mid_step_is_marked_interrupted_when_the_database_is_next_o
     protocol = tmp_path / "long.yaml"
     protocol.write_text(LONG, encoding="utf-8")
     url = f"sqlite:///{tmp_path / 'killed.db'}"
-    proc = subprocess.Popen([sys.executable, "-m", "hil.run", str(protocol), "--db", url],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A bench slow to answer (the serial emulator with added latency) keeps the run in its second step long
+    # enough to be killed there: write-verify no longer spins on a tolerance no device can reach.
+    server = BoardServer(BoardEmulator(SoftwareCrossbar(64, 64, seed=1)), faults=Faults(latency_s=0.4)).start()
+    proc = subprocess.Popen([sys.executable, "-m", "hil.run", str(protocol), "--db", url, "--backend", "serial",
+                             "--resource", server.url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while True:                      # until the first step's data is in and the second has started
@@ -61,7 +66,11 @@ def test_a_run_killed_mid_step_is_marked_interrupted_when_the_database_is_next_o
             assert run.finished_at is not None
             first_id = run.steps[0].id
 
-    assert hil.run.main(["--resume", "1", "--db", url]) == 0
+    server.faults.latency_s = 0.0          # the resumed run may finish its write-verify at full speed
+    try:
+        assert hil.run.main(["--resume", "1", "--db", url]) == 0
+    finally:
+        server.stop()
     with Database.open(url) as db:
         with db.engine.connect() as c:
             assert c.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"

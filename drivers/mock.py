@@ -338,10 +338,26 @@ class SoftwareCrossbar(Crossbar):
 
     # ---------------------------------------------------------------- physics
     def _conductance_now(self) -> np.ndarray:
+        """Every cell's conductance on the clock now, stuck cells at their stuck value; recomputed only once
+        the clock has moved by a twentieth of the youngest programming's age (relaxation is logarithmic)."""
         t = self._clock
         if self._g_cache is not None and (t - self._t_cache) <= _DRIFT_REFRESH * (self._t_cache - self._newest
-                                                                                  + self.config.drift_t0_s):
+                                                                                  + self._relaxation_t0_s()):
             return self._g_cache
+        g = self._relaxed(t)
+        g[self._stuck] = self._stuck_value[self._stuck]
+        self._g_cache = g
+        self._sigma_cache = None
+        self._t_cache = t
+        self._newest = float(self._t_prog.max())
+        return g
+
+    def _relaxation_t0_s(self) -> float:
+        """The family's relaxation time scale (s), which sets how often the conductances are recomputed."""
+        return self.config.drift_t0_s
+
+    def _relaxed(self, t: float) -> np.ndarray:
+        """Every cell's conductance at time ``t`` after relaxation, a new array (this family: power-law drift)."""
         t0 = self.config.drift_t0_s
         # g_prog * ((age + t0) / t0) ** -nu, written with log1p/exp: a float64 power is several times slower.
         decay = np.log1p((t - self._t_prog) / t0)
@@ -350,11 +366,6 @@ class SoftwareCrossbar(Crossbar):
         g = decay
         g *= self._g_prog
         np.maximum(g, self._floor, out=g)
-        g[self._stuck] = self._stuck_value[self._stuck]
-        self._g_cache = g
-        self._sigma_cache = None
-        self._t_cache = t
-        self._newest = float(self._t_prog.max())
         return g
 
     def _refresh_mvm_conductance(self) -> None:

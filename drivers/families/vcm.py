@@ -88,21 +88,16 @@ class VCMCrossbar(FamilyCrossbar):
         self._floor = 0.0
 
     # ------------------------------------------------------------ relaxation
-    def _conductance_now(self) -> np.ndarray:
-        t = self._clock
+    def _relaxation_t0_s(self) -> float:
+        return self.config.relax_t0_s
+
+    def _relaxed(self, t: float) -> np.ndarray:
         cfg = self.config
-        if self._g_cache is not None and (t - self._t_cache) <= 0.05 * (self._t_cache - self._newest + cfg.relax_t0_s):
-            return self._g_cache
         age = (t - self._t_prog) / cfg.relax_t0_s
         log_age = np.log1p(age)
         spread = cfg.relax_sigma0_s * (age / (age + 1.0)) + cfg.relax_sigma_per_ln_s * log_age
         g = self._g_prog + cfg.relax_mean_per_ln_s * log_age * self._relax_on + self._relax_s * spread
         np.maximum(g, 0.0, out=g)
-        g[self._stuck] = self._stuck_value[self._stuck]
-        self._g_cache = g
-        self._sigma_cache = None
-        self._t_cache = t
-        self._newest = float(self._t_prog.max())
         return g
 
     def _programmed(self, r, c, g_new) -> None:

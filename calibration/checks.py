@@ -221,7 +221,7 @@ def _drift(m: CheckMeasurement, model: NoiseModel, options: CheckOptions, rng: n
     k = options.samples_per_device
     # Per device, `k` draws of its exponent, and of the read noise on its first read and on the read
     # at each time; each draw starts from the device's observed first read, taken as its conductance.
-    nu = law.nu_mean + law.nu_std * rng.standard_normal((k, base.size))
+    nu = law.nu_mean_at(base) + law.nu_std_at(base) * rng.standard_normal((k, base.size))
     g_first = base + model.read.sigma(base) / np.sqrt(d.reads) * rng.standard_normal((k, base.size))
     order = np.argsort(base)
     bands = [order[i] for i in np.array_split(np.arange(base.size), DRIFT_BANDS)]

@@ -30,6 +30,14 @@ class DriftMeasurement:
         return assess(self.mean_s)
 
 
+# Conductance bands of the "power_g" law: enough to follow a trend over two decades of conductance, few
+# enough that each band holds hundreds of devices on a 64x64 array.
+DRIFT_BANDS = 6
+# The conductance-dependent law is chosen only if it predicts held-out devices better than this many
+# nats per device: a simpler law that predicts as well is preferred.
+SELECTION_MARGIN = 0.01
+
+
 @dataclass
 class DriftFit:
     t0_s: float
@@ -38,6 +46,11 @@ class DriftFit:
     nu_mean: float
     nu_std: float
     nu_std_raw: float         # spread of the estimates before the read-noise scatter is removed
+    law: str = "power"        # "power" (one mean and spread) or "power_g" (by conductance)
+    levels_s: list[float] | None = None
+    nu_mean_by_level: list[float] | None = None
+    nu_std_by_level: list[float] | None = None
+    selection: dict[str, float] | None = None   # held-out log-likelihood per device of each law
 
 
 def measure_drift(xbar: Crossbar, options: DriftOptions, read_voltage_v: float, programmed_at_s: float,
@@ -113,7 +126,49 @@ def fit_drift(m: DriftMeasurement, usable: np.ndarray, read_noise: ReadNoiseFit 
     g_mean = np.exp(y.mean(axis=0))
     noise_var = (read_noise.sigma(g_mean) / g_mean) ** 2 / m.reads / sxx
     mean, std = _random_effects(nu_dev, noise_var)
-    return DriftFit(t0, nu, g0, mean, std, raw_std)
+    fit = DriftFit(t0, nu, g0, mean, std, raw_std)
+    return _select_law(fit, nu_dev, g0_dev, noise_var)
+
+
+def _banded(nu: np.ndarray, g: np.ndarray, noise_var: np.ndarray) -> tuple[list[float], list[float], list[float]]:
+    """The power_g law fitted to devices (exponent, conductance, estimate variance): per conductance band
+    (equal counts), the band's median conductance and the random-effects mean and spread of its exponents."""
+    order = np.argsort(g)
+    levels, means, stds = [], [], []
+    for band in np.array_split(order, DRIFT_BANDS):
+        mean, std = _random_effects(nu[band], noise_var[band])
+        levels.append(float(np.median(g[band])))
+        means.append(mean)
+        stds.append(std)
+    return levels, means, stds
+
+
+def _log_likelihood(nu: np.ndarray, mean: np.ndarray, std: np.ndarray, noise_var: np.ndarray) -> float:
+    """Mean Gaussian log-likelihood per device of exponents ``nu`` estimated with variance ``noise_var``."""
+    var = std ** 2 + noise_var
+    return float(np.mean(-0.5 * (np.log(2 * np.pi * var) + (nu - mean) ** 2 / var)))
+
+
+def _select_law(fit: DriftFit, nu: np.ndarray, g: np.ndarray, noise_var: np.ndarray) -> DriftFit:
+    """Choose between one exponent distribution for all devices and one by conductance, by two-fold
+    held-out likelihood: each half of the devices (drawn by a fixed seed) is predicted by the laws fitted
+    to the other half. Needs a few devices per band; with fewer, the single law stands."""
+    if nu.size < 20 * DRIFT_BANDS:
+        return fit
+    halves = np.array_split(np.random.default_rng(0).permutation(nu.size), 2)
+    scores = {"power": 0.0, "power_g": 0.0}
+    for train, test in (halves, halves[::-1]):
+        mean, std = _random_effects(nu[train], noise_var[train])
+        scores["power"] += _log_likelihood(nu[test], mean, std, noise_var[test]) / 2
+        levels, means, stds = _banded(nu[train], g[train], noise_var[train])
+        scores["power_g"] += _log_likelihood(nu[test], np.interp(g[test], levels, means),
+                                             np.interp(g[test], levels, stds), noise_var[test]) / 2
+    fit.selection = scores
+    if scores["power_g"] > scores["power"] + SELECTION_MARGIN:
+        levels, means, stds = _banded(nu, g, noise_var)
+        if all(b > a for a, b in zip(levels, levels[1:])):
+            fit.law, fit.levels_s, fit.nu_mean_by_level, fit.nu_std_by_level = "power_g", levels, means, stds
+    return fit
 
 
 def _random_effects(estimates: np.ndarray, noise_var: np.ndarray, iterations: int = 50) -> tuple[float, float]:

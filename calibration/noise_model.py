@@ -59,12 +59,48 @@ class ReadNoise(_Part):
 
 
 class Drift(_Part):
-    """g(t) = g_prog * ((t + t0_s) / t0_s) ** -nu, nu ~ Normal(nu_mean, nu_std) per device."""
+    """g(t) = g_prog * ((t + t0_s) / t0_s) ** -nu, nu ~ Normal(mean, std) per device.
 
-    law: Literal["power"] = "power"
-    nu_mean: float
-    nu_std: float = Field(ge=0)
+    ``law`` "power": one mean and spread for every device. "power_g": the mean and spread depend on the
+    device's conductance, given at ``levels_s`` and interpolated linearly in between (constant beyond the
+    ends), as phase-change devices drift faster and more unevenly at low conductance. The calibration
+    chooses between them by held-out likelihood and records both scores (``selection``).
+    """
+
+    law: Literal["power", "power_g"] = "power"
+    nu_mean: float = Field(description="over all devices")
+    nu_std: float = Field(ge=0, description="over all devices")
     t0_s: float = Field(gt=0)
+    levels_s: list[float] | None = Field(None, description="power_g: conductances the curves are given at")
+    nu_mean_by_level: list[float] | None = None
+    nu_std_by_level: list[float] | None = None
+    selection: dict[str, float] | None = Field(None, description="held-out log-likelihood per device of each law")
+
+    @model_validator(mode="after")
+    def _curves(self):
+        curves = (self.levels_s, self.nu_mean_by_level, self.nu_std_by_level)
+        if self.law == "power_g":
+            if any(c is None for c in curves) or not len(self.levels_s) == len(self.nu_mean_by_level) \
+                    == len(self.nu_std_by_level) or len(self.levels_s) < 2:
+                raise ValueError("drift law power_g needs levels_s, nu_mean_by_level and nu_std_by_level of one "
+                                 "length, at least 2")
+            if any(b <= a for a, b in zip(self.levels_s, self.levels_s[1:])) or min(self.nu_std_by_level) < 0:
+                raise ValueError("drift levels_s must increase and nu_std_by_level be non-negative")
+        elif any(c is not None for c in curves):
+            raise ValueError("levels_s and the curves by level belong to the drift law power_g")
+        return self
+
+    def nu_mean_at(self, g_s) -> np.ndarray:
+        """The mean exponent of devices at conductance ``g_s`` (S)."""
+        if self.law == "power":
+            return np.full(np.shape(g_s), self.nu_mean)
+        return np.interp(g_s, self.levels_s, self.nu_mean_by_level)
+
+    def nu_std_at(self, g_s) -> np.ndarray:
+        """The device-to-device spread of the exponent at conductance ``g_s`` (S)."""
+        if self.law == "power":
+            return np.full(np.shape(g_s), self.nu_std)
+        return np.interp(g_s, self.levels_s, self.nu_std_by_level)
 
     def factor(self, t_s, nu=None) -> np.ndarray:
         nu = self.nu_mean if nu is None else nu

@@ -304,7 +304,9 @@ def fit_noise_model(cal: Calibration, *, array_id: str, rows: int, cols: int,
     if cal.drift_fit is not None:
         d = cal.drift_fit
         if all(np.isfinite(x) for x in (d.nu_mean, d.nu_std, d.t0_s)) and d.t0_s > 0:
-            drift = Drift(nu_mean=d.nu_mean, nu_std=d.nu_std, t0_s=d.t0_s)
+            drift = Drift(nu_mean=d.nu_mean, nu_std=d.nu_std, t0_s=d.t0_s, law=d.law, levels_s=d.levels_s,
+                          nu_mean_by_level=d.nu_mean_by_level, nu_std_by_level=d.nu_std_by_level,
+                          selection=d.selection)
         else:
             cal.warn(f"drift: fit not finite (nu {d.nu_mean:.3g} ± {d.nu_std:.3g}, t0 {d.t0_s:.3g} s): "
                      f"left out of the noise model")

@@ -207,7 +207,15 @@ def _model_table(model: NoiseModel) -> list[str]:
             ("stuck on / off", f"{100 * model.defects.stuck_on_rate:.2f}% / {100 * model.defects.stuck_off_rate:.2f}%"),
             ("read noise", f"floor {model.read.floor_s * _US:.4f} µS, relative {100 * model.read.relative:.3f}%")]
     if model.drift:
-        rows.append(("drift", f"ν = {model.drift.nu_mean:.5f} ± {model.drift.nu_std:.5f}, t0 = {model.drift.t0_s:.3g} s"))
+        d = model.drift
+        text = f"ν = {d.nu_mean:.5f} ± {d.nu_std:.5f}, t0 = {d.t0_s:.3g} s"
+        if d.law == "power_g":
+            text += "; by conductance: " + ", ".join(f"{g * 1e6:.3g} µS: {m:.4f} ± {sd:.4f}" for g, m, sd in
+                                                      zip(d.levels_s, d.nu_mean_by_level, d.nu_std_by_level))
+        if d.selection:
+            text += (f" (law {d.law}, chosen by held-out log-likelihood per device: "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in d.selection.items()) + ")")
+        rows.append(("drift", text))
     if model.programming:
         sig = ", ".join(f"{s * _US:.3f}" for s in model.programming.sigma_s)
         rows.append(("programming σ per level", f"{sig} µS"))

@@ -146,3 +146,20 @@ def test_a_simulated_chip_is_one_fixed_draw_and_seeded():
         c = layer(x)
     assert torch.equal(a1, a2) and torch.equal(a1, b) and not torch.equal(a1, c)
     assert not torch.equal(a1, clean) and torch.equal(layer(x), clean)
+
+
+def test_drift_by_conductance_gives_each_device_its_own_exponent():
+    """With the power_g law the low-conductance device of a pair drifts (nu 0.2) and the high one does not
+    (nu 0): a full-scale weight grows by the closed form below, where one exponent would shrink it."""
+    drift = Drift(law="power_g", nu_mean=0.1, nu_std=0.0, t0_s=1.0, levels_s=[G_MIN, G_MAX],
+                  nu_mean_by_level=[0.2, 0.0], nu_std_by_level=[0.0, 0.0])
+    model = noise_model().model_copy(update={"drift": drift})
+    spec = AnalogSpec(noise_model=model, programming_noise=False, read_noise=False, stuck_cells=False,
+                      drift_time_s=3600.0, drift_compensation=False)
+    w = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
+    realised = perturb_weights(w, spec)
+    expected = (G_MAX - G_MIN * 3601.0 ** -0.2) / (G_MAX - G_MIN)
+    assert realised[0, 0].item() == pytest.approx(expected, rel=1e-6)
+    assert realised[0, 1].item() == pytest.approx(-expected, rel=1e-6)
+    single = perturb_weights(w, spec.model_copy(update={"noise_model": noise_model(nu=0.1)}))
+    assert single[0, 0].item() == pytest.approx(3601.0 ** -0.1, rel=1e-6)

@@ -87,19 +87,35 @@ def test_a_model_with_half_the_drift_exponent_fails_the_long_drift_checks(defaul
     assert checks["programming"].verdict == checks["read_noise"].verdict == "pass"
 
 
-def test_pcm_drift_that_depends_on_conductance_fails_the_drift_check():
-    # PCM drifts faster at low conductance and its read noise grows with age; the model has one exponent
-    # distribution for every conductance and age-independent read noise.
+def test_pcm_drift_that_depends_on_conductance_is_chosen_and_then_passes_the_check():
+    # PCM drifts faster at low conductance (Nandakumar 2019: mean exponent -0.0155 ln x + 0.0244, clipped at
+    # 0.049 above x = 0.2) and its read noise grows with age, which the model's read-noise law lacks.
     cal, model, options = calibrate({"family": "pcm"})
+    drift = model.drift
+    assert drift.law == "power_g" and drift.selection["power_g"] > drift.selection["power"]
+    # the lowest band's exponent exceeds the plateau the upper bands share, as the published law has it
+    assert drift.nu_mean_by_level[0] > 1.15 * np.median(drift.nu_mean_by_level[2:])
+    assert np.median(drift.nu_mean_by_level[2:]) == pytest.approx(0.049, rel=0.1)
     checks = by_quantity(cal, model, options)
+    assert all(checks[f"drift_{t:g}s"].verdict == "pass" for t in DRIFT_TIMES[1:])
+    assert checks["read_noise"].verdict == "warn"
+
+    # One exponent distribution for every conductance misses: the low-conductance band, and by more after a
+    # day than after 10 s.
+    single = model.model_copy(update={"drift": drift.model_copy(update={
+        "law": "power", "levels_s": None, "nu_mean_by_level": None, "nu_std_by_level": None})})
+    checks = by_quantity(cal, single, options)
     day = checks["drift_86400s"]
     assert day.verdict == "warn"
-    # The band that misses is the low-conductance one, where PCM's exponent is larger than the model's.
     low = np.median(cal.check.drift.mean_s[0])
     assert float(day.note.split(": ")[1].split("-")[1].split(" ")[0]) * 1e-6 < 1.05 * low
-    # Drift away from the model grows with time: the day misses by more than the first 10 s.
     assert day.ks > 2 * checks["drift_10s"].ks
-    assert checks["read_noise"].verdict == "warn"
+
+
+def test_a_device_whose_drift_does_not_depend_on_conductance_keeps_the_single_law(default_device):
+    _, model, _ = default_device
+    assert model.drift.law == "power" and model.drift.levels_s is None
+    assert model.drift.selection["power"] + 0.01 >= model.drift.selection["power_g"]
 
 
 def test_too_few_held_out_devices_give_no_verdict():
@@ -143,3 +159,15 @@ def test_calibrate_step_stores_reports_and_lists_its_check(tmp_path, capsys):
     report = next(Path(tmp_path / "r").rglob("report.md")).read_text(encoding="utf-8")
     assert "## Predictive check on held-out devices" in report
     assert "| drift_86400s |" in report
+
+
+def test_a_conductance_dependent_drift_law_needs_its_curves():
+    from pydantic import ValidationError
+    from calibration.noise_model import Drift
+    with pytest.raises(ValidationError, match="power_g needs levels_s"):
+        Drift(law="power_g", nu_mean=0.05, nu_std=0.01, t0_s=1.0)
+    with pytest.raises(ValidationError, match="belong to the drift law power_g"):
+        Drift(nu_mean=0.05, nu_std=0.01, t0_s=1.0, levels_s=[1e-6, 2e-6])
+    with pytest.raises(ValidationError, match="must increase"):
+        Drift(law="power_g", nu_mean=0.05, nu_std=0.01, t0_s=1.0, levels_s=[2e-6, 1e-6], nu_mean_by_level=[0, 0],
+              nu_std_by_level=[0, 0])

@@ -141,7 +141,11 @@ def perturb_weights(weight: torch.Tensor, spec: AnalogSpec, generator: torch.Gen
         pair = pair + scale * (bias + sigma * normal(pair))
     if spec.drift_time_s is not None and model.drift is not None:
         d = model.drift
-        nu = d.nu_mean + scale * d.nu_std * normal(pair)
+        if d.law == "power_g":     # exponents by conductance, as calibration measured them
+            nu = _interp(pair, d.levels_s, d.nu_mean_by_level) + \
+                scale * _interp(pair, d.levels_s, d.nu_std_by_level) * normal(pair)
+        else:
+            nu = d.nu_mean + scale * d.nu_std * normal(pair)
         pair = pair * ((spec.drift_time_s + d.t0_s) / d.t0_s) ** (-nu)
     if spec.stuck_cells:
         pair = torch.where(stuck, stuck_value, pair)

@@ -70,6 +70,8 @@ def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepRep
                          f"{100 * model.read.relative:.2f}%")
         if model.drift:
             report.detail += f", drift ν {model.drift.nu_mean:.4f}±{model.drift.nu_std:.4f}"
+            if model.drift.law != "power":
+                report.detail += f" ({model.drift.law}: by conductance)"
         if checks:
             summary["checks"] = [c.as_dict() for c in checks]
             warned = [c.quantity for c in checks if c.passed is False]

@@ -64,21 +64,17 @@ def level_range(options: ProgrammingOptions, window: tuple[float, float] | None)
     if asked == (None, None):
         return LevelRange(*default, source="window")
     warnings = []
-    low, high = default
-    if asked[0] is not None:
-        low = asked[0]
-        if not g_min <= low <= g_max:
-            warnings.append(f"programming g_low_s {low * _US:.3g} µS lies outside the measured window "
+    chosen = list(default)
+    for k, name in enumerate(("g_low_s", "g_high_s")):
+        if asked[k] is None:
+            continue
+        chosen[k] = asked[k]
+        if not g_min <= asked[k] <= g_max:
+            warnings.append(f"programming {name} {asked[k] * _US:.3g} µS lies outside the measured window "
                             f"{g_min * _US:.3g}-{g_max * _US:.3g} µS (median of working devices): "
-                            f"using {default[0] * _US:.3g} µS")
-            low = default[0]
-    if asked[1] is not None:
-        high = asked[1]
-        if not g_min <= high <= g_max:
-            warnings.append(f"programming g_high_s {high * _US:.3g} µS lies outside the measured window "
-                            f"{g_min * _US:.3g}-{g_max * _US:.3g} µS (median of working devices): "
-                            f"using {default[1] * _US:.3g} µS")
-            high = default[1]
+                            f"using {default[k] * _US:.3g} µS")
+            chosen[k] = default[k]
+    low, high = chosen
     if low >= high:
         warnings.append(f"programming levels {low * _US:.3g}-{high * _US:.3g} µS are empty inside the measured "
                         f"window: using {default[0] * _US:.3g}-{default[1] * _US:.3g} µS")

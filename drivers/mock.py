@@ -250,11 +250,16 @@ class SoftwareCrossbar(Crossbar):
         """What the read path does to a read of the cells ``index`` beyond noise (this family: nothing)."""
         return g_read
 
-    def _pulse(self, rows, cols, amplitude_v, width_s, compliance_a):
+    def _pulse_started(self, rows, cols, width_s) -> np.ndarray:
+        """What every family's pulse begins with: an injected fault if one is due, the pulses' time on the
+        virtual clock, and the conductance of the pulsed cells just before them."""
         self._maybe_fail("pulse")
+        self._clock += self.config.pulse_overhead_s + float(width_s.sum())
+        return self._conductance_now()[rows, cols]
+
+    def _pulse(self, rows, cols, amplitude_v, width_s, compliance_a):
+        g = self._pulse_started(rows, cols, width_s)
         cfg = self.config
-        self._clock += cfg.pulse_overhead_s + float(width_s.sum())
-        g = self._conductance_now()[rows, cols]
         gmin, gmax = self._gmin[rows, cols], self._gmax[rows, cols]
         mag = np.abs(amplitude_v)
         is_set = amplitude_v > 0

@@ -124,10 +124,8 @@ class PCMCrossbar(FamilyCrossbar):
         self._invalidate()
 
     def _pulse(self, rows, cols, amplitude_v, width_s, compliance_a):
-        self._maybe_fail("pulse")
+        g = self._pulse_started(rows, cols, width_s)
         cfg = self.config
-        self._clock += cfg.pulse_overhead_s + float(width_s.sum())
-        g = self._conductance_now()[rows, cols]
         gmin, gmax = self._gmin[rows, cols], self._gmax[rows, cols]
         mag = np.abs(amplitude_v)
         is_set = amplitude_v > 0

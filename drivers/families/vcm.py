@@ -201,10 +201,8 @@ class VCMCrossbar(FamilyCrossbar):
         return np.where(v > 0, np.minimum(v, v_cc), v)
 
     def _pulse(self, rows, cols, amplitude_v, width_s, compliance_a):
-        self._maybe_fail("pulse")
+        g = self._pulse_started(rows, cols, width_s)
         cfg = self.config
-        self._clock += cfg.pulse_overhead_s + float(width_s.sum())
-        g = self._conductance_now()[rows, cols]
         lo, hi = self._gap_lo[rows, cols], self._gap_hi[rows, cols]
         gap = np.clip(self._gap_of_g(g), lo, hi)
         start = gap.copy()

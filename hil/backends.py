@@ -61,8 +61,8 @@ def serial_backend(*, rows: int, cols: int, seed: int | None, resource: str | No
                    options: Mapping[str, Any]) -> Crossbar:
     """The array-controller board on a serial port (drivers/serial_board.md)."""
     from drivers.serial_board import SerialBoardCrossbar
-    _need_resource(resource, "serial", "the board's port (/dev/ttyACM0, COM3) or URL (socket://host:port for "
-                                       "python -m drivers.emulate serial)")
+    _need_resource(resource, "the board's port (/dev/ttyACM0, COM3) or URL (socket://host:port for "
+                             "python -m drivers.emulate serial)")
     return SerialBoardCrossbar(resource, rows, cols, **_bench_settings(options))
 
 
@@ -70,8 +70,8 @@ def visa_backend(*, rows: int, cols: int, seed: int | None, resource: str | None
                  options: Mapping[str, Any]) -> Crossbar:
     """A Keithley 2600B with a switch matrix over VISA (drivers/visa_bench.md)."""
     from drivers.visa_bench import VisaBenchCrossbar
-    _need_resource(resource, "visa", "the SMU's VISA resource (TCPIP::host::5025::SOCKET, or what python -m "
-                                     "drivers.emulate smu prints)")
+    _need_resource(resource, "the SMU's VISA resource (TCPIP::host::5025::SOCKET, or what python -m "
+                             "drivers.emulate smu prints)")
     return VisaBenchCrossbar(resource, rows, cols, **_bench_settings(options))
 
 
@@ -90,7 +90,7 @@ def arc2_backend(*, rows: int, cols: int, seed: int | None, resource: str | None
     return xbar
 
 
-def _need_resource(resource: str | None, name: str, what: str) -> None:
+def _need_resource(resource: str | None, what: str) -> None:
     if not resource:
         raise ValueError(f"needs --resource (or bench.resource in the protocol): {what}")
 

@@ -351,6 +351,19 @@ class TaskSpec(_Model):
     seed: Seed = 0
 
 
+class CheckpointRef(_Model):
+    """Which stored model: by ``id``, the newest stored under a ``name``, or the one a ``train`` step
+    earlier in this protocol stores (``from_step``)."""
+
+    id: int | None = Field(None, ge=1)
+    name: str | None = Field(None, min_length=1)
+    from_step: Name | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        return _exactly_one_of(self, ("id", "name", "from_step"))
+
+
 class TrainStep(_Model):
     """Train a sequence model on a task, optionally aware of an array's calibrated noise, and store a checkpoint."""
 
@@ -368,19 +381,9 @@ class TrainStep(_Model):
                                                                    "training one")
     noise_draws: int = Field(5, ge=0, le=1000, description="simulated chips in the noisy evaluation")
     checkpoint: Name | None = Field(None, description="name the checkpoint is stored under; default protocol.step")
-
-
-class CheckpointRef(_Model):
-    """Which stored model: by ``id``, the newest stored under a ``name``, or the one a ``train`` step
-    earlier in this protocol stores (``from_step``)."""
-
-    id: int | None = Field(None, ge=1)
-    name: str | None = Field(None, min_length=1)
-    from_step: Name | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self):
-        return _exactly_one_of(self, ("id", "name", "from_step"))
+    init: CheckpointRef | None = Field(None, description="start from this checkpoint's weights (same model and "
+                                                           "task), e.g. noise-aware retraining of a plain model")
+    warmup_epochs: int = Field(1, ge=0, le=10000, description="epochs of linear learning-rate warm-up")
 
 
 class DeployStep(_Model, WriteVerifyOptions):
@@ -516,6 +519,9 @@ def _step_references(step):
     if isinstance(step, TrainStep):
         noise_refs = [(("analog", "noise_model"), step.analog.noise_model if step.analog else None),
                       (("evaluate_under",), step.evaluate_under)]
+        if step.init is not None and step.init.from_step is not None:
+            yield (("init", "from_step"), step.init.from_step, lambda s: isinstance(s, TrainStep),
+                   "must name an earlier train step")
     elif isinstance(step, DeployStep):
         noise_refs = [(("noise_model",), step.noise_model)]
         if step.checkpoint.from_step is not None:

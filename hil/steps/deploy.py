@@ -16,6 +16,7 @@ from db import records
 from db.models import RunStep
 from drivers import WriteVerifySettings, write_verify
 
+from ..checkpoints import resolve_checkpoint
 from ..context import RunContext, StepReport
 from ..executor import CrossbarExecutor
 from ..mapping import ArraySlot, Mapping, map_model
@@ -41,21 +42,6 @@ class Deployed:
     programmed_at_s: float       # the instrument's clock when programming ended
     noise_model_id: int | None = None
     settings: WriteVerifySettings | None = None    # how it was programmed, to program it again alike
-
-
-def _checkpoint(ctx: RunContext, step: DeployStep):
-    ref = step.checkpoint
-    with ctx.db.session() as session:
-        if ref.from_step is not None:
-            if ref.from_step not in ctx.checkpoints:
-                raise LookupError(f"step {ref.from_step!r} stored no checkpoint in this run")
-            row = records.get_checkpoint(session, ctx.checkpoints[ref.from_step])
-        elif ref.id is not None:
-            row = records.get_checkpoint(session, ref.id)
-        else:
-            row = records.latest_checkpoint(session, ref.name)
-        session.expunge(row)
-    return row
 
 
 def load_model(checkpoint) -> tuple[nn.Module, TaskSpec]:
@@ -164,7 +150,7 @@ def erase(xbar, targets: np.ndarray, settings: WriteVerifySettings) -> None:
 
 
 def run_deploy(ctx: RunContext, step: DeployStep, row: RunStep) -> StepReport:
-    checkpoint = _checkpoint(ctx, step)
+    checkpoint = resolve_checkpoint(ctx, step.checkpoint)
     if step.noise_model is not None:
         noise, noise_id = resolve_noise_model(ctx, step.noise_model)
     elif checkpoint.noise_model_fk is not None:

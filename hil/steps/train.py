@@ -11,6 +11,7 @@ from calibration.noise_model import NoiseModel
 from db import records
 from db.models import RunStep
 
+from ..checkpoints import resolve_checkpoint
 from ..context import RunContext, StepReport
 from ..nn.analog import AnalogSpec, configure_analog
 from ..nn.s4d_analog import attach
@@ -48,17 +49,31 @@ def restore_train(ctx: RunContext, step: TrainStep, summary: dict) -> None:
     ctx.checkpoints[step.name] = int(summary["checkpoint_id"])
 
 
+def _load_init(ctx: RunContext, step: TrainStep, model: torch.nn.Module) -> int:
+    """Put the weights of the checkpoint ``step.init`` names into ``model``; its id. A checkpoint of another
+    model or task is refused with what differs."""
+    checkpoint = resolve_checkpoint(ctx, step.init)
+    for key, mine in (("model", step.model.model_dump()), ("task", step.task.model_dump())):
+        theirs = checkpoint.config.get(key)
+        if theirs != mine:
+            raise ValueError(f"init: checkpoint {checkpoint.id} ({checkpoint.name}) was trained with {key} {theirs}, "
+                             f"this step has {mine}")
+    model.load_state_dict(torch.load(io.BytesIO(checkpoint.state), weights_only=True))
+    return int(checkpoint.id)
+
+
 def run_train(ctx: RunContext, step: TrainStep, row: RunStep) -> StepReport:
     data = load_task(step.task.name, step.task.seed)
     torch.manual_seed(step.seed)
     model = build_model(step.model, data.d_input, data.n_classes)
     attach(model)
+    init_id = _load_init(ctx, step, model) if step.init is not None else None
     train_noise, train_noise_id = resolve_noise_model(ctx, step.analog.noise_model if step.analog else None)
     dense, recurrent = analog_specs(step.analog, train_noise)
     configure_analog(model, dense, recurrent)
 
     cfg = TrainConfig(epochs=step.epochs, lr=step.lr, batch_size=step.batch_size, weight_decay=step.weight_decay,
-                      seed=step.seed)
+                      seed=step.seed, warmup_epochs=step.warmup_epochs)
     with ctx.progress.training(step.epochs, label=f"training {step.model.kind} on {step.task.name}") as epochs:
         result = train(model, data, cfg, on_batch=epochs.batch,
                        on_epoch=lambda s: epochs.epoch_done(s.epoch, train_loss=s.train_loss,
@@ -84,7 +99,7 @@ def run_train(ctx: RunContext, step: TrainStep, row: RunStep) -> StepReport:
     torch.save(model.state_dict(), buffer)
     config = {"task": step.task.model_dump(), "model": step.model.model_dump(),
               "training": cfg.__dict__, "analog": step.analog.model_dump() if step.analog else None,
-              "noise_model_id": train_noise_id}
+              "noise_model_id": train_noise_id, "init_checkpoint_id": init_id}
     name = step.checkpoint or f"{ctx.protocol.name}.{step.name}"
     with ctx.db.session() as session:
         stored = records.add_checkpoint(session, name=name, model_kind=step.model.kind, task=step.task.name,

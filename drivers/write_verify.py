@@ -15,6 +15,19 @@ error when steps are erratic. Amplitudes stay within the settings' bounds; a cha
 lowest amplitude gives is asked of a shorter pulse, and one beyond the highest of a longer pulse
 (within ``max_width_factor`` and the instrument's limits), on the same learned law.
 
+The rate law is overruled where the device does not follow it. Per cell and polarity a bracket is kept
+on the effective amplitude: the highest that did nothing or fell short and the lowest that crossed the
+target beyond tolerance. A prediction at or above the overshooting amplitude is replaced by a point inside
+the bracket (regula falsi on ln G), so that polarity is not pulsed there again unless the bracket has
+closed on it. Two more properties are learned per polarity from the array's own pulses, not assumed:
+whether it is abrupt (the first move above an amplitude that did nothing mostly crosses a far target, as
+a compliance-stopped SET does: the amplitude known to move is then used and the other polarity
+approaches), and whether it sets a level by amplitude (a pulse no higher than the one that just moved a
+cell does not move it again, as a self-limiting RESET does). A level-setting polarity is steered on its
+level-against-amplitude curve: amplitudes climb from the highest that fell short by the learned
+sensitivity (ln S per volt), aimed short of the target by the learned landing scatter while far, so the
+cell is approached from the side it is on and the last, small move lands it.
+
 Read noise is measured from cells left alone between two reads; where it is large next to the
 tolerance, each verify averages several reads (one transaction each).
 
@@ -173,6 +186,17 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
     # Whether the anchor's step stopped short of the target: then it cannot have been cut short by the
     # edge of the cell's window (the target lies inside it), and it measures the rate law itself.
     short_info = np.zeros(2 * n, dtype=bool)
+    # Bracket on the effective amplitude, per cell and polarity: the highest that did nothing (lo_n), the
+    # highest that moved but fell short (lo_m) and the lowest that crossed the target beyond tolerance
+    # (hi), with the conductance each left behind. The rate law predicts; the bracket overrules it.
+    lo_n = np.full(2 * n, -np.inf)
+    lo_m = np.full(2 * n, -np.inf)
+    hi_v = np.full(2 * n, np.inf)
+    g_lo = np.full(2 * n, np.nan)
+    g_hi = np.full(2 * n, np.nan)
+    g_info = np.full(2 * n, np.nan)              # conductance left by the anchor pulse
+    last_pol = np.full(n, -1)                    # polarity of each cell's last pulse and whether it moved
+    last_moved = np.zeros(n, dtype=bool)
     still = np.zeros(n, dtype=np.int64)          # consecutive non-moves at the top amplitude and width
     best = np.full(n, np.inf)                    # closest the cell has come to its target
     since_best = np.zeros(n, dtype=np.int64)
@@ -190,6 +214,19 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
     spread = np.full(2, 0.3)
     forget = 0.7                   # weight of the past per iteration: the slope follows the cells' state
     intercept = np.full(2, np.nan)     # per polarity: median effective volts giving a step of 1 S, in ln
+    # Whether a polarity sets the state by amplitude (the cell goes to a level fixed by the amplitude and
+    # stops there, as a self-limiting RESET does) rather than stepping by a rate: learned from how often a
+    # pulse no higher than the one that just moved a cell moves it again. Such a polarity is steered on
+    # the level-against-amplitude curve, its sensitivity (ln S per volt) learned from consecutive pulses.
+    rep_n, rep_moved = np.zeros(2), np.zeros(2)
+    by_level = np.zeros(2, dtype=bool)
+    sens_num, sens_den, sens_n = np.zeros(2), np.zeros(2), np.zeros(2)
+    res_v = s.voltage_step_v / 25          # amplitude resolution below which a bracket counts as closed
+    over_n, moved_n = np.zeros(2), np.zeros(2)
+    lvl_spread = np.full(2, 0.05)
+    lvl_r2, lvl_nr = np.zeros(2), np.zeros(2)
+    aim_ln = np.zeros(2 * n)              # ln of the level each cell's last pulse was aimed at
+    abrupt = np.zeros(2, dtype=bool)
     sigma_read = np.nan
     n_reads = 1
 
@@ -246,6 +283,54 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
         climb = vp + np.minimum(step, 2 * s.max_voltage_change_v)
         climb = np.where(has | np.isnan(intercept[pol]), climb, np.maximum(climb, prior))
         ve = np.where(just_tried & (vp >= predicted), climb, predicted)
+
+        g_now = g[idx]
+        tgt = target[idx]
+        floor_g = 0.1 * s.tolerance_s
+        lvl = by_level[pol]
+        lo = np.where(lvl, np.maximum(lo_n[k], lo_m[k]), lo_n[k])
+        hi = hi_v[k]
+        # The level a cell would be at after its lo pulse: under a level law, that pulse's result (a
+        # cell re-programmed the other way since is back where lo leaves it); otherwise where it is now.
+        gl = g_lo[k]
+        g_ref = np.where(lvl & np.isfinite(gl), np.where(pol == 1, np.minimum(g_now, gl), np.maximum(g_now, gl)),
+                         g_now)
+        ln_gap = np.abs(np.log(np.maximum(g_ref, floor_g) / np.maximum(tgt, floor_g)))
+        # A level-law pulse lands with a scatter (learned, in ln G): a far cell is aimed that much short of
+        # its target, so it stays on its side and the last, small move is the one that lands it.
+        margin = np.where(lvl & (ln_gap > 4 * lvl_spread[pol]), 2 * lvl_spread[pol], 0.0)
+        ln_gap = ln_gap - margin
+        if lvl.any():
+            # Level law: from the highest amplitude that fell short, part of the way the learned
+            # sensitivity says, so the cell is approached from the side it starts on.
+            sens = np.where(sens_n[pol] >= 8, sens_num[pol] / np.maximum(sens_den[pol], 1e-12), np.nan)
+            dv = np.where(np.isfinite(sens), 0.7 * ln_gap / np.where(np.isfinite(sens), sens, 1.0),
+                          0.5 * s.voltage_step_v)
+            # Below the level the cell already holds nothing moves: climb faster with every such pulse.
+            dv = np.clip(dv * doubling, res_v, s.max_voltage_change_v)
+            ve = np.where(lvl & np.isfinite(lo), lo + dv, ve)
+            # Without one, the rate law's history says nothing of where this cell's level lies: start low.
+            ve = np.where(lvl & ~np.isfinite(lo) & ~just_tried, np.minimum(ve, start_v[pol]), ve)
+        # Within the bracket, by regula falsi on ln G between the short side (where the cell is) and the
+        # level the overshooting pulse left, kept off both ends.
+        gh = np.maximum(g_hi[k], floor_g)
+        ln_span = np.abs(np.log(np.maximum(g_ref, floor_g) / gh))
+        frac = np.clip(np.where(ln_span > 0, ln_gap / np.where(ln_span > 0, ln_span, 1.0), 0.5), 0.2, 0.8)
+        has_lo, has_hi = np.isfinite(lo), np.isfinite(hi)
+        # Where moving pulses mostly cross the target (an abrupt polarity), nothing lies between the two
+        # bounds to be found: the amplitude known to move is used, and the other polarity approaches.
+        with np.errstate(invalid="ignore"):      # an open end gives NaN here, used only where both are set
+            inside = np.where(abrupt[pol] & ~lvl, hi, lo + frac * (hi - lo))
+        # Never again at or above an amplitude that overshot, unless the bracket has closed on it (an
+        # abrupt response: the cell must then be crossed over and approached from the other side).
+        over = has_hi & (ve >= hi)
+        ve = np.where(over, np.where(has_lo, inside, hi - s.voltage_step_v), ve)
+        # Under a gradual rate law, an amplitude that did nothing may have met a noisy read: the climb
+        # alone uses it there.
+        under = has_lo & (lvl | abrupt[pol]) & (ve <= lo)
+        ve = np.where(under, np.where(has_hi, inside, lo + np.minimum(step, s.max_voltage_change_v)), ve)
+        ve = np.where(has_lo & has_hi & (hi - lo <= res_v), hi, ve)
+        aim_ln[k] = np.log(np.maximum(g_ref, floor_g)) + np.where(pol == 1, -ln_gap, ln_gap)
         ve = np.clip(ve, start_v[pol] + sl * lw_min, eff_max[pol])
 
         # A cell pulsed at the top amplitude and width that did not move, several times running, is given up.
@@ -257,6 +342,7 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
             gave_up[idx[quit_now]] = True
             keep = ~quit_now
             idx, pol, ve, e, want, sl, has = idx[keep], pol[keep], ve[keep], e[keep], want[keep], sl[keep], has[keep]
+            lvl = lvl[keep]
             k = k[keep]
             predicted, ve_info, di = predicted[keep], ve_info[keep], di[keep]
         if idx.size == 0:
@@ -303,6 +389,7 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
         short = moved < e
         clear = informative & short & (moved > 2 * max(s.tolerance_s, noise))
         pair = clear & has & short_info[k] & (di > 2 * max(s.tolerance_s, noise)) & (np.abs(ve - ve_info) >= 0.05)
+        pair &= ~lvl
         sxx *= forget
         sxy *= forget
         npairs *= forget
@@ -322,6 +409,73 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
                 res = np.log(moved[r]) - np.log(want[r])
                 s_res2[p] += float(res @ res)
                 n_res[p] += r.sum()
+        rep_n *= forget
+        rep_moved *= forget
+        sens_num *= forget
+        sens_den *= forget
+        sens_n *= forget
+        v_eff_used = v + sl * lw
+        g_after = g[idx]
+        # A pulse no higher than the one that just moved the cell the same way, on a cell still well short.
+        again = (last_pol[idx] == pol) & last_moved[idx] & has & (v_eff_used <= ve_info + 1e-9) & \
+                (want > 2 * max(s.tolerance_s, noise))
+        # Consecutive short moves the same way, the second higher: the level's sensitivity to amplitude.
+        gi = g_info[k]
+        climbed = clear & has & short_info[k] & (last_pol[idx] == pol) & (v_eff_used > ve_info + 1e-3) & \
+            np.isfinite(gi)
+        over_n *= forget
+        moved_n *= forget
+        crossed = moved > e + s.tolerance_s
+        # Abruptness: how often the first move above an amplitude that did nothing crosses a far target.
+        first_move = informative & (fails[k] > 0) & (e > 3 * s.tolerance_s)
+        for p in (0, 1):
+            m = first_move & (pol == p)
+            moved_n[p] += m.sum()
+            over_n[p] += (m & crossed).sum()
+            m = again & (pol == p)
+            rep_n[p] += m.sum()
+            rep_moved[p] += (m & informative).sum()
+            m = climbed & (pol == p)
+            if m.any():
+                sens_num[p] += float(np.abs(np.log(np.maximum(g_after[m], 1e-30) / np.maximum(gi[m], 1e-30))).sum())
+                sens_den[p] += float((v_eff_used[m] - ve_info[m]).sum())
+                sens_n[p] += m.sum()
+        by_level = (rep_n >= 16) & (rep_moved < 0.5 * rep_n)
+        lvl_r2 *= forget
+        lvl_nr *= forget
+        landed = informative & lvl & (g_after > 0)
+        for p in (0, 1):
+            m = landed & (pol == p)
+            if m.any():
+                r = np.log(g_after[m]) - aim_ln[k[m]]
+                lvl_r2[p] += float(r @ r)
+                lvl_nr[p] += m.sum()
+        lvl_spread = np.where(lvl_nr >= 16, np.sqrt(lvl_r2 / np.maximum(lvl_nr, 1e-12)), lvl_spread)
+        abrupt = (moved_n >= 16) & (over_n > 0.8 * moved_n)
+
+        # The bracket. A pulse that crossed the target beyond tolerance bounds the polarity from above; one
+        # that fell short, from below; a bound contradicted by a later pulse is dropped.
+        nothing = ~informative
+        fell_short = informative & short
+        # Under a rate law, only a crossing by more than a noisy landing explains bounds the amplitude.
+        new_hi = crossed & (lvl | abrupt[pol] | (moved > e + 3 * max(s.tolerance_s, noise))) & \
+            (v_eff_used < hi_v[k])
+        hi_v[k[new_hi]] = v_eff_used[new_hi]
+        g_hi[k[new_hi]] = g_after[new_hi]
+        lo_n[k[crossed & (v_eff_used <= lo_n[k])]] = -np.inf
+        lo_m[k[crossed & (v_eff_used <= lo_m[k])]] = -np.inf
+        up_n = nothing & (v_eff_used > lo_n[k])
+        lo_n[k[up_n]] = v_eff_used[up_n]
+        up_m = fell_short & (v_eff_used > lo_m[k])
+        lo_m[k[up_m]] = v_eff_used[up_m]
+        lo_now = np.where(lvl, np.maximum(lo_n[k], lo_m[k]), lo_n[k])
+        hi_v[k[(~crossed) & (lo_now >= hi_v[k])]] = np.inf
+        # The level after the highest short pulse (under a level law, where a re-programmed cell returns).
+        up = (up_n | up_m) & (v_eff_used >= lo_now)
+        g_lo[k[up]] = g_after[up]
+        last_pol[idx] = pol
+        last_moved[idx] = informative
+
         learned = (npairs >= 16) & (sxy > 0)
         slope = np.where(learned, np.clip(sxx / np.where(sxy > 0, sxy, 1.0), 0.02, 1.0), slope)
         spread = np.where(n_res >= 16, np.sqrt(s_res2 / np.maximum(n_res, 1e-12)), spread)
@@ -335,7 +489,6 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
             if anchored.sum() >= 16:
                 ve_a = v_info[part][anchored] + slope[p] * lw_info[part][anchored]
                 intercept[p] = float(np.median(ve_a - slope[p] * np.log(d_a[anchored])))
-        v_eff_used = v + sl * lw
         ve_prev[k] = v_eff_used
         # An informative pulse is remembered; an uninformative one leaves it_prev set so the next
         # iteration climbs (cells that moved clear it, so a later episode starts from the model).
@@ -346,6 +499,7 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
         lw_info[ki] = lw[informative]
         d_info[ki] = moved[informative]
         short_info[ki] = short[informative]
+        g_info[ki] = g_after[informative]
 
         # Progress: a cell that responds but has not come closer for stall_after pulses is left alone.
         e_now = np.abs(target[idx] - g[idx])

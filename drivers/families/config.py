@@ -173,8 +173,10 @@ class VCMConfig(PeripheryFields, FaultFields):
     gap_spread_m: float = Field(0.02e-9, ge=0, le=1e-9,
                                 description="device-to-device sigma of gap_min, gap_max (m); choice")
     gap_c2c_m: float = Field(0.02e-9, ge=0, le=1e-9,
-                             description="cycle-to-cycle sigma of the gap per effective pulse (m); choice "
-                                         "on the scale of the model's dynamic-mode dg0")
+                             description="cycle-to-cycle sigma of the gap after a pulse that moved it by g0 (m); "
+                                         "the variance grows with the distance moved, sd = gap_c2c_m "
+                                         "sqrt(|dgap| / g0) (choice: ion hops as a random walk), on the scale "
+                                         "of the model's dynamic-mode dg0")
 
     # --- relaxation after aihwkit ReRamCMONoiseModel (CMO/HfOx; github.com/IBM/aihwkit,
     # src/aihwkit/inference/noise/reram.py), whose G(t) - G_prog has mean m ln t and sigma b0 + b1 ln t

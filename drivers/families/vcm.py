@@ -14,7 +14,9 @@ SET (V > 0) closes the gap; as it closes the current, the temperature and gamma 
 rate runs away and SET is abrupt, stopped by the 1T1R current compliance (the voltage left across the
 cell is the one at which I(V, g) = I_cc, solved in closed form: V = V0 asinh(I_cc / (I0 exp(-g/g0)))).
 RESET (V < 0) opens the gap; the current and the heating then fall, so RESET slows itself and is gradual.
-The model's dynamic-mode gap noise is replaced by a Gaussian gap jitter per effective pulse (a choice).
+The model's dynamic-mode gap noise is replaced by a Gaussian gap jitter per pulse whose variance is
+proportional to the gap the pulse travelled, sd = gap_c2c_m sqrt(|dg| / g0) (a choice: ion hops taken as
+a random walk; a full abrupt SET, |dg| ~ 6 g0, then scatters G by ~20 %, a small tuning step by a few %).
 
 Beyond the compact model (engineering choices after research/device_families.md, sections 3-5):
 
@@ -225,9 +227,13 @@ class VCMCrossbar(FamilyCrossbar):
             stalled = (speed * remaining[i] < 1e-4 * _MAX_GAP_STEP) | ((rate < 0) & (new <= lo[i])) | \
                       ((rate > 0) & (new >= hi[i]))
             live[i[(remaining[i] <= 0) | stalled]] = False
-        moved = np.abs(gap - start) > 1e-3 * _MAX_GAP_STEP
+        travel = np.abs(gap - start)
+        moved = travel > 1e-3 * _MAX_GAP_STEP
         if cfg.gap_c2c_m:
-            gap = np.where(moved, np.clip(gap + cfg.gap_c2c_m * self._rng.standard_normal(gap.size), lo, hi), gap)
+            # Ion hops as a random walk: the jitter's variance grows with the distance the tip travelled, so
+            # a pulse that barely moves the filament barely randomises it.
+            sd = cfg.gap_c2c_m * np.sqrt(travel / cfg.g0_m)
+            gap = np.where(moved, np.clip(gap + sd * self._rng.standard_normal(gap.size), lo, hi), gap)
         r, c = rows[moved], cols[moved]
         if r.size:
             self._programmed(r, c, self._g_of_gap(gap[moved]))

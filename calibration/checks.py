@@ -8,9 +8,11 @@ observed distribution is compared with the one the model predicts for the same d
 * programming error: achieved minus target, scaled by the predicted spread of that level (the
   programming sigma plus what averaging ``reads`` noisy reads adds), against a standard normal;
 * read noise: each device's sample variance over ``reads`` reads, scaled by the variance the law
-  gives at its conductance, against the chi-square distribution such a variance follows;
+  gives at its conductance and at the time since programming the reads were taken, against the
+  chi-square distribution such a variance follows;
 * drift at each time: g(t) / g(first time) per device, against draws of the power law with the
-  model's device-to-device spread of the exponent and read noise on both reads.
+  model's device-to-device spread of the exponent and read noise on both reads, each at its own
+  time since programming.
 
 Each comparison gives a KS distance (scipy.stats) and the predicted/observed spread ratio; a
 check passes when the distance is below ``max_ks`` and the ratio within
@@ -62,6 +64,10 @@ class CheckMeasurement:
     write_verify: dict
     reads_s: np.ndarray | None = None        # (reads, n) repeated reads
     drift: DriftMeasurement | None = None    # mean_s of shape (T, n)
+    # time since programming (s) of the middle of the achieved reads and of the repeated reads; None: the
+    # read-noise law's reference time
+    achieved_age_s: float | None = None
+    reads_age_s: float | None = None
 
     @property
     def targets_s(self) -> np.ndarray:
@@ -92,14 +98,20 @@ def measure_checks(xbar: Crossbar, options: CalibrationOptions, holdout: np.ndar
     def read() -> np.ndarray:
         return xbar.read(voltage_v=v).ravel()[cells]
 
+    def age(start: float) -> float:
+        return 0.5 * (start + xbar.now()) - programmed_at
+
+    start = xbar.now()
     achieved = np.mean([read() for _ in range(p.reads)], axis=0)
     m = CheckMeasurement(cells, np.asarray(levels_s, dtype=np.float64), index, achieved, p.reads,
                          {"iterations": result.iterations, "transactions": result.transactions,
                           "fraction_in_tolerance": float(result.success.ravel()[cells].mean()) if cells.size else 1.0,
-                          "tolerance_s": tolerance_s})
+                          "tolerance_s": tolerance_s}, achieved_age_s=age(start))
     if options.read_noise:
         part(0.3, f"{options.read_noise.reads} reads of the held-out devices")
+        start = xbar.now()
         m.reads_s = np.stack([read() for _ in range(options.read_noise.reads)])
+        m.reads_age_s = age(start)
     if options.drift:
         times = options.drift.times_s
 
@@ -107,7 +119,8 @@ def measure_checks(xbar: Crossbar, options: CalibrationOptions, holdout: np.ndar
             part(0.4 + 0.6 * k / len(times), f"held-out devices: waiting until {t:g} s after programming")
 
         whole = measure_drift(xbar, options.drift, v, programmed_at, on_time=on_time)
-        m.drift = DriftMeasurement(whole.times_s, whole.mean_s.reshape(len(times), -1)[:, cells], whole.reads)
+        var = None if whole.var_s is None else whole.var_s.reshape(len(times), -1)[:, cells]
+        m.drift = DriftMeasurement(whole.times_s, whole.mean_s.reshape(len(times), -1)[:, cells], whole.reads, var)
     return m
 
 
@@ -169,7 +182,7 @@ def _programming(m: CheckMeasurement, model: NoiseModel, options: CheckOptions) 
     ok = np.isfinite(g) & ~assess(g[None]).saturated
     level = m.targets_s[ok]
     # The model's spread of a programmed device, plus the read noise left in the mean of `reads` reads.
-    sd = np.sqrt(prog.sigma(level) ** 2 + model.read.sigma(g[ok]) ** 2 / m.programming_reads)
+    sd = np.sqrt(prog.sigma(level) ** 2 + model.read.variance(g[ok], m.achieved_age_s) / m.programming_reads)
     z = (g[ok] - level - prog.bias(level)) / np.where(sd > 0, sd, np.nan)
     z = z[np.isfinite(z)]
     if z.size < 2:
@@ -182,7 +195,7 @@ def _read_noise(m: CheckMeasurement, model: NoiseModel, options: CheckOptions) -
     n = reads.shape[0]
     ok = ~assess(reads).flagged
     mean, var = reads.mean(axis=0)[ok], reads.var(axis=0, ddof=1)[ok]
-    predicted = model.read.sigma(mean) ** 2
+    predicted = model.read.variance(mean, m.reads_age_s)
     keep = predicted > 0
     if keep.sum() < 2:
         return _check("read_noise", int(keep.sum()), None, None, options)
@@ -222,7 +235,7 @@ def _drift(m: CheckMeasurement, model: NoiseModel, options: CheckOptions, rng: n
     # Per device, `k` draws of its exponent, and of the read noise on its first read and on the read
     # at each time; each draw starts from the device's observed first read, taken as its conductance.
     nu = law.nu_mean_at(base) + law.nu_std_at(base) * rng.standard_normal((k, base.size))
-    g_first = base + model.read.sigma(base) / np.sqrt(d.reads) * rng.standard_normal((k, base.size))
+    g_first = base + model.read.sigma(base, t[0]) / np.sqrt(d.reads) * rng.standard_normal((k, base.size))
     order = np.argsort(base)
     bands = [order[i] for i in np.array_split(np.arange(base.size), DRIFT_BANDS)]
     out = []
@@ -233,7 +246,8 @@ def _drift(m: CheckMeasurement, model: NoiseModel, options: CheckOptions, rng: n
             continue
         observed = g[j] / base
         true_t = base * law.factor(t[j], nu) / law.factor(t[0], nu)
-        g_t = true_t + model.read.sigma(true_t) / np.sqrt(d.reads) * rng.standard_normal(true_t.shape)
+        # Read noise at that time, of a device programmed to about its first read and drifted since.
+        g_t = true_t + model.read.sigma(true_t, t[j], base) / np.sqrt(d.reads) * rng.standard_normal(true_t.shape)
         # Draws whose reads fall at or below 0 S are dropped, as the observed devices with such reads were.
         usable = (g_first > 0) & (g_t > 0)
         worst = None

@@ -14,9 +14,9 @@ import numpy as np
 
 from drivers import Crossbar
 
+from .noise_model import ReadNoise
 from .options import DriftOptions
 from .quality import ReadQuality, assess
-from .read_noise import ReadNoiseFit
 
 
 @dataclass
@@ -24,6 +24,10 @@ class DriftMeasurement:
     times_s: np.ndarray       # (T,) after the end of programming
     mean_s: np.ndarray        # (T, rows, cols): mean of `reads` reads at each time
     reads: int
+    # (T, rows, cols): sample variance of the `reads` reads at each time (reads >= 2), NaN where one of a
+    # device's reads at that time was non-finite, at or below 0 S or clipped. Read noise at each time
+    # since programming: what shows whether it grows with time (1/f noise) or not.
+    var_s: np.ndarray | None = None
 
     @property
     def quality(self) -> ReadQuality:
@@ -56,15 +60,20 @@ class DriftFit:
 def measure_drift(xbar: Crossbar, options: DriftOptions, read_voltage_v: float, programmed_at_s: float,
                   on_time: Callable[[int, float], None] | None = None) -> DriftMeasurement:
     """Wait on the instrument's clock until each time after ``programmed_at_s``, then read."""
-    means, times = [], []
+    means, variances, times = [], [], []
     for k, t in enumerate(options.times_s):
         if on_time is not None:
             on_time(k, t)
         xbar.wait(max(0.0, programmed_at_s + t - xbar.now()))
         actual = xbar.now() - programmed_at_s
-        means.append(np.mean([xbar.read(voltage_v=read_voltage_v) for _ in range(options.reads)], axis=0))
+        reads = np.stack([xbar.read(voltage_v=read_voltage_v) for _ in range(options.reads)])
+        means.append(reads.mean(axis=0))
+        if options.reads >= 2:
+            with np.errstate(invalid="ignore"):
+                variances.append(np.where(assess(reads).flagged, np.nan, reads.var(axis=0, ddof=1)))
         times.append(actual)
-    return DriftMeasurement(np.asarray(times), np.stack(means), options.reads)
+    return DriftMeasurement(np.asarray(times), np.stack(means), options.reads,
+                            np.stack(variances) if variances else None)
 
 
 def _slopes(x: np.ndarray, y: np.ndarray):
@@ -76,7 +85,7 @@ def _slopes(x: np.ndarray, y: np.ndarray):
     return slope, y.mean(axis=0) - slope * x.mean(), rss, sxx
 
 
-def fit_drift(m: DriftMeasurement, usable: np.ndarray, read_noise: ReadNoiseFit | None = None) -> DriftFit:
+def fit_drift(m: DriftMeasurement, usable: np.ndarray, read_noise: ReadNoise | None = None) -> DriftFit:
     """Per-device exponents over ``usable`` devices (e.g. not stuck) and the shared t0.
 
     A device takes part only if every one of its reads is finite, positive (the law is fitted to
@@ -122,9 +131,11 @@ def fit_drift(m: DriftMeasurement, usable: np.ndarray, read_noise: ReadNoiseFit 
     if read_noise is None:
         return DriftFit(t0, nu, g0, float(np.mean(nu_dev)), raw_std, raw_std)
     # Scatter of each device's slope from read noise alone, var(log g) / Sxx: large for low
-    # conductances where the noise floor dominates.
+    # conductances where the noise floor dominates. Read noise that grows with time since programming
+    # enters with its mean over the measured times.
     g_mean = np.exp(y.mean(axis=0))
-    noise_var = (read_noise.sigma(g_mean) / g_mean) ** 2 / m.reads / sxx
+    rel_var = np.mean(read_noise.variance(g_mean[None], t[:, None]), axis=0) / g_mean ** 2
+    noise_var = rel_var / m.reads / sxx
     mean, std = _random_effects(nu_dev, noise_var)
     fit = DriftFit(t0, nu, g0, mean, std, raw_std)
     return _select_law(fit, nu_dev, g0_dev, noise_var)

@@ -12,6 +12,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from . import laws
+
 SCHEMA_VERSION = 1
 
 
@@ -48,14 +50,74 @@ class ProgrammingNoise(_Part):
 
 
 class ReadNoise(_Part):
-    """sigma(g) = sqrt(floor_s^2 + (relative * g)^2) for one read."""
+    """Read noise of one read, by the law the calibration chose (see :mod:`calibration.laws`).
 
+    ``law`` "white": sigma(g) = sqrt(floor_s^2 + (relative * g)^2), the same at every time.
+    "flicker": sigma(g, t)^2 = floor_s^2 + (relative * g)^2 + (flicker * g_ref (|g| / g_ref)^p)^2 L(t),
+    with p = ``flicker_exponent``, g_ref = ``flicker_g_ref_s`` and the 1/f time term
+    L(t) = ln((t + flicker_t0_s + t_read_s) / (2 t_read_s)), t the time since programming: 1/f noise
+    grows with the time a device has had since it was programmed. Its amplitude relative to the
+    conductance is set by the programmed conductance g_p: a device that drifted from g_p to g has
+    (g / g_p) times the fluctuations it had (see :func:`calibration.laws.read_variance`); callers that
+    know g_p pass it, otherwise g_p = g.
+
+    ``reference_age_s`` is the time since programming of the reads the read-noise stage took (the
+    white law was fitted at such times); it is the time the law is evaluated at when none is given.
+    The calibration chooses the law by held-out likelihood and records both scores (``selection``).
+    A model stored before the flicker law existed has none of the new fields and loads as "white".
+    """
+
+    law: Literal["white", "flicker"] = "white"
     floor_s: float = Field(ge=0)
     relative: float = Field(ge=0)
+    flicker: float = Field(0.0, ge=0, description="flicker: 1/f amplitude q, relative at flicker_g_ref_s")
+    flicker_exponent: float = Field(1.0, ge=0, le=4, description="flicker: p, sigma of the 1/f part ~ g^p")
+    flicker_g_ref_s: float | None = Field(None, gt=0, description="flicker: conductance q is quoted at (S)")
+    flicker_t0_s: float | None = Field(None, ge=0, description="flicker: offset of the time since programming (s)")
+    t_read_s: float | None = Field(None, gt=0, description="flicker: duration of one read in the 1/f integral (s)")
+    reference_age_s: float | None = Field(None, ge=0, description="time since programming of the read-noise "
+                                                                  "stage's reads (s)")
+    selection: dict[str, float] | None = Field(None, description="held-out log-likelihood per sample variance of "
+                                                                 "each law")
 
-    def sigma(self, g_s) -> np.ndarray:
-        g = np.asarray(g_s, dtype=np.float64)
-        return np.sqrt(self.floor_s ** 2 + (self.relative * g) ** 2)
+    @model_validator(mode="after")
+    def _flicker_fields(self):
+        if self.law == "flicker":
+            if None in (self.flicker_g_ref_s, self.flicker_t0_s, self.t_read_s, self.reference_age_s):
+                raise ValueError("read-noise law flicker needs flicker_g_ref_s, flicker_t0_s, t_read_s and "
+                                 "reference_age_s")
+        elif self.flicker != 0:
+            raise ValueError("a flicker amplitude belongs to the read-noise law flicker")
+        return self
+
+    def log_age(self, age_s=None):
+        """The 1/f time term L at ``age_s`` after programming (default ``reference_age_s``); 0 for white."""
+        if self.law == "white":
+            return 0.0
+        age = self.reference_age_s if age_s is None else age_s
+        value = laws.log_age(np.asarray(age, dtype=np.float64), self.flicker_t0_s, self.t_read_s)
+        return float(value) if np.ndim(value) == 0 else value
+
+    def law_kwargs(self, age_s=None) -> dict:
+        """The arguments of :func:`calibration.laws.read_sigma` at ``age_s`` after programming (default
+        ``reference_age_s``), for callers that evaluate the law on their own arrays (torch tensors)."""
+        if self.law == "white":
+            return {"floor_s": self.floor_s, "relative": self.relative}
+        return {"floor_s": self.floor_s, "relative": self.relative, "flicker": self.flicker,
+                "flicker_exponent": self.flicker_exponent, "g_ref_s": self.flicker_g_ref_s,
+                "log_age": self.log_age(age_s)}
+
+    def variance(self, g_s, age_s=None, g_programmed_s=None) -> np.ndarray:
+        """Variance (S^2) of one read at conductance ``g_s``, ``age_s`` after programming to
+        ``g_programmed_s`` (default ``g_s``); the arguments broadcast."""
+        gp = None if g_programmed_s is None else np.asarray(g_programmed_s, dtype=np.float64)
+        return laws.read_variance(np.asarray(g_s, dtype=np.float64), **self.law_kwargs(age_s), g_programmed_s=gp)
+
+    def sigma(self, g_s, age_s=None, g_programmed_s=None) -> np.ndarray:
+        """Standard deviation (S) of one read at conductance ``g_s``, ``age_s`` after programming to
+        ``g_programmed_s`` (default ``g_s``)."""
+        gp = None if g_programmed_s is None else np.asarray(g_programmed_s, dtype=np.float64)
+        return laws.read_sigma(np.asarray(g_s, dtype=np.float64), **self.law_kwargs(age_s), g_programmed_s=gp)
 
 
 class Drift(_Part):
@@ -104,7 +166,7 @@ class Drift(_Part):
 
     def factor(self, t_s, nu=None) -> np.ndarray:
         nu = self.nu_mean if nu is None else nu
-        return ((np.asarray(t_s, dtype=np.float64) + self.t0_s) / self.t0_s) ** (-np.asarray(nu))
+        return laws.drift_factor(np.asarray(t_s, dtype=np.float64), self.t0_s, np.asarray(nu))
 
 
 class Defects(_Part):

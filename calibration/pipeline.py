@@ -25,7 +25,7 @@ from .periphery import PeripheryFit, PeripheryMeasurement, fit_periphery, measur
 from .programming import ProgrammingMeasurement, measure_programming
 from .pulse_response import PulseResponseMeasurement, measure_pulse_response
 from .quality import KINDS, MAX_NON_FINITE_FRACTION, ReadQuality, assess, saturation_ceiling
-from .read_noise import ReadNoiseFit, ReadNoiseMeasurement, fit_read_noise, measure_read_noise
+from .read_noise import ReadNoiseMeasurement, ReadSamples, choose_read_noise, fit_read_noise, measure_read_noise
 from .window import WindowMeasurement, measure_window
 
 # (stage, fraction of that stage done, message) for progress displays
@@ -52,7 +52,7 @@ class Calibration:
     read_noise: ReadNoiseMeasurement | None = None
     drift: DriftMeasurement | None = None
     periphery: PeripheryMeasurement | None = None
-    read_fit: ReadNoiseFit | None = None
+    read_fit: ReadNoise | None = None
     drift_fit: DriftFit | None = None
     periphery_fit: PeripheryFit | None = None
     stuck_on: np.ndarray | None = None
@@ -186,7 +186,8 @@ def run_calibration(xbar: Crossbar, options: CalibrationOptions, rng: np.random.
         _check_readable(cal, "programming", cal.programming.quality)
     if options.read_noise:
         report("read_noise", 0.0, f"{options.read_noise.reads} reads")
-        cal.read_noise = measure_read_noise(xbar, options.read_noise, v)
+        programmed_at = cal.programming.programmed_at_s if cal.programming is not None else None
+        cal.read_noise = measure_read_noise(xbar, options.read_noise, v, programmed_at)
         _check_readable(cal, "read_noise", cal.read_noise.quality)
         report("read_noise", 1.0)
     cal.read_fit = _fit_read_noise(cal)
@@ -198,6 +199,9 @@ def run_calibration(xbar: Crossbar, options: CalibrationOptions, rng: np.random.
 
         cal.drift = measure_drift(xbar, options.drift, v, cal.programming.programmed_at_s, on_time=on_time)
         _check_readable(cal, "drift", cal.drift.quality)
+        # The reads at each drift time show read noise at that time since programming: the law is
+        # chosen again with them.
+        cal.read_fit = _fit_read_noise(cal)
         usable = cal.fitted if cal.fitted is not None else cal.fit_mask(xbar.shape)
         try:
             cal.drift_fit = fit_drift(cal.drift, usable, cal.read_fit)
@@ -225,26 +229,52 @@ def run_calibration(xbar: Crossbar, options: CalibrationOptions, rng: np.random.
     return cal
 
 
-def _fit_read_noise(cal: Calibration) -> ReadNoiseFit | None:
-    """The read-noise law over every set of repeated reads, each device taken only where all its reads
-    are finite, positive and below a converter's ceiling: a clipped or offset read does not show the
-    device's noise."""
-    samples = []
+def _fit_read_noise(cal: Calibration) -> ReadNoise | None:
+    """The read-noise law, each device taken only where all its reads are finite, positive and below a
+    converter's ceiling: a clipped or offset read does not show the device's noise.
+
+    The white law is fitted to every set of repeated reads (the read-noise stage, and the window's reads
+    when there are three or more). The sets taken at a known time since programming (the read-noise
+    stage and the drift stage's reads at each time, on the working devices this calibration programmed)
+    then choose between it and the 1/f law that grows with that time (calibration.read_noise)."""
+    samples, timed = [], []
     sets = []
     if cal.read_noise is not None:
-        sets.append((cal.read_noise.reads_s, cal.read_noise.quality))
+        sets.append((cal.read_noise.reads_s, cal.read_noise.quality, cal.read_noise.age_s))
     if cal.window is not None and cal.window.low_reads_s.shape[0] >= 3:
-        sets += [(cal.window.low_reads_s, cal.window.low_quality), (cal.window.high_reads_s, cal.window.high_quality)]
-    for reads, quality in sets:
+        # Read right after saturating pulses: the time since those is not recorded.
+        sets += [(cal.window.low_reads_s, cal.window.low_quality, None),
+                 (cal.window.high_reads_s, cal.window.high_quality, None)]
+    # Stuck devices were not programmed by this calibration: their time since programming is unknown.
+    programmed = cal.fitted if cal.fitted is not None else None
+    for reads, quality, age in sets:
         keep = ~quality.flagged & cal.fit_mask(quality.flagged.shape)
-        samples.append((reads.mean(axis=0)[keep], reads.var(axis=0, ddof=1)[keep], reads.shape[0]))
+        mean, var = reads.mean(axis=0), reads.var(axis=0, ddof=1)
+        samples.append((mean[keep], var[keep], reads.shape[0]))
+        if age is not None:
+            used = keep if programmed is None else keep & programmed
+            timed.append(ReadSamples(mean[used], var[used], reads.shape[0], age, np.flatnonzero(used)))
+    if cal.drift is not None and cal.drift.var_s is not None:
+        d = cal.drift
+        # The conductance each device was programmed to, as read soonest after programming: the
+        # read-noise stage's mean of many reads, or the first drift time's.
+        g_prog = d.mean_s[0]
+        if cal.read_noise is not None and cal.read_noise.age_s is not None and cal.read_noise.age_s <= d.times_s[0]:
+            g_prog = cal.read_noise.mean_s
+        for t, mean, var in zip(d.times_s, d.mean_s, d.var_s):
+            used = np.isfinite(var) & cal.fit_mask(var.shape)
+            if programmed is not None:
+                used &= programmed
+            timed.append(ReadSamples(mean[used], var[used], d.reads, float(t), np.flatnonzero(used), g_prog[used]))
     if not samples:
         return None
     try:
-        return fit_read_noise(samples)
+        white = fit_read_noise(samples)
     except ValueError as exc:
         cal.warn(f"read noise not fitted: {exc}")
         return None
+    reference = cal.read_noise.age_s if cal.read_noise is not None else None
+    return choose_read_noise(white, timed, reference)
 
 
 def fit_noise_model(cal: Calibration, *, array_id: str, rows: int, cols: int,
@@ -322,13 +352,13 @@ def fit_noise_model(cal: Calibration, *, array_id: str, rows: int, cols: int,
     # Rates over the devices whose window could be read: an unreadable device is neither.
     readable = int((~cal.unreadable).sum()) if cal.unreadable is not None else working.size
     return NoiseModel(array_id=array_id, rows=rows, cols=cols, window=window, programming=programming,
-                      read=ReadNoise(floor_s=read.floor_s, relative=read.relative), drift=drift,
+                      read=read, drift=drift,
                       defects=Defects(stuck_on_rate=float(cal.stuck_on.sum() / readable),
                                       stuck_off_rate=float(cal.stuck_off.sum() / readable)),
                       periphery=periphery, source_runs=list(source_runs or []))
 
 
-def _programming_noise(cal: Calibration, working: np.ndarray, read: ReadNoiseFit) -> ProgrammingNoise | None:
+def _programming_noise(cal: Calibration, working: np.ndarray, read: ReadNoise) -> ProgrammingNoise | None:
     """Error against target per level over working devices with finite, unclipped achieved reads.
 
     A level with fewer than two such devices is left out. A bias that would put the mean achieved
@@ -344,6 +374,8 @@ def _programming_noise(cal: Calibration, working: np.ndarray, read: ReadNoiseFit
     usable = np.isfinite(achieved) & working[None]
     if ceiling is not None:
         usable &= achieved != ceiling
+    # The achieved conductances were read settle_s after programming: read noise at that time.
+    age = cal.options.programming.settle_s if cal.options.programming is not None else None
     levels, sigma, bias = [], [], []
     for k, level in enumerate(m.levels_s):
         sel = (m.level_index == k) & usable
@@ -352,7 +384,7 @@ def _programming_noise(cal: Calibration, working: np.ndarray, read: ReadNoiseFit
             cal.warn(f"programming: level {level * _US:.3g} µS has {err.size} usable devices: left out of the "
                      f"noise model")
             continue
-        read_var = np.mean(read.sigma(achieved[sel]) ** 2) / m.reads
+        read_var = np.mean(read.variance(achieved[sel], age)) / m.reads
         b = float(np.mean(err))
         if level + b < 0:
             cal.warn(f"programming: level {level * _US:.3g} µS has mean achieved {(level + b) * _US:.3g} µS, below "

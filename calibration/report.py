@@ -100,8 +100,26 @@ def _histograms(cal: Calibration, out: Path) -> str:
     return _save(levels_figure(cal), out / "levels_histogram.png")
 
 
+def read_law_text(read) -> str:
+    """The read-noise law and its parameters in one line, for tables and legends."""
+    white = f"floor {read.floor_s * _US:.4f} µS, relative {100 * read.relative:.3f}%"
+    if read.law == "white":
+        text = f"white: {white}"
+    else:
+        text = (f"flicker: {white}, 1/f q {100 * read.flicker:.3f}% at {read.flicker_g_ref_s * _US:.3g} µS "
+                f"× (g/g_ref)^{read.flicker_exponent:.2f}, L(t) = ln((t + {read.flicker_t0_s:.3g} s + t_read) / "
+                f"(2 t_read)), t_read {read.t_read_s:.3g} s")
+    if read.reference_age_s is not None:
+        text += f"; reads of the read-noise stage {read.reference_age_s:.3g} s after programming"
+    return text
+
+
 def _read_noise(cal: Calibration, model: NoiseModel, out: Path) -> str:
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    law = model.read
+    d = cal.drift
+    over_time = d is not None and d.var_s is not None
+    fig, axes = plt.subplots(1, 2 if over_time else 1, figsize=(11 if over_time else 6, 4.5), squeeze=False)
+    ax = axes[0, 0]
     sources = []
     if cal.read_noise is not None:
         sources.append(("programmed levels", cal.read_noise.mean_s, cal.read_noise.std_s))
@@ -115,13 +133,42 @@ def _read_noise(cal: Calibration, model: NoiseModel, out: Path) -> str:
     means = means[np.isfinite(means) & (means > 0)]
     low, high = (max(1e-9, float(means.min())), float(means.max())) if means.size else (1e-6, 1e-4)
     g = np.geomspace(low, max(high, 1.01 * low), 200)
-    ax.plot(g * _US, model.read.sigma(g) * _US, "k-",
-            label=f"fit: floor {model.read.floor_s * _US:.3f} µS, {100 * model.read.relative:.2f} %")
+    age = law.reference_age_s
+    at = "" if age is None or law.law == "white" else f" at {age:.3g} s"
+    ax.plot(g * _US, law.sigma(g) * _US, "k-", label=f"{law.law} law{at}")
+    if law.law == "flicker" and over_time:
+        last = float(d.times_s[-1])
+        ax.plot(g * _US, law.sigma(g, last) * _US, "k--", label=f"{law.law} law at {last:.3g} s")
     ax.set(xscale="log", yscale="log", xlabel="mean conductance (µS)", ylabel="read noise σ (µS)",
            title="Read noise against conductance (one point per device)")
-    legend = ax.legend(markerscale=4)
+    legend = ax.legend(markerscale=4, fontsize=8)
     for handle in legend.legend_handles:
         handle.set_alpha(1)  # the points are faint so that dense clouds show; their keys need not be
+    if over_time:
+        # Each time's variance over the same devices, against the law's prediction for them at the reference
+        # time: the white law predicts a flat line, the flicker law one that rises with the time since
+        # programming.
+        ax2 = axes[0, 1]
+        g_prog = cal.read_noise.mean_s if cal.read_noise is not None else d.mean_s[0]
+        working = cal.fitted if cal.fitted is not None else np.ones(d.mean_s.shape[1:], dtype=bool)
+        observed, predicted = [], []
+        for t, mean, var in zip(d.times_s, d.mean_s, d.var_s):
+            with np.errstate(invalid="ignore"):
+                ok = working & np.isfinite(var) & (mean > 0) & (g_prog > 0)
+            # the same devices, in the same state, as the law has them at the reference time
+            reference = law.variance(mean[ok], None, g_prog[ok])
+            observed.append(np.sqrt(np.mean(var[ok]) / np.mean(reference)) if ok.any() else np.nan)
+            predicted.append(np.sqrt(np.mean(law.variance(mean[ok], float(t), g_prog[ok])) / np.mean(reference))
+                             if ok.any() else np.nan)
+        ax2.plot(d.times_s, observed, "o", color="tab:blue", label=f"measured ({d.reads} reads per time)")
+        ax2.plot(d.times_s, predicted, "k-", label=f"{law.law} law")
+        ax2.axhline(1.0, color="0.6", lw=0.8, ls=":")
+        ax2.set(xscale="log", xlabel="time since programming (s)", ylabel="σ / σ of the law at the reference time",
+                title="Read noise against time since programming")
+        ax2.legend(fontsize=8)
+    if law.selection:
+        fig.suptitle(f"law {law.law}, chosen by held-out log-likelihood per sample variance: "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in law.selection.items()), fontsize=9)
     return _save(fig, out / "read_noise.png")
 
 
@@ -205,7 +252,9 @@ def _model_table(model: NoiseModel) -> list[str]:
             ("g_max (median)", f"{model.window.g_max_s * _US:.2f} µS"),
             ("g_max spread (σ ln)", f"{model.window.g_max_spread:.4f}"),
             ("stuck on / off", f"{100 * model.defects.stuck_on_rate:.2f}% / {100 * model.defects.stuck_off_rate:.2f}%"),
-            ("read noise", f"floor {model.read.floor_s * _US:.4f} µS, relative {100 * model.read.relative:.3f}%")]
+            ("read noise", read_law_text(model.read)
+             + ("" if not model.read.selection else " (law chosen by held-out log-likelihood per sample variance: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in model.read.selection.items()) + ")"))]
     if model.drift:
         d = model.drift
         text = f"ν = {d.nu_mean:.5f} ± {d.nu_std:.5f}, t0 = {d.t0_s:.3g} s"

@@ -163,3 +163,31 @@ def test_drift_by_conductance_gives_each_device_its_own_exponent():
     assert realised[0, 1].item() == pytest.approx(-expected, rel=1e-6)
     single = perturb_weights(w, spec.model_copy(update={"noise_model": noise_model(nu=0.1)}))
     assert single[0, 0].item() == pytest.approx(3601.0 ** -0.1, rel=1e-6)
+
+
+def test_flicker_read_noise_is_drawn_at_the_deployment_time():
+    """A 1/f read-noise law is evaluated at spec.drift_time_s (else at the model's reference time), and a
+    device that drifted keeps the relative 1/f amplitude of the conductance it was programmed to."""
+    import math
+
+    from calibration.noise_model import ReadNoise
+
+    q, p, t0, t_read = 0.01, 0.5, 20.0, 1e-6
+    read = ReadNoise(law="flicker", floor_s=0.0, relative=0.0, flicker=q, flicker_exponent=p, flicker_g_ref_s=G_MAX,
+                     flicker_t0_s=t0, t_read_s=t_read, reference_age_s=1.0)
+
+    def expected(age, drift=1.0):
+        # zero weights: both devices of each pair at G_MIN; two independent reads per weight
+        sigma = q * G_MAX * (G_MIN / G_MAX) ** p * math.sqrt(math.log((age + t0 + t_read) / (2 * t_read)))
+        return math.sqrt(2) * drift * sigma / (G_MAX - G_MIN)
+
+    w = torch.zeros(400, 400, dtype=torch.float64)
+    w[:, 0] = 1.0
+    for nu, age in ((0.0, None), (0.0, 1e4), (0.1, 1e4)):
+        model = noise_model(nu=nu).model_copy(update={"read": read})
+        spec = AnalogSpec(noise_model=model, programming_noise=False, stuck_cells=False, drift_time_s=age,
+                          drift_compensation=False)
+        error = perturb_weights(w, spec, torch.Generator().manual_seed(5))[:, 1:]
+        # both devices of a zero weight drift alike (the model's drift t0 is 1 s): only the noise shows
+        drift = 1.0 if age is None else (age + 1.0) ** -nu
+        assert error.std().item() == pytest.approx(expected(1.0 if age is None else age, drift), rel=0.02)

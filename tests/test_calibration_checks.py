@@ -89,7 +89,7 @@ def test_a_model_with_half_the_drift_exponent_fails_the_long_drift_checks(defaul
 
 def test_pcm_drift_that_depends_on_conductance_is_chosen_and_then_passes_the_check():
     # PCM drifts faster at low conductance (Nandakumar 2019: mean exponent -0.0155 ln x + 0.0244, clipped at
-    # 0.049 above x = 0.2) and its read noise grows with age, which the model's read-noise law lacks.
+    # 0.049 above x = 0.2) and its 1/f read noise grows with age: the calibration chooses the flicker law.
     cal, model, options = calibrate({"family": "pcm"})
     drift = model.drift
     assert drift.law == "power_g" and drift.selection["power_g"] > drift.selection["power"]
@@ -98,7 +98,7 @@ def test_pcm_drift_that_depends_on_conductance_is_chosen_and_then_passes_the_che
     assert np.median(drift.nu_mean_by_level[2:]) == pytest.approx(0.049, rel=0.1)
     checks = by_quantity(cal, model, options)
     assert all(checks[f"drift_{t:g}s"].verdict == "pass" for t in DRIFT_TIMES[1:])
-    assert checks["read_noise"].verdict == "warn"
+    assert model.read.law == "flicker" and checks["read_noise"].verdict == "pass"
 
     # One exponent distribution for every conductance misses: the low-conductance band, and by more after a
     # day than after 10 s.
@@ -116,6 +116,14 @@ def test_a_device_whose_drift_does_not_depend_on_conductance_keeps_the_single_la
     _, model, _ = default_device
     assert model.drift.law == "power" and model.drift.levels_s is None
     assert model.drift.selection["power"] + 0.01 >= model.drift.selection["power_g"]
+
+
+def test_a_device_with_white_read_noise_keeps_the_white_law(default_device):
+    _, model, _ = default_device
+    assert model.read.law == "white" and model.read.flicker == 0
+    assert model.read.selection["white"] + 0.01 >= model.read.selection["flicker"]
+    # the read-noise stage's reads came about a second after programming (settle_s)
+    assert 0.5 < model.read.reference_age_s < 2
 
 
 def test_too_few_held_out_devices_give_no_verdict():

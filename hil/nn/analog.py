@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
+from calibration.laws import drift_factor, read_sigma
 from calibration.noise_model import NoiseModel
 
 from .quantize import absmax_signal, straight_through, ternary, uniform
@@ -146,11 +147,18 @@ def perturb_weights(weight: torch.Tensor, spec: AnalogSpec, generator: torch.Gen
                 scale * _interp(pair, d.levels_s, d.nu_std_by_level) * normal(pair)
         else:
             nu = d.nu_mean + scale * d.nu_std * normal(pair)
-        pair = pair * ((spec.drift_time_s + d.t0_s) / d.t0_s) ** (-nu)
+        programmed = pair
+        pair = pair * drift_factor(spec.drift_time_s, d.t0_s, nu)
+    else:
+        programmed = pair
     if spec.stuck_cells:
         pair = torch.where(stuck, stuck_value, pair)
+        programmed = torch.where(stuck, stuck_value, programmed)
     if spec.read_noise:
-        sigma = torch.sqrt(model.read.floor_s ** 2 + (model.read.relative * pair) ** 2)
+        # Read noise at the deployment time (1/f noise grows with the time since programming), of each
+        # device at the conductance it was programmed to and has drifted to.
+        age = spec.drift_time_s if spec.drift_time_s is not None else model.read.reference_age_s
+        sigma = read_sigma(pair, **model.read.law_kwargs(age), g_programmed_s=programmed)
         pair = pair + scale * sigma * normal(pair)
     realised = (pair[0] - pair[1]) / span * w_max
     if spec.drift_time_s is not None and model.drift is not None and spec.drift_compensation:

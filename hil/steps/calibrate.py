@@ -68,6 +68,9 @@ def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepRep
         summary["noise_model_id"] = stored.id
         report.detail = (f"noise model {stored.id}: read noise {model.read.floor_s * 1e6:.3f} µS + "
                          f"{100 * model.read.relative:.2f}%")
+        if model.read.law == "flicker":
+            report.detail += (f" + 1/f {100 * model.read.flicker:.2f}% at {model.read.flicker_g_ref_s * 1e6:.3g} µS "
+                              f"(g^{model.read.flicker_exponent:.2f}, growing with time since programming)")
         if model.drift:
             report.detail += f", drift ν {model.drift.nu_mean:.4f}±{model.drift.nu_std:.4f}"
             if model.drift.law != "power":
@@ -138,6 +141,10 @@ def _save_raw(ctx: RunContext, row: RunStep, cal: Calibration) -> None:
     if cal.drift is not None:
         save(row, "drift.mean", "conductance", "S", cal.drift.mean_s, times_s=cal.drift.times_s.tolist(),
              reads=cal.drift.reads)
+        if cal.drift.var_s is not None:
+            # read noise at each drift time: what the read-noise law's time dependence was chosen from
+            save(row, "drift.variance", "conductance_variance", "S^2", cal.drift.var_s,
+                 times_s=cal.drift.times_s.tolist(), reads=cal.drift.reads)
         if cal.drift_fit is not None:
             devices["drift_nu"] = cal.drift_fit.nu
     if cal.check is not None:
@@ -179,6 +186,10 @@ def _array_stats(cal: Calibration, model) -> tuple[dict[str, float], dict[str, s
     put("g_max_spread", model.window.g_max_spread, "1")
     put("read_noise_floor_s", model.read.floor_s, "S")
     put("read_noise_relative", model.read.relative, "1")
+    if model.read.law == "flicker":
+        put("read_noise_flicker", model.read.flicker, "1")
+        put("read_noise_flicker_exponent", model.read.flicker_exponent, "1")
+        put("read_noise_flicker_g_ref_s", model.read.flicker_g_ref_s, "S")
     if model.drift:
         put("drift_nu_mean", model.drift.nu_mean, "1")
         put("drift_nu_std", model.drift.nu_std, "1")

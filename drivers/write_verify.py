@@ -138,6 +138,12 @@ class WriteVerifyResult:
 ProgressCallback = Callable[[int, int, int], None]   # (iteration, cells out of tolerance, cells programmed)
 
 
+def per_polarity(mask: np.ndarray, reset: np.ndarray) -> np.ndarray:
+    """How many of ``mask`` are SET and how many RESET pulses."""
+    n_reset = np.count_nonzero(mask & reset)
+    return np.array([np.count_nonzero(mask) - n_reset, n_reset])
+
+
 def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySettings,
                  on_iteration: ProgressCallback | None = None) -> WriteVerifyResult:
     """Program ``targets_s`` (S, array-shaped; NaN = leave alone) to within ``settings.tolerance_s``."""
@@ -225,126 +231,170 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
     over_n, moved_n = np.zeros(2), np.zeros(2)
     lvl_spread = np.full(2, 0.05)
     lvl_r2, lvl_nr = np.zeros(2), np.zeros(2)
-    aim_ln = np.zeros(2 * n)              # ln of the level each cell's last pulse was aimed at
+    aim_ln = np.zeros(2 * n)              # ln of the level a level-law pulse was aimed at, this iteration
     abrupt = np.zeros(2, dtype=bool)
     sigma_read = np.nan
     n_reads = 1
 
     def verify() -> np.ndarray:
-        g_sum = xbar.read(voltage_v=s.read_voltage_v).ravel().astype(np.float64)
+        g_read = xbar.read(voltage_v=s.read_voltage_v).ravel().astype(np.float64)
         for _ in range(n_reads - 1):
-            g_sum += xbar.read(voltage_v=s.read_voltage_v).ravel()
-        return g_sum / n_reads if n_reads > 1 else g_sum
+            g_read += xbar.read(voltage_v=s.read_voltage_v).ravel()
+        if n_reads > 1:
+            g_read /= n_reads
+        return g_read
+
+    tol = s.tolerance_s
+    mvc = s.max_voltage_change_v
+    floor_g = 0.1 * tol
+
+    def climb_step(e_j: np.ndarray, fails_j: np.ndarray) -> np.ndarray:
+        """Climb above an uninformative pulse: bold when far from target, gentle when close, the step
+        doubling with each failure so an unresponsive cell reaches the top in a few pulses."""
+        return np.where(e_j > 3 * tol, mvc / 2, s.voltage_step_v) * doubling(fails_j)
+
+    def doubling(fails_j: np.ndarray) -> np.ndarray:
+        return np.exp2(np.clip(fails_j - 1, 0, 5))
 
     raw = verify()
     # Decisions use, per cell, the mean of every read since its last pulse: a cell left alone gets
     # a better estimate each iteration at no extra transaction (drift over milliseconds is negligible).
     g_sum = raw.copy()
     g_cnt = np.ones(n)
-    g = raw
+    g = raw.copy()             # updated in place; raw is kept as the previous read for the noise estimate
+    # Buffers for the work every iteration does over all n cells (the averaged reads change everywhere).
+    err = np.empty(n)          # target - g; NaN where there is no target, which every comparison rejects
+    abs_err = np.empty(n)
+    pulsable = np.ones(n, dtype=bool)            # neither given up nor stalled
     pulsed_last = np.zeros(n, dtype=bool)
+    idx_last = np.zeros(0, dtype=np.intp)        # the cells pulsed_last marks
+    calm = np.empty(n, dtype=bool)
     iteration = 0
     n_wanted = int(wanted.sum())
-    eff_max = max_v + slope * lw_max
     while True:
-        err = np.where(wanted, target - g, 0.0)
-        abs_err = np.abs(err)
-        n_out = int((abs_err > s.tolerance_s).sum())
+        np.subtract(target, g, out=err)
+        np.abs(err, out=abs_err)
+        n_out = int(np.count_nonzero(abs_err > tol))
         remaining.append(n_out)
         if on_iteration is not None:
             on_iteration(iteration, n_out, n_wanted)
         if iteration >= s.max_iterations:
             break
-        idx = np.flatnonzero((abs_err > s.aim_fraction * s.tolerance_s) & ~gave_up & ~stalled)
+        # From here on, arrays are over the active cells idx (position j is cell idx[j]); the rarer
+        # branches (level law, bracket, climb, first pulse) work on the positions they concern only.
+        idx = np.flatnonzero((abs_err > s.aim_fraction * tol) & pulsable)
         e = abs_err[idx]
-        pol = (err[idx] < 0).astype(np.int64)          # RESET where we are above target
+        reset = err[idx] < 0                     # RESET where we are above target
+        pol = reset.astype(np.int64)
         k = pol * n + idx
         sl = slope[pol]
         eff_max = max_v + slope * lw_max
         # Aim short of the full error by the learned spread, so an erratic step rarely overshoots.
-        want = e * np.exp(-0.5 * np.minimum(spread[pol], 0.7))
+        want = e * np.exp(-0.5 * np.minimum(spread, 0.7))[pol]
         di = d_info[k]
         has = di > 0
         ve_info = v_info[k] + sl * lw_info[k]
-        predicted = ve_info + np.clip(sl * np.log(want / np.where(has, di, 1.0)),
-                                      -s.max_voltage_change_v, s.max_voltage_change_v)
-        # A cell with no history in this polarity starts from what the array has taught so far, an
-        # e-fold below it (cells differ), or gently at the start amplitude while nothing is known.
-        prior = np.where(np.isnan(intercept[pol]), start_v[pol],
-                         intercept[pol] + sl * (np.log(np.maximum(want, 1e-30)) - 1.0))
-        predicted = np.where(has, predicted, np.maximum(prior, start_v[pol]))
+        with np.errstate(divide="ignore"):      # no anchor (di = 0): replaced just below
+            predicted = ve_info + np.clip(sl * np.log(want / di), -mvc, mvc)
+
+        def prior(j: np.ndarray) -> np.ndarray:
+            # A cell with no history in this polarity starts from what the array has taught so far, an
+            # e-fold below it (cells differ), or gently at the start amplitude while nothing is known.
+            ic = intercept[pol[j]]
+            return np.where(np.isnan(ic), start_v[pol[j]], ic + sl[j] * (np.log(np.maximum(want[j], 1e-30)) - 1.0))
+
+        fresh = np.flatnonzero(~has)
+        predicted[fresh] = np.maximum(prior(fresh), start_v[pol[fresh]])
         vp = ve_prev[k]
         just_tried = it_prev[k] == iteration     # pulsed in the previous round, uninformatively
-        # An uninformative pulse was just tried: climb above it, boldly when far from target, gently when
-        # close, the step doubling with each failure so an unresponsive cell reaches the top in a few pulses.
         nf = fails[k]
-        doubling = np.exp2(np.clip(nf - 1, 0, 5))
-        step = np.where(e > 3 * s.tolerance_s, s.max_voltage_change_v / 2, s.voltage_step_v) * doubling
-        climb = vp + np.minimum(step, 2 * s.max_voltage_change_v)
-        climb = np.where(has | np.isnan(intercept[pol]), climb, np.maximum(climb, prior))
-        ve = np.where(just_tried & (vp >= predicted), climb, predicted)
+        ve = predicted.copy()
+        # An uninformative pulse was just tried: climb above it (climb_step), never below the prior of a
+        # cell without history in this polarity once the array has taught one.
+        j = np.flatnonzero(just_tried & (vp >= predicted))
+        if j.size:
+            climb = vp[j] + np.minimum(climb_step(e[j], nf[j]), 2 * mvc)
+            late = np.flatnonzero(~has[j] & ~np.isnan(intercept[pol[j]]))
+            climb[late] = np.maximum(climb[late], prior(j[late]))
+            ve[j] = climb
 
         g_now = g[idx]
         tgt = target[idx]
-        floor_g = 0.1 * s.tolerance_s
         lvl = by_level[pol]
-        lo = np.where(lvl, np.maximum(lo_n[k], lo_m[k]), lo_n[k])
-        hi = hi_v[k]
-        # The level a cell would be at after its lo pulse: under a level law, that pulse's result (a
-        # cell re-programmed the other way since is back where lo leaves it); otherwise where it is now.
-        gl = g_lo[k]
-        g_ref = np.where(lvl & np.isfinite(gl), np.where(pol == 1, np.minimum(g_now, gl), np.maximum(g_now, gl)),
-                         g_now)
-        ln_gap = np.abs(np.log(np.maximum(g_ref, floor_g) / np.maximum(tgt, floor_g)))
-        # A level-law pulse lands with a scatter (learned, in ln G): a far cell is aimed that much short of
-        # its target, so it stays on its side and the last, small move is the one that lands it.
-        margin = np.where(lvl & (ln_gap > 4 * lvl_spread[pol]), 2 * lvl_spread[pol], 0.0)
-        ln_gap = ln_gap - margin
-        if lvl.any():
+        any_lvl = bool(by_level.any())
+        lo_n_k, lo_m_k, hi = lo_n[k], lo_m[k], hi_v[k]
+        lo = np.where(lvl, np.maximum(lo_n_k, lo_m_k), lo_n_k) if any_lvl else lo_n_k
+
+        def gap(j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """Where the cells at positions j stand (g_ref) and their ln distance to target (ln_gap)."""
+            # The level a cell would be at after its lo pulse: under a level law, that pulse's result (a
+            # cell re-programmed the other way since is back where lo leaves it); otherwise where it is now.
+            gl, gn, lv = g_lo[k[j]], g_now[j], lvl[j]
+            g_ref = np.where(lv & np.isfinite(gl), np.where(reset[j], np.minimum(gn, gl), np.maximum(gn, gl)), gn)
+            ln_gap = np.abs(np.log(np.maximum(g_ref, floor_g) / np.maximum(tgt[j], floor_g)))
+            # A level-law pulse lands with a scatter (learned, in ln G): a far cell is aimed that much short
+            # of its target, so it stays on its side and the last, small move is the one that lands it.
+            spread_j = lvl_spread[pol[j]]
+            return g_ref, ln_gap - np.where(lv & (ln_gap > 4 * spread_j), 2 * spread_j, 0.0)
+
+        if any_lvl:
             # Level law: from the highest amplitude that fell short, part of the way the learned
             # sensitivity says, so the cell is approached from the side it starts on.
-            sens = np.where(sens_n[pol] >= 8, sens_num[pol] / np.maximum(sens_den[pol], 1e-12), np.nan)
+            j = np.flatnonzero(lvl)
+            g_ref, ln_gap = gap(j)
+            sens = np.where(sens_n >= 8, sens_num / np.maximum(sens_den, 1e-12), np.nan)[pol[j]]
             dv = np.where(np.isfinite(sens), 0.7 * ln_gap / np.where(np.isfinite(sens), sens, 1.0),
                           0.5 * s.voltage_step_v)
             # Below the level the cell already holds nothing moves: climb faster with every such pulse.
-            dv = np.clip(dv * doubling, res_v, s.max_voltage_change_v)
-            ve = np.where(lvl & np.isfinite(lo), lo + dv, ve)
+            dv = np.clip(dv * doubling(nf[j]), res_v, mvc)
+            lo_j, ve_j = lo[j], ve[j]
+            ve_j = np.where(np.isfinite(lo_j), lo_j + dv, ve_j)
             # Without one, the rate law's history says nothing of where this cell's level lies: start low.
-            ve = np.where(lvl & ~np.isfinite(lo) & ~just_tried, np.minimum(ve, start_v[pol]), ve)
-        # Within the bracket, by regula falsi on ln G between the short side (where the cell is) and the
-        # level the overshooting pulse left, kept off both ends.
-        gh = np.maximum(g_hi[k], floor_g)
-        ln_span = np.abs(np.log(np.maximum(g_ref, floor_g) / gh))
-        frac = np.clip(np.where(ln_span > 0, ln_gap / np.where(ln_span > 0, ln_span, 1.0), 0.5), 0.2, 0.8)
+            ve[j] = np.where(~np.isfinite(lo_j) & ~just_tried[j], np.minimum(ve_j, start_v[pol[j]]), ve_j)
+            aim_ln[k[j]] = np.log(np.maximum(g_ref, floor_g)) + np.where(reset[j], -ln_gap, ln_gap)
+
+        def inside(j: np.ndarray) -> np.ndarray:
+            # Within the bracket, by regula falsi on ln G between the short side (where the cell is) and
+            # the level the overshooting pulse left, kept off both ends.
+            g_ref, ln_gap = gap(j)
+            gh = np.maximum(g_hi[k[j]], floor_g)
+            ln_span = np.abs(np.log(np.maximum(g_ref, floor_g) / gh))
+            frac = np.clip(np.where(ln_span > 0, ln_gap / np.where(ln_span > 0, ln_span, 1.0), 0.5), 0.2, 0.8)
+            lo_j, hi_j = lo[j], hi[j]
+            # Where moving pulses mostly cross the target (an abrupt polarity), nothing lies between the two
+            # bounds to be found: the amplitude known to move is used, and the other polarity approaches.
+            with np.errstate(invalid="ignore"):  # an open end gives NaN here, used only where both are set
+                return np.where(abrupt[pol[j]] & ~lvl[j], hi_j, lo_j + frac * (hi_j - lo_j))
+
         has_lo, has_hi = np.isfinite(lo), np.isfinite(hi)
-        # Where moving pulses mostly cross the target (an abrupt polarity), nothing lies between the two
-        # bounds to be found: the amplitude known to move is used, and the other polarity approaches.
-        with np.errstate(invalid="ignore"):      # an open end gives NaN here, used only where both are set
-            inside = np.where(abrupt[pol] & ~lvl, hi, lo + frac * (hi - lo))
         # Never again at or above an amplitude that overshot, unless the bracket has closed on it (an
         # abrupt response: the cell must then be crossed over and approached from the other side).
-        over = has_hi & (ve >= hi)
-        ve = np.where(over, np.where(has_lo, inside, hi - s.voltage_step_v), ve)
+        j = np.flatnonzero(has_hi & (ve >= hi))
+        if j.size:
+            ve[j] = np.where(has_lo[j], inside(j), hi[j] - s.voltage_step_v)
         # Under a gradual rate law, an amplitude that did nothing may have met a noisy read: the climb
         # alone uses it there.
-        under = has_lo & (lvl | abrupt[pol]) & (ve <= lo)
-        ve = np.where(under, np.where(has_hi, inside, lo + np.minimum(step, s.max_voltage_change_v)), ve)
-        ve = np.where(has_lo & has_hi & (hi - lo <= res_v), hi, ve)
-        aim_ln[k] = np.log(np.maximum(g_ref, floor_g)) + np.where(pol == 1, -ln_gap, ln_gap)
-        ve = np.clip(ve, start_v[pol] + sl * lw_min, eff_max[pol])
+        if any_lvl or abrupt.any():
+            j = np.flatnonzero(has_lo & (lvl | abrupt[pol]) & (ve <= lo))
+            if j.size:
+                ve[j] = np.where(has_hi[j], inside(j), lo[j] + np.minimum(climb_step(e[j], nf[j]), mvc))
+        j = np.flatnonzero(has_lo & has_hi & (hi - lo <= res_v))
+        ve[j] = hi[j]
+        top = eff_max[pol]
+        np.clip(ve, start_v[pol] + sl * lw_min, top, out=ve)
 
         # A cell pulsed at the top amplitude and width that did not move, several times running, is given up.
-        at_max = just_tried & (vp >= eff_max[pol] - 1e-9)
+        at_max = just_tried & (vp >= top - 1e-9)
         st = np.where(at_max, still[idx] + 1, 0)
         still[idx] = st
         quit_now = st >= s.give_up_after
         if quit_now.any():
             gave_up[idx[quit_now]] = True
-            keep = ~quit_now
-            idx, pol, ve, e, want, sl, has = idx[keep], pol[keep], ve[keep], e[keep], want[keep], sl[keep], has[keep]
-            lvl = lvl[keep]
-            k = k[keep]
-            predicted, ve_info, di = predicted[keep], ve_info[keep], di[keep]
+            pulsable[idx[quit_now]] = False
+            keep = np.flatnonzero(~quit_now)
+            (idx, pol, reset, k, ve, e, want, sl, has, lvl, predicted, ve_info, di, nf, g_now, tgt, lo_n_k, lo_m_k,
+             hi) = (a[keep] for a in (idx, pol, reset, k, ve, e, want, sl, has, lvl, predicted, ve_info, di, nf,
+                                      g_now, tgt, lo_n_k, lo_m_k, hi))
         if idx.size == 0:
             break
         iteration += 1
@@ -354,23 +404,25 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
         lw = np.clip((ve - v) / sl, lw_min, lw_max)
         width = w0 * np.exp(lw)
         rows, cols = np.divmod(idx, n_cols)
-        xbar.pulse(rows, cols, np.where(pol == 0, v, -v), width)
+        xbar.pulse(rows, cols, np.where(reset, -v, v), width)
         pulses[idx] += 1
-        g_prev, raw_prev = g, raw
+        raw_prev = raw
         raw = verify()
         g_sum += raw
         g_cnt += 1.0
         g_sum[idx] = raw[idx]
         g_cnt[idx] = 1.0
-        g = g_sum / g_cnt
-        sign = np.where(pol == 0, 1.0, -1.0)
-        moved = (g[idx] - g_prev[idx]) * sign
+        np.divide(g_sum, g_cnt, out=g)
+        g_after = g[idx]
+        moved = g_after - g_now
+        np.negative(moved, out=moved, where=reset)       # the change along the pulse's polarity
 
         # Read noise from cells left alone across the last two pulse rounds (pulsed cells may relax).
-        calm = ~pulsed_last
+        np.logical_not(pulsed_last, out=calm)
         calm[idx] = False
-        pulsed_last[:] = False
+        pulsed_last[idx_last] = False
         pulsed_last[idx] = True
+        idx_last = idx
         cells = np.flatnonzero(calm)
         cells = cells[::max(1, cells.size // 50000)]     # a sample gives the noise as well as all
         diff = raw[cells] - raw_prev[cells]
@@ -378,101 +430,106 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
         if diff.size >= 32:
             sigma_read = float(1.4826 * np.median(np.abs(diff - np.median(diff))) / np.sqrt(2.0)) * np.sqrt(n_reads)
             # Enough reads that the averaged noise is a quarter of the tolerance.
-            n_reads = int(np.clip(np.ceil((sigma_read / (0.25 * s.tolerance_s)) ** 2), 1, s.max_reads_per_verify))
+            n_reads = int(np.clip(np.ceil((sigma_read / (0.25 * tol)) ** 2), 1, s.max_reads_per_verify))
         # A change within read noise of nothing says little about the rate.
         noise = 0.0 if np.isnan(sigma_read) else 3.0 * sigma_read * np.sqrt(2.0 / n_reads)
-        informative = moved > max(0.5 * s.tolerance_s, noise)
-        responded[idx[informative]] = True
+        informative = moved > max(0.5 * tol, noise)
+        moved_at = np.flatnonzero(informative)
+        responded[idx[moved_at]] = True
 
         # Learn the slope from cells with an earlier informative pulse in this polarity, on steps well
         # clear of read noise (small steps, barely informative, are ln-noisy and truncated by the floor).
+        clear_v = 2 * max(tol, noise)
         short = moved < e
-        clear = informative & short & (moved > 2 * max(s.tolerance_s, noise))
-        pair = clear & has & short_info[k] & (di > 2 * max(s.tolerance_s, noise)) & (np.abs(ve - ve_info) >= 0.05)
-        pair &= ~lvl
+        jc = np.flatnonzero(informative & short & (moved > clear_v))     # the clear steps
+        pc = pol[jc]
+        short_c = short_info[k[jc]]
+        pair = has[jc] & short_c & (di[jc] > clear_v) & (np.abs(ve[jc] - ve_info[jc]) >= 0.05) & ~lvl[jc]
+        # Spread: steps the model aimed (not clipped, not climbing) against what they gave.
+        aimed = has[jc] & (np.abs(ve[jc] - predicted[jc]) < 1e-9)
         sxx *= forget
         sxy *= forget
         npairs *= forget
         s_res2 *= forget
         n_res *= forget
         for p in (0, 1):
-            m = pair & (pol == p)
-            if m.any():
+            m = jc[pair & (pc == p)]
+            if m.size:
                 dv = ve[m] - ve_info[m]
                 dl = np.log(moved[m]) - np.log(di[m])
                 sxx[p] += float(dv @ dv)
                 sxy[p] += float(dv @ dl)
-                npairs[p] += m.sum()
-            # Spread: steps the model aimed (not clipped, not climbing) against what they gave.
-            r = clear & has & (pol == p) & (np.abs(ve - predicted) < 1e-9)
-            if r.any():
+                npairs[p] += m.size
+            r = jc[aimed & (pc == p)]
+            if r.size:
                 res = np.log(moved[r]) - np.log(want[r])
                 s_res2[p] += float(res @ res)
-                n_res[p] += r.sum()
+                n_res[p] += r.size
         rep_n *= forget
         rep_moved *= forget
         sens_num *= forget
         sens_den *= forget
         sens_n *= forget
         v_eff_used = v + sl * lw
-        g_after = g[idx]
+        same_pol = last_pol[idx] == pol
         # A pulse no higher than the one that just moved the cell the same way, on a cell still well short.
-        again = (last_pol[idx] == pol) & last_moved[idx] & has & (v_eff_used <= ve_info + 1e-9) & \
-                (want > 2 * max(s.tolerance_s, noise))
+        again = same_pol & last_moved[idx] & has & (v_eff_used <= ve_info + 1e-9) & (want > clear_v)
         # Consecutive short moves the same way, the second higher: the level's sensitivity to amplitude.
-        gi = g_info[k]
-        climbed = clear & has & short_info[k] & (last_pol[idx] == pol) & (v_eff_used > ve_info + 1e-3) & \
-            np.isfinite(gi)
+        gi = g_info[k[jc]]
+        climbed = has[jc] & short_c & same_pol[jc] & (v_eff_used[jc] > ve_info[jc] + 1e-3) & np.isfinite(gi)
         over_n *= forget
         moved_n *= forget
-        crossed = moved > e + s.tolerance_s
+        crossed = moved > e + tol
         # Abruptness: how often the first move above an amplitude that did nothing crosses a far target.
-        first_move = informative & (fails[k] > 0) & (e > 3 * s.tolerance_s)
+        first_move = informative & (nf > 0) & (e > 3 * tol)
+        moved_n += per_polarity(first_move, reset)
+        over_n += per_polarity(first_move & crossed, reset)
+        rep_n += per_polarity(again, reset)
+        rep_moved += per_polarity(again & informative, reset)
         for p in (0, 1):
-            m = first_move & (pol == p)
-            moved_n[p] += m.sum()
-            over_n[p] += (m & crossed).sum()
-            m = again & (pol == p)
-            rep_n[p] += m.sum()
-            rep_moved[p] += (m & informative).sum()
-            m = climbed & (pol == p)
+            m = climbed & (pc == p)
             if m.any():
-                sens_num[p] += float(np.abs(np.log(np.maximum(g_after[m], 1e-30) / np.maximum(gi[m], 1e-30))).sum())
-                sens_den[p] += float((v_eff_used[m] - ve_info[m]).sum())
-                sens_n[p] += m.sum()
+                sens_num[p] += float(np.abs(np.log(np.maximum(g_after[jc[m]], 1e-30) / np.maximum(gi[m], 1e-30))).sum())
+                sens_den[p] += float((v_eff_used[jc[m]] - ve_info[jc[m]]).sum())
+                sens_n[p] += np.count_nonzero(m)
         by_level = (rep_n >= 16) & (rep_moved < 0.5 * rep_n)
         lvl_r2 *= forget
         lvl_nr *= forget
-        landed = informative & lvl & (g_after > 0)
-        for p in (0, 1):
-            m = landed & (pol == p)
-            if m.any():
-                r = np.log(g_after[m]) - aim_ln[k[m]]
-                lvl_r2[p] += float(r @ r)
-                lvl_nr[p] += m.sum()
+        if any_lvl:
+            landed = informative & lvl & (g_after > 0)
+            for p in (0, 1):
+                m = np.flatnonzero(landed & (pol == p))
+                if m.size:
+                    r = np.log(g_after[m]) - aim_ln[k[m]]
+                    lvl_r2[p] += float(r @ r)
+                    lvl_nr[p] += m.size
         lvl_spread = np.where(lvl_nr >= 16, np.sqrt(lvl_r2 / np.maximum(lvl_nr, 1e-12)), lvl_spread)
         abrupt = (moved_n >= 16) & (over_n > 0.8 * moved_n)
 
         # The bracket. A pulse that crossed the target beyond tolerance bounds the polarity from above; one
-        # that fell short, from below; a bound contradicted by a later pulse is dropped.
+        # that fell short, from below; a bound contradicted by a later pulse is dropped. lo_n_k, lo_m_k and
+        # hi are kept equal to lo_n, lo_m and hi_v at k as they change.
         nothing = ~informative
         fell_short = informative & short
         # Under a rate law, only a crossing by more than a noisy landing explains bounds the amplitude.
-        new_hi = crossed & (lvl | abrupt[pol] | (moved > e + 3 * max(s.tolerance_s, noise))) & \
-            (v_eff_used < hi_v[k])
-        hi_v[k[new_hi]] = v_eff_used[new_hi]
-        g_hi[k[new_hi]] = g_after[new_hi]
-        lo_n[k[crossed & (v_eff_used <= lo_n[k])]] = -np.inf
-        lo_m[k[crossed & (v_eff_used <= lo_m[k])]] = -np.inf
-        up_n = nothing & (v_eff_used > lo_n[k])
-        lo_n[k[up_n]] = v_eff_used[up_n]
-        up_m = fell_short & (v_eff_used > lo_m[k])
-        lo_m[k[up_m]] = v_eff_used[up_m]
-        lo_now = np.where(lvl, np.maximum(lo_n[k], lo_m[k]), lo_n[k])
-        hi_v[k[(~crossed) & (lo_now >= hi_v[k])]] = np.inf
+        j = np.flatnonzero(crossed & (lvl | abrupt[pol] | (moved > e + 3 * max(tol, noise))) & (v_eff_used < hi))
+        hi[j] = hi_v[k[j]] = v_eff_used[j]
+        g_hi[k[j]] = g_after[j]
+        j = np.flatnonzero(crossed & (v_eff_used <= lo_n_k))
+        lo_n_k[j] = lo_n[k[j]] = -np.inf
+        j = np.flatnonzero(crossed & (v_eff_used <= lo_m_k))
+        lo_m_k[j] = lo_m[k[j]] = -np.inf
+        up_n = nothing & (v_eff_used > lo_n_k)
+        j = np.flatnonzero(up_n)
+        lo_n_k[j] = lo_n[k[j]] = v_eff_used[j]
+        up_m = fell_short & (v_eff_used > lo_m_k)
+        j = np.flatnonzero(up_m)
+        lo_m_k[j] = lo_m[k[j]] = v_eff_used[j]
+        lo_now = np.where(lvl, np.maximum(lo_n_k, lo_m_k), lo_n_k) if any_lvl else lo_n_k
+        hi_v[k[(~crossed) & (lo_now >= hi)]] = np.inf
         # The level after the highest short pulse (under a level law, where a re-programmed cell returns).
-        up = (up_n | up_m) & (v_eff_used >= lo_now)
-        g_lo[k[up]] = g_after[up]
+        j = np.flatnonzero((up_n | up_m) & (v_eff_used >= lo_now))
+        g_lo[k[j]] = g_after[j]
         last_pol[idx] = pol
         last_moved[idx] = informative
 
@@ -486,27 +543,33 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
             part = slice(p * n, (p + 1) * n, max(1, n // 20000))
             d_a = d_info[part]
             anchored = d_a > 0
-            if anchored.sum() >= 16:
+            if np.count_nonzero(anchored) >= 16:
                 ve_a = v_info[part][anchored] + slope[p] * lw_info[part][anchored]
                 intercept[p] = float(np.median(ve_a - slope[p] * np.log(d_a[anchored])))
         ve_prev[k] = v_eff_used
         # An informative pulse is remembered; an uninformative one leaves it_prev set so the next
         # iteration climbs (cells that moved clear it, so a later episode starts from the model).
-        it_prev[k] = np.where(informative, -1, iteration)
-        fails[k] = np.where(informative, 0, fails[k] + 1)
-        ki = k[informative]
-        v_info[ki] = v[informative]
-        lw_info[ki] = lw[informative]
-        d_info[ki] = moved[informative]
-        short_info[ki] = short[informative]
-        g_info[ki] = g_after[informative]
+        it_prev[k] = iteration
+        fails[k] = nf + 1
+        ki = k[moved_at]
+        it_prev[ki] = -1
+        fails[ki] = 0
+        v_info[ki] = v[moved_at]
+        lw_info[ki] = lw[moved_at]
+        d_info[ki] = moved[moved_at]
+        short_info[ki] = short[moved_at]
+        g_info[ki] = g_after[moved_at]
 
         # Progress: a cell that responds but has not come closer for stall_after pulses is left alone.
-        e_now = np.abs(target[idx] - g[idx])
-        closer = e_now < best[idx] - 0.1 * s.tolerance_s
-        best[idx] = np.minimum(best[idx], e_now)
-        since_best[idx] = np.where(closer, 0, since_best[idx] + 1)
-        stalled[idx] = responded[idx] & (since_best[idx] >= s.stall_after) & (e_now > s.aim_fraction * s.tolerance_s)
+        e_now = np.abs(tgt - g_after)
+        best_j = best[idx]
+        closer = e_now < best_j - 0.1 * tol
+        best[idx] = np.minimum(best_j, e_now)
+        since = np.where(closer, 0, since_best[idx] + 1)
+        since_best[idx] = since
+        now_stalled = responded[idx] & (since >= s.stall_after) & (e_now > s.aim_fraction * tol)
+        stalled[idx] = now_stalled
+        pulsable[idx] = ~now_stalled
 
     err = g - target
     success = wanted & (np.abs(err) <= s.tolerance_s)

@@ -5,14 +5,15 @@ fit. After the other stages those devices are programmed afresh to the calibrati
 (write-verify, the others left alone), read repeatedly, and read again at each drift time. Each
 observed distribution is compared with the one the model predicts for the same devices:
 
-* programming error: achieved minus target, scaled by the predicted spread of that level (the
-  programming sigma plus what averaging ``reads`` noisy reads adds), against a standard normal;
+* programming error: achieved minus target, scaled by the predicted core spread of that level (the
+  programming sigma plus what averaging ``reads`` noisy reads adds), against draws of the programming
+  law (with its tail, if the model has one) and that read noise, by KS distance and interquartile range;
 * read noise: each device's sample variance over ``reads`` reads, scaled by the variance the law
   gives at its conductance and at the time since programming the reads were taken, against the
   chi-square distribution such a variance follows;
-* drift at each time: g(t) / g(first time) per device, against draws of the power law with the
-  model's device-to-device spread of the exponent and read noise on both reads, each at its own
-  time since programming.
+* drift at each time: g(t) / g(first time) per device, against draws of the model's drift law
+  (:meth:`calibration.noise_model.Drift.sample`) with its device-to-device spread and read noise on
+  both reads, each at its own time since programming.
 
 Each comparison gives a KS distance (scipy.stats) and the predicted/observed spread ratio; a
 check passes when the distance is below ``max_ks`` and the ratio within
@@ -34,6 +35,7 @@ from .drift import DriftMeasurement, measure_drift
 from .noise_model import NoiseModel
 from .options import CalibrationOptions, CheckOptions
 from .quality import assess
+from .read_noise import expected_log_variance, sample_variance_cdf
 
 # Below this many devices a KS distance of 0.1 is within its own sampling scatter (about
 # 0.87 / sqrt(n) on average for a correct model): no verdict.
@@ -176,21 +178,68 @@ def evaluate_checks(m: CheckMeasurement, model: NoiseModel, options: CheckOption
     return out
 
 
+# Seed of the draws of the programming prediction: the check of a stored calibration gives the same
+# figures every time it is evaluated.
+PROGRAMMING_DRAWS_SEED = 0
+
+
 def _programming(m: CheckMeasurement, model: NoiseModel, options: CheckOptions) -> Check:
+    """Each held-out device's error (achieved minus target) against the model's prediction for its level:
+    the programming law (:func:`calibration.laws.programming_error`, ``samples_per_device`` draws per
+    device, the same law noise-aware training samples) plus the read noise left in the mean of the reads
+    it took. Both are put in units of the level's core spread (core sigma and that read noise) around its
+    bias, where a normal law predicts a standard normal.
+
+    The KS distance is that of the probability integral transform: each device's error is placed in the
+    predicted distribution of its level (the draws of that level's devices), and the fractions below it
+    are compared with the uniform distribution they follow for a right model; for a normal law this is
+    the KS distance of the standardised errors against a standard normal. The spread ratio is of the
+    interquartile ranges of all draws and all devices, predicted over observed: a quartile does not move
+    with the few devices far out in a heavy tail, which would make up most of a standard deviation (under
+    the mixture law, of the prediction's and of the observation's alike, each then measuring how many far
+    devices happened to be drawn or held out); for a normal law it is sigma times 1.349 and compares the
+    same spread a standard deviation would.
+    """
     prog = model.programming
     g = m.achieved_s
     ok = np.isfinite(g) & ~assess(g[None]).saturated
-    level = m.targets_s[ok]
-    # The model's spread of a programmed device, plus the read noise left in the mean of `reads` reads.
-    sd = np.sqrt(prog.sigma(level) ** 2 + model.read.variance(g[ok], m.achieved_age_s) / m.programming_reads)
-    z = (g[ok] - level - prog.bias(level)) / np.where(sd > 0, sd, np.nan)
-    z = z[np.isfinite(z)]
-    if z.size < 2:
-        return _check("programming", int(z.size), None, None, options)
-    return _check("programming", int(z.size), stats.kstest(z, "norm").statistic, 1.0 / np.std(z, ddof=1), options)
+    level, index = m.targets_s[ok], m.level_index[ok]
+    read_var = model.read.variance(g[ok], m.achieved_age_s) / m.programming_reads
+    sd = np.sqrt(prog.sigma(level) ** 2 + read_var)
+    sd = np.where(sd > 0, sd, np.nan)
+    observed = (g[ok] - level - prog.bias(level)) / sd
+    keep = np.isfinite(observed)
+    observed, level, index, read_var, sd = observed[keep], level[keep], index[keep], read_var[keep], sd[keep]
+    if observed.size < 2:
+        return _check("programming", int(observed.size), None, None, options)
+    rng = np.random.default_rng(PROGRAMMING_DRAWS_SEED)
+    shape = (options.samples_per_device, observed.size)
+    error = prog.error(level, rng.standard_normal(shape), rng.random(shape))
+    predicted = (error - prog.bias(level) + np.sqrt(read_var) * rng.standard_normal(shape)) / sd
+    fraction_below = np.empty(observed.size)
+    for k in np.unique(index):
+        at = index == k
+        draws = np.sort(predicted[:, at].ravel())
+        fraction_below[at] = np.searchsorted(draws, observed[at]) / draws.size
+    ks = stats.kstest(fraction_below, "uniform").statistic
+    return _check("programming", int(observed.size), ks, _spread(predicted.ravel()) / _spread(observed), options)
 
 
 def _read_noise(m: CheckMeasurement, model: NoiseModel, options: CheckOptions) -> Check:
+    """Each held-out device's sample variance over its ``n`` reads against the distribution the read-noise
+    law predicts for that device, at its mean conductance and the time since programming of the reads.
+
+    KS distance: of the probability integral transform u = F_device(s^2), uniform for devices the law
+    describes. F is the Gamma distribution of a sample variance ((n - 1) s^2 / sigma^2 chi-square with
+    n - 1 degrees of freedom: for the white and flicker laws u is that chi-square's CDF and the distance is
+    the KS distance of the scaled variances against it); for the telegraph law, the mixture over devices
+    (1 - f) Gamma(sigma^2) + f E_a[Gamma(sigma^2 + telegraph(a))].
+
+    Spread ratio: the predicted over the observed geometric-mean read-noise sigma,
+    exp((mean E_law[ln s^2] - mean ln s^2) / 2), E_law[ln s^2] each device's expected log sample variance
+    (ln sigma^2 + psi(k) - ln k for a Gamma of shape k = (n - 1) / 2, averaged over a mixture): 1 for a law
+    that describes the devices whatever its form, and not carried by the few devices in a heavy
+    telegraph tail, as the ratio of mean variances would be."""
     reads = m.reads_s
     n = reads.shape[0]
     ok = ~assess(reads).flagged
@@ -199,10 +248,16 @@ def _read_noise(m: CheckMeasurement, model: NoiseModel, options: CheckOptions) -
     keep = predicted > 0
     if keep.sum() < 2:
         return _check("read_noise", int(keep.sum()), None, None, options)
-    # (n - 1) s^2 / sigma^2 follows chi-square with n - 1 degrees of freedom for Gaussian reads.
-    q = (n - 1) * var[keep] / predicted[keep]
-    ks = stats.kstest(q, stats.chi2(df=n - 1).cdf).statistic
-    ratio = np.sqrt(np.mean(predicted[keep]) / np.mean(var[keep]))
+    g, var = mean[keep], var[keep]
+    dof = np.full(g.shape, n - 1.0)
+    u = sample_variance_cdf(model.read, g, var, dof, m.reads_age_s)
+    ks = stats.kstest(u, "uniform").statistic
+    # A device that read the same value every time has no logarithm; it is in the KS distance (u = 0).
+    positive = var > 0
+    if positive.sum() < 2:
+        return _check("read_noise", int(keep.sum()), None, None, options, "no device with a positive variance")
+    log_predicted = expected_log_variance(model.read, g[positive], dof[positive], m.reads_age_s)
+    ratio = np.exp(0.5 * (np.mean(log_predicted) - np.mean(np.log(var[positive]))))
     return _check("read_noise", int(keep.sum()), ks, ratio, options)
 
 
@@ -232,9 +287,10 @@ def _drift(m: CheckMeasurement, model: NoiseModel, options: CheckOptions, rng: n
     g = g[:, ok]
     base = g[0]
     k = options.samples_per_device
-    # Per device, `k` draws of its exponent, and of the read noise on its first read and on the read
-    # at each time; each draw starts from the device's observed first read, taken as its conductance.
-    nu = law.nu_mean_at(base) + law.nu_std_at(base) * rng.standard_normal((k, base.size))
+    # Per device, `k` draws of its drift (the standard normal of the law: its exponent, or its relaxation),
+    # and of the read noise on its first read and on the read at each time; each draw starts from the
+    # device's observed first read, taken as its conductance at that time.
+    z = rng.standard_normal((k, base.size))
     g_first = base + model.read.sigma(base, t[0]) / np.sqrt(d.reads) * rng.standard_normal((k, base.size))
     order = np.argsort(base)
     bands = [order[i] for i in np.array_split(np.arange(base.size), DRIFT_BANDS)]
@@ -245,7 +301,7 @@ def _drift(m: CheckMeasurement, model: NoiseModel, options: CheckOptions, rng: n
             out.append(_check(name, int(base.size), None, None, options))
             continue
         observed = g[j] / base
-        true_t = base * law.factor(t[j], nu) / law.factor(t[0], nu)
+        true_t = law.sample(base, t[j], z, since_s=t[0])
         # Read noise at that time, of a device programmed to about its first read and drifted since.
         g_t = true_t + model.read.sigma(true_t, t[j], base) / np.sqrt(d.reads) * rng.standard_normal(true_t.shape)
         # Draws whose reads fall at or below 0 S are dropped, as the observed devices with such reads were.

@@ -23,6 +23,16 @@ def _log(x):
     return x.log() if hasattr(x, "log") else np.log(x)
 
 
+def _exp(x):
+    # As _log: a tensor's own .exp() keeps it a tensor.
+    return x.exp() if hasattr(x, "exp") else np.exp(x)
+
+
+def _is_zero(x) -> bool:
+    # A per-device amplitude (array or tensor) is never taken as "no telegraph part".
+    return isinstance(x, (int, float)) and x == 0
+
+
 def _positive_part(x):
     # max(x, 0) with arithmetic only: the same expression for floats, arrays and tensors.
     return (x + abs(x)) / 2
@@ -44,7 +54,8 @@ def log_age(t_s, t0_s: float, t_read_s: float):
 
 
 def read_variance(g_s, floor_s: float, relative: float, flicker: float = 0.0, flicker_exponent: float = 1.0,
-                  g_ref_s: float = 1.0, log_age=0.0, g_programmed_s=None):
+                  g_ref_s: float = 1.0, log_age=0.0, g_programmed_s=None, telegraph=0.0,
+                  telegraph_exponent: float = 0.5, telegraph_g_ref_s: float = 1.0):
     """Variance (S^2) of one read of a device at conductance ``g_s``:
 
         sigma^2 = floor^2 + (relative g)^2 + (q g_ref (|g_p| / g_ref)^p  g / g_p)^2 L(t)
@@ -59,8 +70,13 @@ def read_variance(g_s, floor_s: float, relative: float, flicker: float = 0.0, fl
     1/f amplitude relative to the conductance is set by the state programming left, and as the
     device drifts its fluctuations scale with its conductance (the factor g / g_p). Read soon after
     programming, g_p = g and the 1/f part is (q g_ref (|g| / g_ref)^p)^2 L(t).
+
+    ``telegraph`` (a per-device amplitude, 0 for a device without a switching trap) adds the
+    variance of random telegraph noise, :func:`telegraph_variance`.
     """
     white = floor_s ** 2 + (relative * g_s) ** 2
+    if not _is_zero(telegraph):
+        white = white + telegraph_variance(g_s, telegraph, telegraph_exponent, telegraph_g_ref_s)
     if flicker == 0:
         return white
     if g_programmed_s is None:
@@ -73,9 +89,32 @@ def read_variance(g_s, floor_s: float, relative: float, flicker: float = 0.0, fl
 
 
 def read_sigma(g_s, floor_s: float, relative: float, flicker: float = 0.0, flicker_exponent: float = 1.0,
-               g_ref_s: float = 1.0, log_age=0.0, g_programmed_s=None):
+               g_ref_s: float = 1.0, log_age=0.0, g_programmed_s=None, telegraph=0.0,
+               telegraph_exponent: float = 0.5, telegraph_g_ref_s: float = 1.0):
     """Standard deviation (S) of one read: the square root of :func:`read_variance`."""
-    return read_variance(g_s, floor_s, relative, flicker, flicker_exponent, g_ref_s, log_age, g_programmed_s) ** 0.5
+    return read_variance(g_s, floor_s, relative, flicker, flicker_exponent, g_ref_s, log_age, g_programmed_s,
+                         telegraph, telegraph_exponent, telegraph_g_ref_s) ** 0.5
+
+
+def telegraph_variance(g_s, amplitude, exponent: float = 0.5, g_ref_s: float = 1.0):
+    """Variance (S^2) random telegraph noise adds to the reads of a device at conductance ``g_s``:
+
+        sigma_rtn^2 = (a g_ref (|g| / g_ref)^beta)^2
+
+    ``amplitude`` a is the device's rms telegraph fluctuation relative to the conductance, at the
+    reference conductance ``g_ref_s``; beta (``exponent``) its scaling with conductance (a trap's
+    dG/G ~ G^-alpha gives beta = 1 - alpha). A trap that switches many times within a burst of reads,
+    filled a fraction p of the time, with relative step dG/G, has a = dG/G sqrt(p (1 - p)).
+    """
+    return (amplitude * g_ref_s) ** 2 * (abs(g_s) / g_ref_s) ** (2 * exponent)
+
+
+def telegraph_amplitude(u, z, fraction: float, median: float, sigma_ln: float):
+    """The telegraph amplitude of devices drawn from the law's distribution over devices: a fraction
+    ``fraction`` of them (those with the uniform draw ``u`` below it) carry telegraph noise of amplitude
+    ``median`` exp(``sigma_ln`` z), log-normal over devices (``z`` a standard normal draw); the others none.
+    """
+    return (u < fraction) * (median * _exp(sigma_ln * z))
 
 
 def drift_factor(t_s, t0_s: float, nu):
@@ -83,4 +122,63 @@ def drift_factor(t_s, t0_s: float, nu):
     return ((t_s + t0_s) / t0_s) ** (-nu)
 
 
-__all__ = ["drift_factor", "log_age", "read_sigma", "read_variance"]
+__all__ = ["drift_factor", "log_age", "read_sigma", "read_variance", "telegraph_amplitude", "telegraph_variance"]
+
+
+def relaxation_terms(t_s, t0_s: float):
+    """The two time terms of the relaxation law, ``t_s`` after programming:
+
+        h(t) = ln((t + t0) / t0),   a(t) = t / (t + t0),
+
+    both 0 at programming. h grows by one per e-fold of time once t >> t0; a rises to 1 within a few
+    t0 and then stays (the early broadening that settles)."""
+    return _log((t_s + t0_s) / t0_s), t_s / (t_s + t0_s)
+
+
+def relaxation_shift(t_s, t0_s: float, mean_s, sigma_s, sigma_early_s, z):
+    """g(t) - g_p of the relaxation law, ``t_s`` after programming, for a device with standard normal ``z``:
+
+        g(t) = g_p + mean h(t) + z (sigma_early a(t) + sigma h(t))
+
+    (:func:`relaxation_terms`): an absolute shift whose mean grows with log time and whose spread grows
+    as b0 + b1 ln t once t >> t0, one normal per device for both (aihwkit ``ReRamCMONoiseModel``, whose
+    G(t) - G_prog has mean m ln t and standard deviation b0 + b1 ln t). It does not scale with g_p, so
+    devices move both ways; a multiplicative law (:func:`drift_factor`) cannot describe that."""
+    h, a = relaxation_terms(t_s, t0_s)
+    return mean_s * h + z * (sigma_early_s * a + sigma_s * h)
+
+
+__all__ += ["relaxation_shift", "relaxation_terms"]
+
+
+# Keeps the logarithm of the tail draw finite where a uniform draw or a tail fraction is exactly 0.
+_TINY_FRACTION = 1e-30
+
+
+def programming_error(bias, sigma, tail_fraction, tail_width, z, u):
+    """Error (S) of write-verify programming, achieved minus target, from a standard-normal draw ``z`` and
+    an independent uniform draw ``u`` in [0, 1) per device:
+
+        error = bias + sigma z                          if u >= f   (the core)
+        error = bias + w sqrt(2 ln(f / u)) z            if u <  f   (the tail)
+
+    The core is the devices write-verify brought to their level: a Gaussian of ``sigma``. The tail, a
+    fraction f = ``tail_fraction`` of the devices, is those it left far from it (cells that stalled, froze
+    or switched abruptly past the target): a Laplace distribution of scale w = ``tail_width`` (its mean
+    absolute deviation; standard deviation sqrt(2) w), centred like the core on the level's ``bias``. Its
+    heavy, exponential flanks follow the errors measured on PCM, VCM and pessimistic RRAM arrays better
+    than a wide Gaussian does. It is drawn as the scale mixture of Gaussians a Laplace distribution is,
+    variance 2 w^2 E with E ~ Exp(1): given u < f, u / f is uniform, so E = ln(f / u) comes from the draw
+    that chose the tail and every device needs one ``z`` and one ``u`` whichever component it falls in.
+
+    With ``tail_fraction`` 0 (the "normal" law) the error is bias + sigma z for any ``u``. Besides
+    arithmetic and the logarithm it uses one elementwise comparison, which numpy arrays, torch tensors
+    and floats all define.
+    """
+    in_core = u >= tail_fraction
+    # ln(f / u) is negative (no tail) wherever u >= f: its positive part is then 0.
+    exponential = _positive_part(_log((tail_fraction + _TINY_FRACTION) / (u + _TINY_FRACTION)))
+    return bias + z * (sigma * in_core + tail_width * (2 * exponential) ** 0.5)
+
+
+__all__ += ["programming_error"]

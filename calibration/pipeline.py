@@ -16,6 +16,7 @@ import numpy as np
 
 from drivers import Crossbar
 
+from . import programming_fit
 from .checks import CheckMeasurement, choose_holdout, measure_checks
 from .drift import DriftFit, DriftMeasurement, fit_drift, measure_drift
 from .levels import LevelRange, level_range, measured_window
@@ -236,7 +237,8 @@ def _fit_read_noise(cal: Calibration) -> ReadNoise | None:
     The white law is fitted to every set of repeated reads (the read-noise stage, and the window's reads
     when there are three or more). The sets taken at a known time since programming (the read-noise
     stage and the drift stage's reads at each time, on the working devices this calibration programmed)
-    then choose between it and the 1/f law that grows with that time (calibration.read_noise)."""
+    then choose between it and the 1/f law that grows with that time, and whether telegraph noise on a
+    fraction of the devices adds to the law so chosen (calibration.read_noise)."""
     samples, timed = [], []
     sets = []
     if cal.read_noise is not None:
@@ -333,10 +335,10 @@ def fit_noise_model(cal: Calibration, *, array_id: str, rows: int, cols: int,
     drift = None
     if cal.drift_fit is not None:
         d = cal.drift_fit
-        if all(np.isfinite(x) for x in (d.nu_mean, d.nu_std, d.t0_s)) and d.t0_s > 0:
-            drift = Drift(nu_mean=d.nu_mean, nu_std=d.nu_std, t0_s=d.t0_s, law=d.law, levels_s=d.levels_s,
-                          nu_mean_by_level=d.nu_mean_by_level, nu_std_by_level=d.nu_std_by_level,
-                          selection=d.selection)
+        fields = d.drift_fields()
+        numbers = [v for k, v in fields.items() if k not in ("law", "selection") and v is not None]
+        if all(np.all(np.isfinite(v)) for v in numbers) and fields["t0_s"] > 0:
+            drift = Drift(**fields)
         else:
             cal.warn(f"drift: fit not finite (nu {d.nu_mean:.3g} ± {d.nu_std:.3g}, t0 {d.t0_s:.3g} s): "
                      f"left out of the noise model")
@@ -354,12 +356,34 @@ def fit_noise_model(cal: Calibration, *, array_id: str, rows: int, cols: int,
     return NoiseModel(array_id=array_id, rows=rows, cols=cols, window=window, programming=programming,
                       read=read, drift=drift,
                       defects=Defects(stuck_on_rate=float(cal.stuck_on.sum() / readable),
-                                      stuck_off_rate=float(cal.stuck_off.sum() / readable)),
+                                      stuck_off_rate=float(cal.stuck_off.sum() / readable),
+                                      stuck_levels_s=stuck_levels(cal)),
                       periphery=periphery, source_runs=list(source_runs or []))
 
 
+# Quantiles kept of the stuck devices' conductances: the distribution's shape (ends, middle, clusters) at a
+# few hundred bytes of JSON, whatever the array's size.
+STUCK_QUANTILES = 16
+
+
+def stuck_levels(cal: Calibration) -> list[float] | None:
+    """Where the stuck devices sit: quantiles of the mean of their two window reads (a device that does not
+    switch reads the same after RESET and SET), over those with finite reads; None without any."""
+    if cal.window is None or cal.stuck_on is None:
+        return None
+    value = 0.5 * (cal.window.g_min_s + cal.window.g_max_s)
+    values = np.sort(value[(cal.stuck_on | cal.stuck_off) & np.isfinite(value)])
+    if not values.size:
+        return None
+    if values.size > STUCK_QUANTILES:
+        values = np.quantile(values, (np.arange(STUCK_QUANTILES) + 0.5) / STUCK_QUANTILES)
+    return [float(v) for v in values]
+
+
 def _programming_noise(cal: Calibration, working: np.ndarray, read: ReadNoise) -> ProgrammingNoise | None:
-    """Error against target per level over working devices with finite, unclipped achieved reads.
+    """Error against target per level over working devices with finite, unclipped achieved reads, by the
+    law (normal, or a Gaussian core with a heavy tail) that predicts held-out devices better
+    (calibration.programming_fit); the read noise left in each mean of reads is taken out of the spreads.
 
     A level with fewer than two such devices is left out. A bias that would put the mean achieved
     conductance below 0 S is clipped to -level; a bias beyond the write-verify tolerance is kept (it
@@ -376,7 +400,10 @@ def _programming_noise(cal: Calibration, working: np.ndarray, read: ReadNoise) -
         usable &= achieved != ceiling
     # The achieved conductances were read settle_s after programming: read noise at that time.
     age = cal.options.programming.settle_s if cal.options.programming is not None else None
-    levels, sigma, bias = [], [], []
+    # Per level: errors and the read-noise variance of each mean of reads, in units of the tolerance, and
+    # the device each error belongs to (the law is chosen by predicting devices held out of its fit).
+    device = np.broadcast_to(np.arange(working.size).reshape(working.shape)[None], achieved.shape)
+    levels, data = [], []
     for k, level in enumerate(m.levels_s):
         sel = (m.level_index == k) & usable
         err = achieved[sel] - level
@@ -384,8 +411,19 @@ def _programming_noise(cal: Calibration, working: np.ndarray, read: ReadNoise) -
             cal.warn(f"programming: level {level * _US:.3g} µS has {err.size} usable devices: left out of the "
                      f"noise model")
             continue
-        read_var = np.mean(read.variance(achieved[sel], age)) / m.reads
-        b = float(np.mean(err))
+        read_var = read.variance(achieved[sel], age) / m.reads
+        levels.append(float(level))
+        data.append((err / tolerance, read_var / tolerance ** 2, device[sel]))
+    if not levels:
+        cal.warn("programming: no level had two usable devices: no programming noise in the model")
+        return None
+    selection = programming_fit.select_law(data)
+    law = programming_fit.chosen_law(selection)
+    fit = programming_fit.fit_mixture if law == "mixture" else programming_fit.fit_normal
+    sigma, bias, fraction, width = [], [], [], []
+    for level, (err, read_var, _) in zip(levels, data):
+        f = fit(err, read_var)
+        b = f.bias * tolerance
         if level + b < 0:
             cal.warn(f"programming: level {level * _US:.3g} µS has mean achieved {(level + b) * _US:.3g} µS, below "
                      f"0 S: bias clipped from {b * _US:.3g} to {-level * _US:.3g} µS")
@@ -393,10 +431,12 @@ def _programming_noise(cal: Calibration, working: np.ndarray, read: ReadNoise) -
         elif abs(b) > tolerance:
             cal.warn(f"programming: level {level * _US:.3g} µS has bias {b * _US:.3g} µS, beyond the write-verify "
                      f"tolerance {tolerance * _US:.3g} µS: most devices did not reach it")
-        levels.append(float(level))
-        sigma.append(float(np.sqrt(max(np.var(err, ddof=1) - read_var, 0.0))))
+        sigma.append(f.sigma * tolerance)
         bias.append(b)
-    if not levels:
-        cal.warn("programming: no level had two usable devices: no programming noise in the model")
-        return None
-    return ProgrammingNoise(levels_s=levels, sigma_s=sigma, bias_s=bias, tolerance_s=tolerance)
+        fraction.append(f.tail_fraction)
+        width.append(f.tail_width * tolerance)
+    if law == "normal":
+        return ProgrammingNoise(levels_s=levels, sigma_s=sigma, bias_s=bias, tolerance_s=tolerance,
+                                selection=selection)
+    return ProgrammingNoise(law="mixture", levels_s=levels, sigma_s=sigma, bias_s=bias, tolerance_s=tolerance,
+                            tail_fraction=fraction, tail_width_s=width, selection=selection)

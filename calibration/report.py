@@ -103,12 +103,17 @@ def _histograms(cal: Calibration, out: Path) -> str:
 def read_law_text(read) -> str:
     """The read-noise law and its parameters in one line, for tables and legends."""
     white = f"floor {read.floor_s * _US:.4f} µS, relative {100 * read.relative:.3f}%"
-    if read.law == "white":
+    if read.base_law == "white":
         text = f"white: {white}"
     else:
         text = (f"flicker: {white}, 1/f q {100 * read.flicker:.3f}% at {read.flicker_g_ref_s * _US:.3g} µS "
                 f"× (g/g_ref)^{read.flicker_exponent:.2f}, L(t) = ln((t + {read.flicker_t0_s:.3g} s + t_read) / "
                 f"(2 t_read)), t_read {read.t_read_s:.3g} s")
+    if read.law == "telegraph":
+        text = (f"telegraph: {text}; plus telegraph noise on {100 * read.telegraph_fraction:.2f}% of the devices, "
+                f"rms {100 * read.telegraph_amplitude:.3f}% of g (median) at {read.telegraph_g_ref_s * _US:.3g} µS "
+                f"× (g/g_ref)^{read.telegraph_exponent:.2f}, spread of ln amplitude {read.telegraph_sigma_ln:.2f}, "
+                f"in bursts of {read.telegraph_reads} reads")
     if read.reference_age_s is not None:
         text += f"; reads of the read-noise stage {read.reference_age_s:.3g} s after programming"
     return text
@@ -135,8 +140,13 @@ def _read_noise(cal: Calibration, model: NoiseModel, out: Path) -> str:
     g = np.geomspace(low, max(high, 1.01 * low), 200)
     age = law.reference_age_s
     at = "" if age is None or law.law == "white" else f" at {age:.3g} s"
-    ax.plot(g * _US, law.sigma(g) * _US, "k-", label=f"{law.law} law{at}")
-    if law.law == "flicker" and over_time:
+    ax.plot(g * _US, law.sigma(g) * _US, "k-", label=f"{law.base_law} law{at}")
+    if law.law == "telegraph":
+        # a device with telegraph noise of the median amplitude
+        median = np.sqrt(law.variance(g) + law.telegraph_variance(g, law.telegraph_amplitude))
+        ax.plot(g * _US, median * _US, "k:", label=f"with telegraph noise of the median amplitude "
+                                                  f"({100 * law.telegraph_fraction:.1f}% of devices)")
+    if law.base_law == "flicker" and over_time:
         last = float(d.times_s[-1])
         ax.plot(g * _US, law.sigma(g, last) * _US, "k--", label=f"{law.law} law at {last:.3g} s")
     ax.set(xscale="log", yscale="log", xlabel="mean conductance (µS)", ylabel="read noise σ (µS)",
@@ -189,7 +199,15 @@ def _drift(cal: Calibration, model: NoiseModel, out: Path) -> str:
             continue
         rel = g / g[0]
         ax.plot(t, rel.mean(axis=1), "o-", color=color, ms=3, label=f"{p.levels_s[k] * _US:.1f} µS")
-    ax.plot(t, model.drift.factor(t) / model.drift.factor(t[0]), "k--", label=f"fit ν={model.drift.nu_mean:.4f}")
+        if model.drift.law != "power":
+            # The law's median device from the level's mean first read: by conductance, or an absolute shift
+            # whose relative size depends on it.
+            g1 = float(g[0].mean())
+            ax.plot(t, model.drift.sample(g1, t, 0.0, since_s=t[0]) / g1, "--", color=color, lw=1)
+    if model.drift.law == "power":
+        ax.plot(t, model.drift.factor(t) / model.drift.factor(t[0]), "k--", label=f"fit ν={model.drift.nu_mean:.4f}")
+    else:
+        ax.plot([], [], "k--", lw=1, label=f"law {model.drift.law}")
     ax.set(xscale="log", xlabel="time after programming (s)", ylabel="g(t) / g(first read), level mean",
            title=f"Drift by level (fit t0 = {model.drift.t0_s:.3g} s)")
     ax.legend(ncol=2, loc="upper right", title="programmed level")  # the curves fall away from that corner
@@ -261,13 +279,30 @@ def _model_table(model: NoiseModel) -> list[str]:
         if d.law == "power_g":
             text += "; by conductance: " + ", ".join(f"{g * 1e6:.3g} µS: {m:.4f} ± {sd:.4f}" for g, m, sd in
                                                       zip(d.levels_s, d.nu_mean_by_level, d.nu_std_by_level))
+        if d.law in ("shift", "shift_g"):
+            text = (f"g(t) = g_p + m h + z (b0 a + b1 h), h = ln((t + t0) / t0), a = t / (t + t0): "
+                    f"m = {d.shift_mean_s * _US:.4f} µS, b1 = {d.shift_sigma_s * _US:.4f} µS, "
+                    f"b0 = {d.shift_sigma_early_s * _US:.4f} µS, t0 = {d.t0_s:.3g} s (the power law's exponent for "
+                    f"comparison: ν = {d.nu_mean:.5f} ± {d.nu_std:.5f})")
+            if d.law == "shift_g":
+                text += "; by conductance (m, b1, b0 in µS): " + ", ".join(
+                    f"{g * _US:.3g} µS: {m * _US:.4f}, {b1 * _US:.4f}, {b0 * _US:.4f}" for g, m, b1, b0 in zip(
+                        d.levels_s, d.shift_mean_by_level, d.shift_sigma_by_level, d.shift_sigma_early_by_level))
         if d.selection:
             text += (f" (law {d.law}, chosen by held-out log-likelihood per device: "
                      + ", ".join(f"{k} {v:.3f}" for k, v in d.selection.items()) + ")")
         rows.append(("drift", text))
     if model.programming:
-        sig = ", ".join(f"{s * _US:.3f}" for s in model.programming.sigma_s)
-        rows.append(("programming σ per level", f"{sig} µS"))
+        prog = model.programming
+        law = prog.law + ("" if not prog.selection else " (chosen by held-out log-likelihood per device: "
+                          + ", ".join(f"{k} {v:.3f}" for k, v in prog.selection.items()) + ")")
+        rows.append(("programming law", law))
+        sig = ", ".join(f"{s * _US:.3f}" for s in prog.sigma_s)
+        rows.append(("programming σ per level" + (" (core)" if prog.law == "mixture" else ""), f"{sig} µS"))
+        if prog.law == "mixture":
+            tails = ", ".join(f"{100 * f:.1f}% (scale {w * _US:.2f} µS)"
+                              for f, w in zip(prog.tail_fraction, prog.tail_width_s))
+            rows.append(("programming tail per level: fraction (Laplace scale)", tails))
     p = model.periphery
     rows.append(("converters (declared)", f"DAC {p.dac_bits} bits, ADC {p.adc_bits} bits"))
     if p.adc_step_a:

@@ -66,6 +66,12 @@ def test_programming_noise_per_level_is_recovered(seed):
     index = cal.programming.level_index[-1]
     for k, level in enumerate(model.programming.levels_s):
         errors = true_error[(index == k) & working]
+        if model.programming.law == "mixture":
+            # The mixture's sigma is its core's, the devices write-verify brought to the level: the odd
+            # device it left far off (beyond 6 robust spreads) is its tail's, and one such device makes most
+            # of a level's standard deviation.
+            q1, q3 = np.percentile(errors, [25, 75])
+            errors = errors[np.abs(errors - np.median(errors)) <= 6 * (q3 - q1) / 1.349]
         assert model.programming.sigma(level) == pytest.approx(errors.std(), rel=0.15), f"level {k}"
         assert model.programming.bias(level) == pytest.approx(errors.mean(), abs=0.15 * errors.std() + 1e-9)
 

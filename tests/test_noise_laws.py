@@ -118,8 +118,13 @@ def test_reads_at_one_time_only_keep_the_white_law_without_scores():
     truth = ReadNoise(law="flicker", floor_s=0.0, relative=0.0, flicker=0.0088, flicker_exponent=0.35,
                       flicker_g_ref_s=PCM_G_MAX, flicker_t0_s=PCM_T0, t_read_s=PCM_T_READ, reference_age_s=1.0)
     sets = synthetic_reads(truth, seed=3)[:1]
-    chosen = choose_read_noise(fit_read_noise(sets), sets)
+    # too few devices for the telegraph law: no law to choose from
+    few = [ReadSamples(s.mean_s[:150], s.var_s[:150], s.reads, s.age_s, s.cells[:150]) for s in sets]
+    chosen = choose_read_noise(fit_read_noise(few), few)
     assert chosen.law == "white" and chosen.selection is None
+    # enough for the telegraph law: the flicker law is still no candidate at one time
+    chosen = choose_read_noise(fit_read_noise(sets), sets)
+    assert chosen.base_law == "white" and set(chosen.selection) == {"white", "telegraph"}
 
 
 def test_pcm_calibration_chooses_the_flicker_law_and_passes_its_read_noise_check():

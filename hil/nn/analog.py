@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
-from calibration.laws import drift_factor, read_sigma
+from calibration.laws import drift_factor, read_sigma, relaxation_shift, telegraph_amplitude
+from calibration.laws import programming_error
 from calibration.noise_model import NoiseModel
 
 from .quantize import absmax_signal, straight_through, ternary, uniform
@@ -129,6 +130,11 @@ def perturb_weights(weight: torch.Tensor, spec: AnalogSpec, generator: torch.Gen
             stuck = stuck & ~working.expand_as(w)
             on = on & stuck
         stuck_value = torch.where(on, torch.full_like(u, g_max), torch.full_like(u, g_min))
+        levels = model.defects.stuck_levels_s
+        if levels:
+            # Where calibration found the stuck devices sitting, anywhere in the window.
+            pick = torch.randint(len(levels), stuck.shape, generator=generator)
+            stuck_value = torch.as_tensor(levels, dtype=w.dtype)[pick]
     # The pair as the mapping programs it (hil.mapping uses the same rule), partners of the stuck
     # devices compensating them when the mapping knows them.
     known = stuck if spec.stuck_compensation else torch.zeros_like(stuck)
@@ -137,18 +143,36 @@ def perturb_weights(weight: torch.Tensor, spec: AnalogSpec, generator: torch.Gen
                             known_value[1].numpy())
     pair = torch.from_numpy(np.stack([pos, neg])).to(w.dtype)
     if spec.programming_noise and model.programming is not None:
-        sigma = _interp(pair, model.programming.levels_s, model.programming.sigma_s)
-        bias = _interp(pair, model.programming.levels_s, model.programming.bias_s)
-        pair = pair + scale * (bias + sigma * normal(pair))
+        prog = model.programming
+        sigma = _interp(pair, prog.levels_s, prog.sigma_s)
+        bias = _interp(pair, prog.levels_s, prog.bias_s)
+        if prog.law == "mixture":
+            # A fraction of the devices lands in the wide tail write-verify leaves (calibration.laws).
+            fraction = _interp(pair, prog.levels_s, prog.tail_fraction)
+            width = _interp(pair, prog.levels_s, prog.tail_width_s)
+            u = torch.rand(pair.shape, dtype=pair.dtype, generator=generator)
+            pair = pair + scale * programming_error(bias, sigma, fraction, width, normal(pair), u)
+        else:
+            # The normal law draws no uniform (u = 1 is never in a tail), so its draws stay what they were.
+            pair = pair + scale * programming_error(bias, sigma, 0.0, 0.0, normal(pair), 1.0)
     if spec.drift_time_s is not None and model.drift is not None:
         d = model.drift
-        if d.law == "power_g":     # exponents by conductance, as calibration measured them
-            nu = _interp(pair, d.levels_s, d.nu_mean_by_level) + \
-                scale * _interp(pair, d.levels_s, d.nu_std_by_level) * normal(pair)
-        else:
-            nu = d.nu_mean + scale * d.nu_std * normal(pair)
         programmed = pair
-        pair = pair * drift_factor(spec.drift_time_s, d.t0_s, nu)
+        if d.law in ("shift", "shift_g"):
+            # An absolute relaxation of each device, in either direction (calibration.laws.relaxation_shift).
+            if d.law == "shift_g":
+                m, b1, b0 = (_interp(pair, d.levels_s, c) for c in (
+                    d.shift_mean_by_level, d.shift_sigma_by_level, d.shift_sigma_early_by_level))
+            else:
+                m, b1, b0 = d.shift_mean_s, d.shift_sigma_s, d.shift_sigma_early_s
+            pair = pair + relaxation_shift(spec.drift_time_s, d.t0_s, m, scale * b1, scale * b0, normal(pair))
+        else:
+            if d.law == "power_g":     # exponents by conductance, as calibration measured them
+                nu = _interp(pair, d.levels_s, d.nu_mean_by_level) + \
+                    scale * _interp(pair, d.levels_s, d.nu_std_by_level) * normal(pair)
+            else:
+                nu = d.nu_mean + scale * d.nu_std * normal(pair)
+            pair = pair * drift_factor(spec.drift_time_s, d.t0_s, nu)
     else:
         programmed = pair
     if spec.stuck_cells:
@@ -158,13 +182,27 @@ def perturb_weights(weight: torch.Tensor, spec: AnalogSpec, generator: torch.Gen
         # Read noise at the deployment time (1/f noise grows with the time since programming), of each
         # device at the conductance it was programmed to and has drifted to.
         age = spec.drift_time_s if spec.drift_time_s is not None else model.read.reference_age_s
-        sigma = read_sigma(pair, **model.read.law_kwargs(age), g_programmed_s=programmed)
+        telegraph = 0.0
+        if model.read.law == "telegraph":
+            # Each drawn chip: a fraction of the devices carries a trap that switches, each with its own
+            # amplitude from the law's distribution over devices.
+            u = torch.rand(pair.shape, dtype=pair.dtype, generator=generator)
+            telegraph = telegraph_amplitude(u, normal(pair), **model.read.telegraph_distribution())
+        sigma = read_sigma(pair, **model.read.law_kwargs(age), g_programmed_s=programmed, telegraph=telegraph,
+                           **model.read.telegraph_kwargs())
         pair = pair + scale * sigma * normal(pair)
     realised = (pair[0] - pair[1]) / span * w_max
     if spec.drift_time_s is not None and model.drift is not None and spec.drift_compensation:
-        # Global drift compensation: one scalar per layer restoring the total weight magnitude, as a
-        # reference MVM read before and after drift would.
-        realised = realised * (w.abs().sum() / realised.abs().sum().clamp_min(1e-30))
+        # Global drift compensation: one scalar per layer, as a reference MVM read before and after drift
+        # gives it (hil.executor: an all-ones probe sums the conductance of both devices of every pair).
+        if model.drift.law in ("shift", "shift_g"):
+            # An absolute shift moves both devices of a pair alike and leaves the weight, but not the probe:
+            # the gain is the probe's ratio, and it rescales weights the shift did not change.
+            realised = realised * (programmed.sum() / pair.sum().clamp_min(1e-30))
+        else:
+            # Multiplicative drift scales the probe and the weights alike: restoring the total weight
+            # magnitude is the probe's gain.
+            realised = realised * (w.abs().sum() / realised.abs().sum().clamp_min(1e-30))
     return straight_through(weight, realised)
 
 

@@ -68,13 +68,20 @@ def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepRep
         summary["noise_model_id"] = stored.id
         report.detail = (f"noise model {stored.id}: read noise {model.read.floor_s * 1e6:.3f} µS + "
                          f"{100 * model.read.relative:.2f}%")
-        if model.read.law == "flicker":
+        if model.read.flicker:
             report.detail += (f" + 1/f {100 * model.read.flicker:.2f}% at {model.read.flicker_g_ref_s * 1e6:.3g} µS "
                               f"(g^{model.read.flicker_exponent:.2f}, growing with time since programming)")
-        if model.drift:
-            report.detail += f", drift ν {model.drift.nu_mean:.4f}±{model.drift.nu_std:.4f}"
-            if model.drift.law != "power":
-                report.detail += f" ({model.drift.law}: by conductance)"
+        if model.read.law == "telegraph":
+            report.detail += (f" + telegraph noise on {100 * model.read.telegraph_fraction:.1f}% of devices "
+                              f"(median {100 * model.read.telegraph_amplitude:.2f}%)")
+        d = model.drift
+        if d and d.law in ("shift", "shift_g"):
+            report.detail += (f", relaxation {d.shift_mean_s * 1e6:+.3f} ± {d.shift_sigma_s * 1e6:.3f} µS per ln t"
+                              f"{' (by conductance)' if d.law == 'shift_g' else ''}")
+        elif d:
+            report.detail += f", drift ν {d.nu_mean:.4f}±{d.nu_std:.4f}"
+            if d.law == "power_g":
+                report.detail += " (by conductance)"
         if checks:
             summary["checks"] = [c.as_dict() for c in checks]
             warned = [c.quantity for c in checks if c.passed is False]

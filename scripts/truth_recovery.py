@@ -14,8 +14,8 @@ simulator's hidden truth:
   hour after programming (the PCM family's 1/f noise grows with that time);
 * drift: the exponents of the working devices (one distribution: rram) or, for PCM, the mean and spread
   of the exponent at three conductances from the published law (nu = |mu(x) + sigma(x) z|, a folded
-  normal, in closed form); the VCM family relaxes by an absolute shift and broadening in ln t, a law
-  outside the noise model's family, so only its predictive check speaks for it;
+  normal, in closed form); for VCM, which relaxes by an absolute shift and broadening in ln t, the mean
+  shift and the spread per unit of ln((t + t0)/t0) (VCMConfig relax_mean_per_ln_s, relax_sigma_per_ln_s);
 * faults: the fraction of devices stuck anywhere (absolute error, rates are of order 1 %);
 * periphery: the I-V curvature.
 
@@ -119,8 +119,16 @@ def one_chip(family: str, size: int, seed: int, options: CalibrationOptions) -> 
     fitted_read = model_read_sigma(model, g_probe, HOUR)
     for q, g, t, f in zip(("25", "50", "75"), g_probe, read_truth, fitted_read):
         rows.append((f"read-noise sigma at the {q}% level, 1 h", "µS", float(t) * _US, float(f) * _US, "rel"))
-    if model.drift is not None and family != "vcm":
-        if family == "pcm":
+    if model.drift is not None:
+        if family == "vcm":
+            d = model.drift
+            rows.append((f"relaxation law chosen: {d.law}", "", float("nan"), float("nan"), "info"))
+            if d.law in ("shift", "shift_g"):
+                rows.append(("relaxation mean shift per ln t", "µS", config.relax_mean_per_ln_s * _US,
+                             d.shift_mean_s * _US, "rel"))
+                rows.append(("relaxation spread per ln t", "µS", config.relax_sigma_per_ln_s * _US,
+                             d.shift_sigma_s * _US, "rel"))
+        elif family == "pcm":
             x = g_probe / config.g_max_s
             mean, std = folded_normal(drift_mu(x), drift_sigma(x))
             mean, std = mean * config.drift_scale, std * config.drift_scale
@@ -168,6 +176,9 @@ def main() -> int:
             unit, kind = values[0][0], values[0][3]
             truths = np.array([v[1] for v in values])
             fits = np.array([v[2] for v in values])
+            if kind == "info":
+                truth_lines.append(f"| {family} | {name} | | | | | |")
+                continue
             if kind == "abs":
                 err = np.abs(fits - truths)
                 worst, ok = f"{err.max():.2f} points", err.max() <= 1.0

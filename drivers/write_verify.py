@@ -28,6 +28,11 @@ level-against-amplitude curve: amplitudes climb from the highest that fell short
 sensitivity (ln S per volt), aimed short of the target by the learned landing scatter while far, so the
 cell is approached from the side it is on and the last, small move lands it.
 
+What is learned comes only from cells that behave: a cell whose read moves against its pulse beyond
+noise (a stuck cell high in the window, say) is still programmed but teaches nothing; the slope is taken
+only from a fit that explains its steps; and a learned decision (abrupt, level-setting) holds until new
+evidence overturns it.
+
 Read noise is measured from cells left alone between two reads; where it is large next to the
 tolerance, each verify averages several reads (one transaction each).
 
@@ -207,6 +212,7 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
     best = np.full(n, np.inf)                    # closest the cell has come to its target
     since_best = np.zeros(n, dtype=np.int64)
     responded = np.zeros(n, dtype=bool)
+    erratic = np.zeros(n, dtype=bool)
     gave_up = np.zeros(n, dtype=bool)
     stalled = np.zeros(n, dtype=bool)
     pulses = np.zeros(n, dtype=np.int64)
@@ -215,7 +221,7 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
     # Learned, per polarity: slope from a decaying least-squares fit of d ln(step) against
     # d(effective volts) over pairs of informative pulses of one cell; spread of ln(step / aimed step).
     slope = np.full(2, s.volts_per_efold)
-    sxx, sxy, npairs = np.zeros(2), np.zeros(2), np.zeros(2)
+    sxx, sxy, syy, npairs = np.zeros(2), np.zeros(2), np.zeros(2), np.zeros(2)
     s_res2, n_res = np.zeros(2), np.zeros(2)
     spread = np.full(2, 0.3)
     forget = 0.7                   # weight of the past per iteration: the slope follows the cells' state
@@ -227,6 +233,7 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
     rep_n, rep_moved = np.zeros(2), np.zeros(2)
     by_level = np.zeros(2, dtype=bool)
     sens_num, sens_den, sens_n = np.zeros(2), np.zeros(2), np.zeros(2)
+    sens_lv = np.full(2, np.nan)
     res_v = s.voltage_step_v / 25          # amplitude resolution below which a bracket counts as closed
     over_n, moved_n = np.zeros(2), np.zeros(2)
     lvl_spread = np.full(2, 0.05)
@@ -342,7 +349,7 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
             # sensitivity says, so the cell is approached from the side it starts on.
             j = np.flatnonzero(lvl)
             g_ref, ln_gap = gap(j)
-            sens = np.where(sens_n >= 8, sens_num / np.maximum(sens_den, 1e-12), np.nan)[pol[j]]
+            sens = sens_lv[pol[j]]
             dv = np.where(np.isfinite(sens), 0.7 * ln_gap / np.where(np.isfinite(sens), sens, 1.0),
                           0.5 * s.voltage_step_v)
             # Below the level the cell already holds nothing moves: climb faster with every such pulse.
@@ -434,6 +441,12 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
         # A change within read noise of nothing says little about the rate.
         noise = 0.0 if np.isnan(sigma_read) else 3.0 * sigma_read * np.sqrt(2.0 / n_reads)
         informative = moved > max(0.5 * tol, noise)
+        # A cell whose read moved against its pulse beyond noise is erratic (a stuck cell high in the window,
+        # whose read noise dwarfs the tolerance, or a noisy one): it is still programmed, but nothing is learned
+        # from it. Before any cell is in tolerance there is no noise estimate, and a few dozen such cells
+        # would otherwise set the RESET slope and starting amplitude for the whole array.
+        erratic[idx[moved < -max(0.5 * tol, noise)]] = True
+        trusted = ~erratic[idx]
         moved_at = np.flatnonzero(informative)
         responded[idx[moved_at]] = True
 
@@ -441,7 +454,7 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
         # clear of read noise (small steps, barely informative, are ln-noisy and truncated by the floor).
         clear_v = 2 * max(tol, noise)
         short = moved < e
-        jc = np.flatnonzero(informative & short & (moved > clear_v))     # the clear steps
+        jc = np.flatnonzero(informative & short & (moved > clear_v) & trusted)     # the clear steps
         pc = pol[jc]
         short_c = short_info[k[jc]]
         pair = has[jc] & short_c & (di[jc] > clear_v) & (np.abs(ve[jc] - ve_info[jc]) >= 0.05) & ~lvl[jc]
@@ -449,6 +462,7 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
         aimed = has[jc] & (np.abs(ve[jc] - predicted[jc]) < 1e-9)
         sxx *= forget
         sxy *= forget
+        syy *= forget
         npairs *= forget
         s_res2 *= forget
         n_res *= forget
@@ -459,6 +473,7 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
                 dl = np.log(moved[m]) - np.log(di[m])
                 sxx[p] += float(dv @ dv)
                 sxy[p] += float(dv @ dl)
+                syy[p] += float(dl @ dl)
                 npairs[p] += m.size
             r = jc[aimed & (pc == p)]
             if r.size:
@@ -473,7 +488,7 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
         v_eff_used = v + sl * lw
         same_pol = last_pol[idx] == pol
         # A pulse no higher than the one that just moved the cell the same way, on a cell still well short.
-        again = same_pol & last_moved[idx] & has & (v_eff_used <= ve_info + 1e-9) & (want > clear_v)
+        again = same_pol & last_moved[idx] & has & (v_eff_used <= ve_info + 1e-9) & (want > clear_v) & trusted
         # Consecutive short moves the same way, the second higher: the level's sensitivity to amplitude.
         gi = g_info[k[jc]]
         climbed = has[jc] & short_c & same_pol[jc] & (v_eff_used[jc] > ve_info[jc] + 1e-3) & np.isfinite(gi)
@@ -481,7 +496,7 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
         moved_n *= forget
         crossed = moved > e + tol
         # Abruptness: how often the first move above an amplitude that did nothing crosses a far target.
-        first_move = informative & (nf > 0) & (e > 3 * tol)
+        first_move = informative & (nf > 0) & (e > 3 * tol) & trusted
         moved_n += per_polarity(first_move, reset)
         over_n += per_polarity(first_move & crossed, reset)
         rep_n += per_polarity(again, reset)
@@ -492,11 +507,14 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
                 sens_num[p] += float(np.abs(np.log(np.maximum(g_after[jc[m]], 1e-30) / np.maximum(gi[m], 1e-30))).sum())
                 sens_den[p] += float((v_eff_used[jc[m]] - ve_info[jc[m]]).sum())
                 sens_n[p] += np.count_nonzero(m)
-        by_level = (rep_n >= 16) & (rep_moved < 0.5 * rep_n)
+        # Decisions hold while the evidence is thin: a level-setting polarity, once steered by its level law,
+        # gives few new "moved again" samples, and forgetting them must not switch the law off.
+        by_level = np.where(rep_n >= 16, rep_moved < 0.5 * rep_n, by_level)
+        sens_lv = np.where(sens_n >= 8, sens_num / np.maximum(sens_den, 1e-12), sens_lv)
         lvl_r2 *= forget
         lvl_nr *= forget
         if any_lvl:
-            landed = informative & lvl & (g_after > 0)
+            landed = informative & lvl & (g_after > 0) & trusted
             for p in (0, 1):
                 m = np.flatnonzero(landed & (pol == p))
                 if m.size:
@@ -504,7 +522,7 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
                     lvl_r2[p] += float(r @ r)
                     lvl_nr[p] += m.size
         lvl_spread = np.where(lvl_nr >= 16, np.sqrt(lvl_r2 / np.maximum(lvl_nr, 1e-12)), lvl_spread)
-        abrupt = (moved_n >= 16) & (over_n > 0.8 * moved_n)
+        abrupt = np.where(moved_n >= 16, over_n > 0.8 * moved_n, abrupt)
 
         # The bracket. A pulse that crossed the target beyond tolerance bounds the polarity from above; one
         # that fell short, from below; a bound contradicted by a later pulse is dropped. lo_n_k, lo_m_k and
@@ -533,7 +551,9 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
         last_pol[idx] = pol
         last_moved[idx] = informative
 
-        learned = (npairs >= 16) & (sxy > 0)
+        # The slope is taken only from a fit that explains something (r^2 >= 0.25): steps that do not follow
+        # the amplitude at all (a threshold device's) say nothing about volts per e-fold.
+        learned = (npairs >= 16) & (sxy > 0) & (sxy * sxy >= 0.25 * sxx * syy)
         slope = np.where(learned, np.clip(sxx / np.where(sxy > 0, sxy, 1.0), 0.02, 1.0), slope)
         spread = np.where(n_res >= 16, np.sqrt(s_res2 / np.maximum(n_res, 1e-12)), spread)
 
@@ -542,7 +562,7 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
         for p in (0, 1):
             part = slice(p * n, (p + 1) * n, max(1, n // 20000))
             d_a = d_info[part]
-            anchored = d_a > 0
+            anchored = (d_a > 0) & ~erratic[::max(1, n // 20000)]
             if np.count_nonzero(anchored) >= 16:
                 ve_a = v_info[part][anchored] + slope[p] * lw_info[part][anchored]
                 intercept[p] = float(np.median(ve_a - slope[p] * np.log(d_a[anchored])))

@@ -4,22 +4,25 @@
 
 Accuracy table: an NxN array of each family (rram, pcm, vcm, and rram with ``preset: pessimistic``)
 is programmed to 8 levels spread over the family's window (median g_min .. g_max of its cells, 5 %
-margins; vcm up to 100 uS, where its SET stops under compliance), tolerance +-2 % of that window, at most 20 iterations. It reports the fraction of responsive
-(not stuck) cells within tolerance by the hidden true conductance, the instrument calls and the wall
-time, the cells given up and how many of those were really stuck.
+margins; vcm up to 100 uS, where its SET stops under compliance), tolerance +-2 % of that window, at
+most 20 iterations. It reports the fraction of responsive (not stuck) cells within tolerance by the
+hidden true conductance, the instrument calls and the wall time, the cells given up and how many of
+those were really stuck.
 
-Where a family stops short of 99 % (64x64, 2 chips, 20 iterations):
+Where a family stops short of 99 % (128x128, 3 chips, 20 iterations):
 
-* pcm (~68 %): every effective pulse redraws the cell with the programming noise of the aihwkit PCM
+* pcm (~67 %): every effective pulse redraws the cell with the programming noise of the aihwkit PCM
   model, sigma(x) = 0.26..1.05 uS over the window against a tolerance of +-0.49 uS, so above the lowest
   levels a single pulse aimed exactly lands in tolerance only 35-60 % of the time; the limit is retries
   within 20 iterations (the lowest levels, sigma ~0.3 uS, reach 97 %).
-* vcm (~60 %): SET is abrupt (to the compliance-limited ~120 uS, +-20 % scatter), so every cell below its
+* vcm (~67 %): SET is abrupt (to the compliance-limited ~120 uS, +-20 % scatter), so every cell below its
   target costs a full SET and a RESET approach; RESET sets a level by amplitude whose slope near the
   high levels is ~15-20 e-folds per volt (a 2 % tolerance there is ~1 mV) and whose landing scatter after a
   long travel (sd gap_c2c sqrt(|dgap| / g0), ~7 % of G from the SET state to mid levels) exceeds the
   tolerance. Low levels land (97 % at the lowest); high levels need a SET-RESET cycle per miss and run
-  out of iterations (35-45 % at 83-95 uS).
+  out of iterations. A compliance-controlled SET (the level set by the current limit, approached from
+  below) would avoid the RESET at the high levels, but the Crossbar interface takes one compliance per
+  pulse transaction, so it is not used.
 * rram pessimistic (~96 %): twice the cycle-to-cycle noise and wider device spread; 10 % of cells stuck.
 
 Scaling table: the default family at growing square arrays; seconds per million cells should stay

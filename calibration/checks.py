@@ -31,6 +31,7 @@ from scipy import stats
 
 from drivers import Crossbar, WriteVerifySettings, write_verify
 
+from . import laws
 from .drift import DriftMeasurement, measure_drift
 from .noise_model import NoiseModel
 from .options import CalibrationOptions, CheckOptions
@@ -291,7 +292,19 @@ def _drift(m: CheckMeasurement, model: NoiseModel, options: CheckOptions, rng: n
     # and of the read noise on its first read and on the read at each time; each draw starts from the
     # device's observed first read, taken as its conductance at that time.
     z = rng.standard_normal((k, base.size))
-    g_first = base + model.read.sigma(base, t[0]) / np.sqrt(d.reads) * rng.standard_normal((k, base.size))
+    # Each draw's device may carry telegraph noise (a telegraph read-noise law): its amplitude is the
+    # device's, the same at every time, and adds to the read noise of each mean of reads.
+    read = model.read
+    amplitude = 0.0
+    if read.law == "telegraph":     # other laws draw nothing more, so their predictions stay as they were
+        amplitude = laws.telegraph_amplitude(rng.random((k, base.size)), rng.standard_normal((k, base.size)),
+                                             **read.telegraph_distribution())
+
+    def read_sd(g_s, age_s, g_programmed_s=None):
+        var = read.sigma(g_s, age_s, g_programmed_s) ** 2 + read.telegraph_variance(g_s, amplitude)
+        return np.sqrt(var / d.reads)
+
+    g_first = base + read_sd(base, t[0]) * rng.standard_normal((k, base.size))
     order = np.argsort(base)
     bands = [order[i] for i in np.array_split(np.arange(base.size), DRIFT_BANDS)]
     out = []
@@ -303,7 +316,7 @@ def _drift(m: CheckMeasurement, model: NoiseModel, options: CheckOptions, rng: n
         observed = g[j] / base
         true_t = law.sample(base, t[j], z, since_s=t[0])
         # Read noise at that time, of a device programmed to about its first read and drifted since.
-        g_t = true_t + model.read.sigma(true_t, t[j], base) / np.sqrt(d.reads) * rng.standard_normal(true_t.shape)
+        g_t = true_t + read_sd(true_t, t[j], base) * rng.standard_normal(true_t.shape)
         # Draws whose reads fall at or below 0 S are dropped, as the observed devices with such reads were.
         usable = (g_first > 0) & (g_t > 0)
         worst = None

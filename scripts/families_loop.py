@@ -109,6 +109,8 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "families_loop.json",
                         help="each run's figures, kept so that an interrupted sweep, or sweeps of different families "
                              "in parallel processes, add up; a run already there is not repeated")
+    parser.add_argument("--table-only", action="store_true",
+                        help="write the table from the results file; run nothing (chips without a run are left out)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,12 +121,15 @@ def main() -> int:
                 key = f"{family}/{chip}"
                 stored = load_results(args.results)
                 if key not in stored:
+                    if args.table_only:
+                        continue
                     result = run_one(family, chip, work)
                     stored = store_result(args.results, key, result)
                 runs.append(stored[key])
+            if not runs:
+                continue
             done = [r for r in runs if "mgrade_plain" in r and "mgrade_aware" in r]
-            failed = [f"chip {c}: {r['status']} {r['error'] or ''}"[:100] for c, r in zip(args.chips, runs)
-                      if r not in done]
+            failed = [f"{r['status']} {r['error'] or ''}"[:100] for r in runs if r not in done]
             if not done:
                 rows.append((family, "", "", "", "", "", "", "; ".join(failed)))
                 continue
@@ -138,7 +143,8 @@ def main() -> int:
             rows.append((family, f"{len(done)}", f"{fmt(plain['digital'])} / {fmt(aware['digital'])}",
                          fmt(plain["array"]), fmt(aware["array"]), f"{fmt(paired)} ({verdict})",
                          f"{fmt(plain['day'])} / {fmt(aware['day'])}", "; ".join(failed) or "all completed"))
-    chips = ", ".join(str(c) for c in args.chips)
+    stored = load_results(args.results)
+    chips = ", ".join(sorted({key.split("/")[1] for key in stored if key.split("/")[0] in args.families}))
     lines = ["# The mGRADE loop on each device family", "",
              f"`python scripts/families_loop.py --chips {chips}`: protocols/mgrade_loop.yaml per family and chip "
              "(mock seed = training seed = chip; calibration levels from the measured window). The noise-aware "

@@ -25,6 +25,7 @@ from . import laws
 from .noise_model import ReadNoise
 from .options import DriftOptions
 from .quality import ReadQuality, assess
+from .selection import SELECTION_MARGIN
 
 
 @dataclass
@@ -45,9 +46,6 @@ class DriftMeasurement:
 # Conductance bands of the "power_g" law: enough to follow a trend over two decades of conductance, few
 # enough that each band holds hundreds of devices on a 64x64 array.
 DRIFT_BANDS = 6
-# A law with more parameters is chosen only if it predicts held-out devices better than this many nats
-# per device: a simpler law that predicts as well is preferred.
-SELECTION_MARGIN = 0.01
 
 
 @dataclass

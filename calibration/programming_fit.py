@@ -31,9 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import log_ndtr
 
-# The mixture is kept only if it predicts held-out devices better than the normal law by this many nats
-# per device: a simpler law that predicts as well is preferred.
-SELECTION_MARGIN = 0.01
+from .selection import SELECTION_MARGIN
+
 # The tail's Laplace scale is at least this many standard deviations of the core (with read noise): the
 # tail is the wide component by definition, and without the bound EM may swap the two.
 MIN_TAIL_WIDTH = 3.0

@@ -47,14 +47,11 @@ from . import laws
 from .noise_model import ReadNoise
 from .options import ReadNoiseOptions
 from .quality import ReadQuality, assess
+from .selection import SELECTION_MARGIN
 
 # The fitted parameters are carried by the noise model's own ReadNoise: one class, one law.
 ReadNoiseFit = ReadNoise
 
-# The flicker law is chosen only if it predicts held-out sample variances better than this many nats
-# per sample variance: on a device without 1/f noise its extra parameters fit the training half's
-# scatter and gain nothing (a few 1e-4 nats) on the other half.
-SELECTION_MARGIN = 0.01
 # Grids of the flicker law's nonlinear parameters; each point is a weighted linear fit. p: sigma of
 # the 1/f part against conductance, from constant (0) past proportional (1). t0: from "the age as
 # measured" (0) to an offset beyond the longest drift schedule.

@@ -49,8 +49,6 @@ from .options import ReadNoiseOptions
 from .quality import ReadQuality, assess
 from .selection import SELECTION_MARGIN
 
-# The fitted parameters are carried by the noise model's own ReadNoise: one class, one law.
-ReadNoiseFit = ReadNoise
 
 # Grids of the flicker law's nonlinear parameters; each point is a weighted linear fit. p: sigma of
 # the 1/f part against conductance, from constant (0) past proportional (1). t0: from "the age as

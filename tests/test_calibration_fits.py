@@ -5,13 +5,14 @@ import pytest
 
 from calibration.drift import DriftMeasurement, _random_effects, fit_drift
 from calibration.periphery import _quantum, fit_iv_cubic
-from calibration.read_noise import ReadNoiseFit, fit_read_noise
+from calibration.noise_model import ReadNoise
+from calibration.read_noise import fit_read_noise
 from calibration.window import classify_stuck
 
 
 def test_read_noise_law_recovered_from_synthetic_reads():
     rng = np.random.default_rng(0)
-    truth = ReadNoiseFit(floor_s=0.3e-6, relative=0.008)
+    truth = ReadNoise(floor_s=0.3e-6, relative=0.008)
     g = rng.uniform(1e-6, 100e-6, 5000)
     reads = g + truth.sigma(g) * rng.standard_normal((40, g.size))
     fit = fit_read_noise([(reads.mean(axis=0), reads.var(axis=0, ddof=1), 40)])

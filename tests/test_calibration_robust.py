@@ -184,7 +184,7 @@ def test_a_bias_below_zero_siemens_is_clipped_and_said():
     from calibration.options import CalibrationOptions
     from calibration.pipeline import Calibration, fit_noise_model
     from calibration.programming import ProgrammingMeasurement
-    from calibration.read_noise import ReadNoiseFit
+    from calibration.noise_model import ReadNoise
     from calibration.window import WindowMeasurement
 
     rng = np.random.default_rng(0)
@@ -200,7 +200,7 @@ def test_a_bias_below_zero_siemens_is_clipped_and_said():
                                  read_noise=None, drift=None, periphery=None)
     cal = Calibration(options, window=window, programming=programming, stuck_on=window.stuck_on,
                       stuck_off=window.stuck_off, unreadable=window.unreadable,
-                      read_fit=ReadNoiseFit(floor_s=0.05e-6, relative=0.005))
+                      read_fit=ReadNoise(floor_s=0.05e-6, relative=0.005))
     model = fit_noise_model(cal, array_id="x", rows=8, cols=8)
     assert model.programming.bias_s[0] == -1e-6                      # mean achieved 0 S, not below
     assert abs(model.programming.bias_s[1]) < 0.1e-6

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from calibration.drift import DriftMeasurement, _random_effects, fit_drift
-from calibration.periphery import _quantum, fit_iv_cubic
 from calibration.noise_model import ReadNoise
+from calibration.periphery import _quantum, fit_iv_cubic
 from calibration.read_noise import fit_read_noise
 from calibration.window import classify_stuck
 

@@ -26,10 +26,15 @@ class FamilyCrossbar(SoftwareCrossbar):
         self._stuck = self._stuck_on | self._stuck_off | self._stuck_mid
         # The uniform draw, rescaled inside the mid band, is where in the window a frozen cell sits.
         frac = (u - high - low) / mid if mid else np.zeros(shape)
-        self._stuck_value = np.where(self._stuck_on, self._gmax,
-                                     np.where(self._stuck_mid, self._gmin + frac * (self._gmax - self._gmin),
-                                              self._gmin))
+        g_lo, g_hi = self._fault_window()
+        self._stuck_value = np.where(self._stuck_on, g_hi,
+                                     np.where(self._stuck_mid, g_lo + frac * (g_hi - g_lo), g_lo))
         self._col_offset_a = cfg.read_offset_a + cfg.read_offset_spread_a * rng.standard_normal(shape[1])
+
+    def _fault_window(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per cell, the conductances a cell stuck low and stuck high sits at: the bounds of the window
+        the cell is operated in (stuck-at-0 and stuck-at-1 are the two states of normal operation)."""
+        return self._gmin, self._gmax
 
     def _freeze_stuck(self) -> None:
         self._g_prog[self._stuck] = self._stuck_value[self._stuck]

@@ -177,6 +177,10 @@ class VCMConfig(PeripheryFields, FaultFields):
                                          "the variance grows with the distance moved, sd = gap_c2c_m "
                                          "sqrt(|dgap| / g0) (choice: ion hops as a random walk), on the scale "
                                          "of the model's dynamic-mode dg0")
+    formed_g_s: float = Field(1.2e-4, gt=0, le=1,
+                              description="conductance of a cell stuck high: a filament SET to the 1T1R compliance "
+                                          "and never reset (S); choice: what a full 2 V SET at 1 mA compliance "
+                                          "reaches, the top of the window")
 
     # --- relaxation after aihwkit ReRamCMONoiseModel (CMO/HfOx; github.com/IBM/aihwkit,
     # src/aihwkit/inference/noise/reram.py), whose G(t) - G_prog has mean m ln t and sigma b0 + b1 ln t

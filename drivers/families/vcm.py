@@ -58,6 +58,13 @@ class VCMCrossbar(FamilyCrossbar):
         v = cfg.read_reference_v
         return cfg.g0_m * np.log(cfg.i0_a * (np.sinh(v / cfg.v0_v) / v) / np.maximum(g, 1e-30))
 
+    def _fault_window(self) -> tuple[np.ndarray, np.ndarray]:
+        # The gap's lower bound is a filament closed without a current limit (~2 mS): no cell is operated
+        # there. A stuck-high cell holds the state of a SET stopped by the 1T1R compliance, like the
+        # window's top; its device-to-device spread is that of the gap's lower bound.
+        cfg = self.config
+        return self._gmin, cfg.formed_g_s * np.exp(-(self._gap_lo - cfg.gap_min_m) / cfg.g0_m)
+
     def _draw_devices(self, cfg, rng: np.random.Generator, shape: tuple[int, int]) -> None:
         self._gap_lo = cfg.gap_min_m + cfg.gap_spread_m * rng.standard_normal(shape)
         self._gap_hi = cfg.gap_max_m + cfg.gap_spread_m * rng.standard_normal(shape)

@@ -234,7 +234,7 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
     by_level = np.zeros(2, dtype=bool)
     sens_num, sens_den, sens_n = np.zeros(2), np.zeros(2), np.zeros(2)
     sens_lv = np.full(2, np.nan)
-    res_v = s.voltage_step_v / 25          # amplitude resolution below which a bracket counts as closed
+    res_v = s.voltage_step_v / 100         # amplitude resolution below which a bracket counts as closed
     over_n, moved_n = np.zeros(2), np.zeros(2)
     lvl_spread = np.full(2, 0.05)
     lvl_r2, lvl_nr = np.zeros(2), np.zeros(2)
@@ -289,7 +289,12 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
             break
         # From here on, arrays are over the active cells idx (position j is cell idx[j]); the rarer
         # branches (level law, bracket, climb, first pulse) work on the positions they concern only.
-        idx = np.flatnonzero((abs_err > s.aim_fraction * tol) & pulsable)
+        # A cell inside tolerance but outside the aim band is refined only where the polarity that would
+        # move it is not abrupt: an abrupt pulse throws it across the window, to be approached again.
+        refine = abs_err > s.aim_fraction * tol
+        if abrupt.any():
+            refine &= (abs_err > tol) | ~abrupt[(err < 0).astype(np.int64)]
+        idx = np.flatnonzero(refine & pulsable)
         e = abs_err[idx]
         reset = err[idx] < 0                     # RESET where we are above target
         pol = reset.astype(np.int64)
@@ -339,10 +344,11 @@ def write_verify(xbar: Crossbar, targets_s: np.ndarray, settings: WriteVerifySet
             gl, gn, lv = g_lo[k[j]], g_now[j], lvl[j]
             g_ref = np.where(lv & np.isfinite(gl), np.where(reset[j], np.minimum(gn, gl), np.maximum(gn, gl)), gn)
             ln_gap = np.abs(np.log(np.maximum(g_ref, floor_g) / np.maximum(tgt[j], floor_g)))
-            # A level-law pulse lands with a scatter (learned, in ln G): a far cell is aimed that much short
-            # of its target, so it stays on its side and the last, small move is the one that lands it.
+            # A level-law pulse lands with a scatter (learned, in ln G): a cell is aimed two scatters short of
+            # its target, or half way when closer, so it stays on its side and each move is smaller than the
+            # last (where the scatter grows with the distance moved, the last, small move lands it).
             spread_j = lvl_spread[pol[j]]
-            return g_ref, ln_gap - np.where(lv & (ln_gap > 4 * spread_j), 2 * spread_j, 0.0)
+            return g_ref, ln_gap - np.where(lv, np.minimum(2 * spread_j, 0.5 * ln_gap), 0.0)
 
         if any_lvl:
             # Level law: from the highest amplitude that fell short, part of the way the learned

@@ -37,6 +37,7 @@ from .noise_model import NoiseModel
 from .options import CalibrationOptions, CheckOptions
 from .quality import assess
 from .read_noise import expected_log_variance, sample_variance_cdf
+from .window import saturate
 
 # Below this many devices a KS distance of 0.1 is within its own sampling scatter (about
 # 0.87 / sqrt(n) on average for a correct model): no verdict.
@@ -56,13 +57,13 @@ def choose_holdout(working: np.ndarray, options: CheckOptions, rng: np.random.Ge
 
 @dataclass
 class CheckMeasurement:
-    """What the held-out devices did after being programmed afresh; arrays over the held-out devices
-    only, in the order of ``cells`` (flat indices into the array)."""
+    """What the held-out devices did after being programmed afresh (as many rounds as the programming
+    stage); arrays over the held-out devices only, in the order of ``cells`` (flat indices into the array)."""
 
     cells: np.ndarray              # (n,) flat indices of the held-out devices
     levels_s: np.ndarray           # (L,) the calibration's levels
-    level_index: np.ndarray        # (n,)
-    achieved_s: np.ndarray         # (n,) mean of `programming_reads` reads, settle_s after programming
+    level_index: np.ndarray        # (rounds, n)
+    achieved_s: np.ndarray         # (rounds, n) mean of `programming_reads` reads, settle_s after each round
     programming_reads: int
     write_verify: dict
     reads_s: np.ndarray | None = None        # (reads, n) repeated reads
@@ -88,28 +89,40 @@ def measure_checks(xbar: Crossbar, options: CalibrationOptions, holdout: np.ndar
 
     p, v = options.programming, options.read_voltage_v
     cells = np.flatnonzero(holdout.ravel())
-    # Equal counts per level, shuffled, as in the programming stage.
-    index = rng.permutation(np.arange(cells.size) % len(levels_s))
-    targets = np.full(xbar.shape, np.nan)
-    targets.ravel()[cells] = levels_s[index]
-    part(0.0, f"write-verify of {cells.size} held-out devices")
     settings = WriteVerifySettings.from_options(p, tolerance_s=tolerance_s, read_voltage_v=v)
-    result = write_verify(xbar, targets, settings)
-    programmed_at = xbar.now()
-    xbar.wait(p.settle_s)
 
     def read() -> np.ndarray:
         return xbar.read(voltage_v=v).ravel()[cells]
 
+    # As many rounds as the programming stage gave the fitted devices, each to a new arrangement (equal
+    # counts per level, shuffled) and read as it read them: the held-out devices are programmed as the
+    # fitted ones were (a round that starts from programmed states lands differently from one that starts
+    # from the window's bottom, and the fit pools the rounds), and all rounds are compared.
+    # The fitted devices' first round started from where the window stage left them (SET hard).
+    if options.window:
+        saturate(xbar, options.window.set_voltage_v, options.window, cells)
+    indices, achieved, summaries = [], [], []
+    for repeat in range(p.repeats):
+        index = rng.permutation(np.arange(cells.size) % len(levels_s))
+        targets = np.full(xbar.shape, np.nan)
+        targets.ravel()[cells] = levels_s[index]
+        part(0.3 * repeat / p.repeats, f"write-verify of {cells.size} held-out devices, "
+                                       f"round {repeat + 1}/{p.repeats}")
+        result = write_verify(xbar, targets, settings)
+        programmed_at = xbar.now()
+        xbar.wait(p.settle_s)
+        start = xbar.now()
+        achieved.append(np.mean([read() for _ in range(p.reads)], axis=0))
+        indices.append(index)
+        summaries.append(float(result.success.ravel()[cells].mean()) if cells.size else 1.0)
+
     def age(start: float) -> float:
         return 0.5 * (start + xbar.now()) - programmed_at
 
-    start = xbar.now()
-    achieved = np.mean([read() for _ in range(p.reads)], axis=0)
-    m = CheckMeasurement(cells, np.asarray(levels_s, dtype=np.float64), index, achieved, p.reads,
-                         {"iterations": result.iterations, "transactions": result.transactions,
-                          "fraction_in_tolerance": float(result.success.ravel()[cells].mean()) if cells.size else 1.0,
-                          "tolerance_s": tolerance_s}, achieved_age_s=age(start))
+    m = CheckMeasurement(cells, np.asarray(levels_s, dtype=np.float64), np.stack(indices), np.stack(achieved),
+                         p.reads, {"iterations": result.iterations, "transactions": result.transactions,
+                                   "fraction_in_tolerance": float(np.mean(summaries)), "rounds": p.repeats,
+                                   "tolerance_s": tolerance_s}, achieved_age_s=age(start))
     if options.read_noise:
         part(0.3, f"{options.read_noise.reads} reads of the held-out devices")
         start = xbar.now()
@@ -204,6 +217,8 @@ def _programming(m: CheckMeasurement, model: NoiseModel, options: CheckOptions) 
     prog = model.programming
     g = m.achieved_s
     ok = np.isfinite(g) & ~assess(g[None]).saturated
+    # Every round of a device is one observation; the verdict needs enough devices, not rounds.
+    devices = int(ok.reshape(-1, ok.shape[-1]).any(axis=0).sum())
     level, index = m.targets_s[ok], m.level_index[ok]
     read_var = model.read.variance(g[ok], m.achieved_age_s) / m.programming_reads
     sd = np.sqrt(prog.sigma(level) ** 2 + read_var)
@@ -212,7 +227,7 @@ def _programming(m: CheckMeasurement, model: NoiseModel, options: CheckOptions) 
     keep = np.isfinite(observed)
     observed, level, index, read_var, sd = observed[keep], level[keep], index[keep], read_var[keep], sd[keep]
     if observed.size < 2:
-        return _check("programming", int(observed.size), None, None, options)
+        return _check("programming", min(devices, int(observed.size)), None, None, options)
     rng = np.random.default_rng(PROGRAMMING_DRAWS_SEED)
     shape = (options.samples_per_device, observed.size)
     error = prog.error(level, rng.standard_normal(shape), rng.random(shape))
@@ -223,7 +238,7 @@ def _programming(m: CheckMeasurement, model: NoiseModel, options: CheckOptions) 
         draws = np.sort(predicted[:, at].ravel())
         fraction_below[at] = np.searchsorted(draws, observed[at]) / draws.size
     ks = stats.kstest(fraction_below, "uniform").statistic
-    return _check("programming", int(observed.size), ks, _spread(predicted.ravel()) / _spread(observed), options)
+    return _check("programming", devices, ks, _spread(predicted.ravel()) / _spread(observed), options)
 
 
 def _read_noise(m: CheckMeasurement, model: NoiseModel, options: CheckOptions) -> Check:

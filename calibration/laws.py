@@ -155,30 +155,40 @@ __all__ += ["relaxation_shift", "relaxation_terms"]
 _TINY_FRACTION = 1e-30
 
 
-def programming_error(bias, sigma, tail_fraction, tail_width, z, u):
+def programming_error(bias, sigma, tail_fraction, tail_width, z, u, tail_up=0.5, tail_width_down=None):
     """Error (S) of write-verify programming, achieved minus target, from a standard-normal draw ``z`` and
     an independent uniform draw ``u`` in [0, 1) per device:
 
-        error = bias + sigma z                          if u >= f   (the core)
-        error = bias + w sqrt(2 ln(f / u)) z            if u <  f   (the tail)
+        error = bias + sigma z                          if u >= f           (the core)
+        error = bias + w_up ln(p f / u)                 if u <  p f         (the tail above)
+        error = bias - w_down ln((1 - p) f / (u - p f)) if p f <= u < f     (the tail below)
 
     The core is the devices write-verify brought to their level: a Gaussian of ``sigma``. The tail, a
     fraction f = ``tail_fraction`` of the devices, is those it left far from it (cells that stalled, froze
-    or switched abruptly past the target): a Laplace distribution of scale w = ``tail_width`` (its mean
-    absolute deviation; standard deviation sqrt(2) w), centred like the core on the level's ``bias``. Its
-    heavy, exponential flanks follow the errors measured on PCM, VCM and pessimistic RRAM arrays better
-    than a wide Gaussian does. It is drawn as the scale mixture of Gaussians a Laplace distribution is,
-    variance 2 w^2 E with E ~ Exp(1): given u < f, u / f is uniform, so E = ln(f / u) comes from the draw
-    that chose the tail and every device needs one ``z`` and one ``u`` whichever component it falls in.
+    or switched abruptly past the target), centred like the core on the level's ``bias``: a share
+    p = ``tail_up`` of it above, exponential with mean w_up = ``tail_width``, the rest below with mean
+    w_down = ``tail_width_down`` (default: w_up). With p = 1/2 and equal widths (the "mixture" law) that is a
+    Laplace distribution of scale w (mean absolute deviation w, standard deviation sqrt(2) w); unequal
+    (the "skewed" law), the tail of a polarity that switches abruptly: a VCM cell that missed its level
+    mostly sits above it, where the SET left it. Exponential flanks follow the errors measured on PCM, VCM
+    and pessimistic RRAM arrays better than a wide Gaussian does. The side and the exponential come from
+    ``u`` alone: given u < f, u / f is uniform, below p it chooses the side above and, rescaled within its
+    side's share, it is uniform again. So every device needs one ``z`` and one ``u`` whichever component it
+    falls in.
 
     With ``tail_fraction`` 0 (the "normal" law) the error is bias + sigma z for any ``u``. Besides
-    arithmetic and the logarithm it uses one elementwise comparison, which numpy arrays, torch tensors
-    and floats all define.
+    arithmetic and the logarithm it uses elementwise comparisons, which numpy arrays, torch tensors and
+    floats all define.
     """
-    in_core = u >= tail_fraction
-    # ln(f / u) is negative (no tail) wherever u >= f: its positive part is then 0.
-    exponential = _positive_part(_log((tail_fraction + _TINY_FRACTION) / (u + _TINY_FRACTION)))
-    return bias + z * (sigma * in_core + tail_width * (2 * exponential) ** 0.5)
+    in_core = (u >= tail_fraction) * 1.0
+    width_down = tail_width if tail_width_down is None else tail_width_down
+    v = u / (tail_fraction + _TINY_FRACTION)
+    up = (v < tail_up) * 1.0
+    within = up * v / (tail_up + _TINY_FRACTION) + (1 - up) * (v - tail_up) / (1 - tail_up + _TINY_FRACTION)
+    # -ln(within) is an Exp(1) draw in the tail; in the core (within > 1) its positive part is 0.
+    exponential = _positive_part(-_log(within + _TINY_FRACTION))
+    tail = exponential * (up * tail_width - (1 - up) * width_down)
+    return bias + z * sigma * in_core + tail * (1 - in_core)
 
 
 __all__ += ["programming_error"]

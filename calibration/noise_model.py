@@ -35,12 +35,14 @@ class ProgrammingNoise(_Part):
     ``law`` "normal": a Gaussian of ``bias_s`` and ``sigma_s`` per level. "mixture": that Gaussian is the
     core, the devices write-verify brought to the level, and a fraction ``tail_fraction`` of the devices
     lies in a tail around the same bias, a Laplace distribution of scale ``tail_width_s``: the devices it
-    left far from their target. The calibration chooses the law by held-out likelihood and records both
-    scores (``selection``). A model stored before the mixture existed has none of the new fields and
-    loads as "normal".
+    left far from their target. "skewed": the tail is a share ``tail_up`` of it above the bias, of mean
+    ``tail_width_s``, and the rest below, of mean ``tail_width_down_s`` (the one-sided tail of an abrupt
+    polarity). The calibration chooses the law by held-out likelihood and records every score
+    (``selection``). A model stored before the mixture existed has none of the new fields and loads as
+    "normal".
     """
 
-    law: Literal["normal", "mixture"] = "normal"
+    law: Literal["normal", "mixture", "skewed"] = "normal"
     levels_s: list[float] = Field(min_length=1)
     sigma_s: list[float] = Field(description="sigma of the Gaussian (mixture: of its core) per level")
     bias_s: list[float]
@@ -48,7 +50,11 @@ class ProgrammingNoise(_Part):
     tail_fraction: list[float] | None = Field(None, description="mixture: fraction of the devices in the tail "
                                                                 "per level")
     tail_width_s: list[float] | None = Field(None, description="mixture: Laplace scale of the tail per level (S); "
-                                                               "its standard deviation is sqrt(2) times this")
+                                                               "its standard deviation is sqrt(2) times this; "
+                                                               "skewed: mean distance of the tail above the bias")
+    tail_up: list[float] | None = Field(None, description="skewed: share of the tail above the bias per level")
+    tail_width_down_s: list[float] | None = Field(None, description="skewed: mean distance of the tail below the "
+                                                                    "bias per level (S)")
     selection: dict[str, float] | None = Field(None, description="held-out log-likelihood per device of each "
                                                                  "law, errors in units of the tolerance")
 
@@ -57,14 +63,23 @@ class ProgrammingNoise(_Part):
         if not len(self.levels_s) == len(self.sigma_s) == len(self.bias_s):
             raise ValueError("levels_s, sigma_s and bias_s must have equal lengths")
         tails = (self.tail_fraction, self.tail_width_s)
-        if self.law == "mixture":
+        skews = (self.tail_up, self.tail_width_down_s)
+        if self.law in ("mixture", "skewed"):
             if any(t is None or len(t) != len(self.levels_s) for t in tails):
-                raise ValueError("programming law mixture needs tail_fraction and tail_width_s of the length of "
+                raise ValueError(f"programming law {self.law} needs tail_fraction and tail_width_s of the length of "
                                  "levels_s")
             if not all(0 <= f < 1 for f in self.tail_fraction) or min(self.tail_width_s) < 0:
                 raise ValueError("tail_fraction must lie in [0, 1) and tail_width_s be non-negative")
         elif any(t is not None for t in tails):
-            raise ValueError("tail_fraction and tail_width_s belong to the programming law mixture")
+            raise ValueError("tail_fraction and tail_width_s belong to the programming laws mixture and skewed")
+        if self.law == "skewed":
+            if any(t is None or len(t) != len(self.levels_s) for t in skews):
+                raise ValueError("programming law skewed needs tail_up and tail_width_down_s of the length of "
+                                 "levels_s")
+            if not all(0 <= p <= 1 for p in self.tail_up) or min(self.tail_width_down_s) < 0:
+                raise ValueError("tail_up must lie in [0, 1] and tail_width_down_s be non-negative")
+        elif any(t is not None for t in skews):
+            raise ValueError("tail_up and tail_width_down_s belong to the programming law skewed")
         return self
 
     def sigma(self, g_s) -> np.ndarray:
@@ -86,16 +101,32 @@ class ProgrammingNoise(_Part):
             return np.zeros(np.shape(g_s))
         return np.interp(g_s, self.levels_s, self.tail_width_s)
 
+    def tail_up_at(self, g_s) -> np.ndarray:
+        """Share of the tail above the bias at target ``g_s``: one half but under the skewed law."""
+        if self.law != "skewed":
+            return np.full(np.shape(g_s), 0.5)
+        return np.interp(g_s, self.levels_s, self.tail_up)
+
+    def tail_width_down_at(self, g_s) -> np.ndarray:
+        """Mean distance (S) of the tail below the bias at target ``g_s``: the tail's width but under the
+        skewed law."""
+        if self.law != "skewed":
+            return self.tail_width_at(g_s)
+        return np.interp(g_s, self.levels_s, self.tail_width_down_s)
+
     def std(self, g_s) -> np.ndarray:
-        """Standard deviation (S) of the error at target ``g_s``, core and tail together."""
-        f = self.tail_fraction_at(g_s)
-        return np.sqrt((1 - f) * self.sigma(g_s) ** 2 + f * 2 * self.tail_width_at(g_s) ** 2)
+        """Root mean square (S) of the error about the bias at target ``g_s``, core and tail together (the
+        standard deviation but for the mean a skewed tail adds)."""
+        f, p = self.tail_fraction_at(g_s), self.tail_up_at(g_s)
+        tail = p * self.tail_width_at(g_s) ** 2 + (1 - p) * self.tail_width_down_at(g_s) ** 2
+        return np.sqrt((1 - f) * self.sigma(g_s) ** 2 + f * 2 * tail)
 
     def error(self, g_s, z, u) -> np.ndarray:
         """Errors (S) of devices programmed to ``g_s`` from standard-normal draws ``z`` and uniform draws
         ``u`` (arguments broadcast)."""
         return laws.programming_error(self.bias(g_s), self.sigma(g_s), self.tail_fraction_at(g_s),
-                                      self.tail_width_at(g_s), np.asarray(z), np.asarray(u))
+                                      self.tail_width_at(g_s), np.asarray(z), np.asarray(u),
+                                      self.tail_up_at(g_s), self.tail_width_down_at(g_s))
 
 
 class ReadNoise(_Part):

@@ -105,7 +105,7 @@ class Calibration:
         if self.drift is not None:
             out["drift"] = self.drift.quality.counts()
         if self.check is not None:
-            out["check.programming"] = assess(self.check.achieved_s[None]).counts()
+            out["check.programming"] = assess(self.check.achieved_s).counts()
             if self.check.reads_s is not None:
                 out["check.read_noise"] = assess(self.check.reads_s).counts()
             if self.check.drift is not None:
@@ -419,8 +419,8 @@ def _programming_noise(cal: Calibration, working: np.ndarray, read: ReadNoise) -
         return None
     selection = programming_fit.select_law(data)
     law = programming_fit.chosen_law(selection)
-    fit = programming_fit.fit_mixture if law == "mixture" else programming_fit.fit_normal
-    sigma, bias, fraction, width = [], [], [], []
+    fit = programming_fit.LAWS[law]
+    sigma, bias, fraction, width, up, width_down = [], [], [], [], [], []
     for level, (err, read_var, _) in zip(levels, data):
         f = fit(err, read_var)
         b = f.bias * tolerance
@@ -435,8 +435,11 @@ def _programming_noise(cal: Calibration, working: np.ndarray, read: ReadNoise) -
         bias.append(b)
         fraction.append(f.tail_fraction)
         width.append(f.tail_width * tolerance)
+        up.append(f.tail_up)
+        width_down.append((f.tail_width if f.tail_width_down is None else f.tail_width_down) * tolerance)
     if law == "normal":
         return ProgrammingNoise(levels_s=levels, sigma_s=sigma, bias_s=bias, tolerance_s=tolerance,
                                 selection=selection)
-    return ProgrammingNoise(law="mixture", levels_s=levels, sigma_s=sigma, bias_s=bias, tolerance_s=tolerance,
-                            tail_fraction=fraction, tail_width_s=width, selection=selection)
+    skew = {"tail_up": up, "tail_width_down_s": width_down} if law == "skewed" else {}
+    return ProgrammingNoise(law=law, levels_s=levels, sigma_s=sigma, bias_s=bias, tolerance_s=tolerance,
+                            tail_fraction=fraction, tail_width_s=width, selection=selection, **skew)

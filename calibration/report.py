@@ -298,11 +298,16 @@ def _model_table(model: NoiseModel) -> list[str]:
                           + ", ".join(f"{k} {v:.3f}" for k, v in prog.selection.items()) + ")")
         rows.append(("programming law", law))
         sig = ", ".join(f"{s * _US:.3f}" for s in prog.sigma_s)
-        rows.append(("programming σ per level" + (" (core)" if prog.law == "mixture" else ""), f"{sig} µS"))
+        rows.append(("programming σ per level" + (" (core)" if prog.law != "normal" else ""), f"{sig} µS"))
         if prog.law == "mixture":
             tails = ", ".join(f"{100 * f:.1f}% (scale {w * _US:.2f} µS)"
                               for f, w in zip(prog.tail_fraction, prog.tail_width_s))
             rows.append(("programming tail per level: fraction (Laplace scale)", tails))
+        elif prog.law == "skewed":
+            tails = ", ".join(f"{100 * f:.1f}% ({100 * p:.0f}% above, mean {w * _US:.2f} µS; below {d * _US:.2f} µS)"
+                              for f, p, w, d in zip(prog.tail_fraction, prog.tail_up, prog.tail_width_s,
+                                                    prog.tail_width_down_s))
+            rows.append(("programming tail per level: fraction (share above and mean distance each side)", tails))
     p = model.periphery
     rows.append(("converters (declared)", f"DAC {p.dac_bits} bits, ADC {p.adc_bits} bits"))
     if p.adc_step_a:

@@ -80,16 +80,21 @@ def classify_stuck(g_min_s: np.ndarray, g_max_s: np.ndarray, fraction: float) ->
     return stuck & (level >= middle), stuck & (level < middle)
 
 
-def _saturate(xbar: Crossbar, amplitude_v: float, options: WindowOptions) -> None:
+def saturate(xbar: Crossbar, amplitude_v: float, options: WindowOptions, cells: np.ndarray | None = None) -> None:
+    """The window stage's hard pulses at ``amplitude_v`` (negative: RESET) on every device, or on the
+    devices at the flat indices ``cells``."""
     rows, cols = np.indices(xbar.shape)
+    rows, cols = rows.ravel(), cols.ravel()
+    if cells is not None:
+        rows, cols = rows[cells], cols[cells]
     for _ in range(options.pulses):
-        xbar.pulse(rows.ravel(), cols.ravel(), amplitude_v, options.pulse_width_s)
+        xbar.pulse(rows, cols, amplitude_v, options.pulse_width_s)
 
 
 def measure_window(xbar: Crossbar, options: WindowOptions, read_voltage_v: float) -> WindowMeasurement:
     """RESET everything hard and read, then SET everything hard and read; leaves the array in SET."""
-    _saturate(xbar, -options.reset_voltage_v, options)
+    saturate(xbar, -options.reset_voltage_v, options)
     low = np.stack([xbar.read(voltage_v=read_voltage_v) for _ in range(options.reads)])
-    _saturate(xbar, options.set_voltage_v, options)
+    saturate(xbar, options.set_voltage_v, options)
     high = np.stack([xbar.read(voltage_v=read_voltage_v) for _ in range(options.reads)])
     return WindowMeasurement(low, high, options.stuck_fraction)

@@ -36,10 +36,20 @@ def reference_errors(rng, n, bias, sigma, fraction, width, with_tail=False):
     return (errors, tail) if with_tail else errors
 
 
-def synthetic_calibration(fraction: float, size: int = 128, seed: int = 0):
+def skewed_reference_errors(rng, n, bias, sigma, fraction, kappa, scale, with_tail=False):
+    """A Gaussian core and scipy's asymmetric Laplace tail around the same bias: above it a share
+    1 / (1 + kappa^2) of mean scale / kappa, below the rest of mean scale kappa."""
+    tail = rng.random(n) < fraction
+    errors = np.where(tail, stats.laplace_asymmetric.rvs(kappa, loc=bias, scale=scale, size=n, random_state=rng),
+                      rng.normal(bias, sigma, n))
+    return (errors, tail) if with_tail else errors
+
+
+def synthetic_calibration(fraction: float, size: int = 128, seed: int = 0, kappa: float | None = None):
     """A calibration whose programming errors follow a known law: 4 levels, 2 rounds, each achieved value
     the mean of 4 reads of white read noise. Returns the fitted law and, per level, the fraction of the
-    devices drawn in the tail."""
+    devices drawn in the tail. The tail is a Laplace distribution of scale 3 µS, or with ``kappa`` scipy's
+    asymmetric one of scale 3 µS."""
     rng = np.random.default_rng(seed)
     floor, reads, tolerance = 0.2 * US, 4, 1.0 * US
     low = 1 * US + 0.02 * US * rng.standard_normal((4, size, size))
@@ -47,7 +57,11 @@ def synthetic_calibration(fraction: float, size: int = 128, seed: int = 0):
     window = WindowMeasurement(low, high, 0.2)
     levels = np.array([10, 30, 50, 70]) * US
     index = np.stack([rng.permutation(np.arange(size * size) % 4).reshape(size, size) for _ in range(2)])
-    errors, tail = reference_errors(rng, index.size, 0.1 * US, 0.3 * US, fraction, 3 * US, with_tail=True)
+    if kappa is None:
+        errors, tail = reference_errors(rng, index.size, 0.1 * US, 0.3 * US, fraction, 3 * US, with_tail=True)
+    else:
+        errors, tail = skewed_reference_errors(rng, index.size, 0.1 * US, 0.3 * US, fraction, kappa, 3 * US,
+                                               with_tail=True)
     errors, tail = errors.reshape(index.shape), tail.reshape(index.shape)
     achieved = levels[index] + errors + floor / np.sqrt(reads) * rng.standard_normal(index.shape)
     programming = ProgrammingMeasurement(levels, index, achieved, reads=reads, programmed_at_s=0.0,
@@ -96,6 +110,51 @@ def test_a_model_stored_before_the_mixture_loads_as_normal_and_a_mixture_round_t
         ProgrammingNoise(law="mixture", **old)                       # a mixture needs its tail
     with pytest.raises(ValueError):
         ProgrammingNoise(tail_fraction=[0.1, 0.1], tail_width_s=[1e-6, 1e-6], **old)
+
+
+def test_a_known_skewed_tail_is_recovered_and_chosen():
+    # kappa 0.5: 80 % of the tail above the bias, of mean 6 µS, the rest below, of mean 1.5 µS
+    prog, drawn = synthetic_calibration(0.15, kappa=0.5)
+    assert prog.law == "skewed" and prog.selection["skewed"] > prog.selection["mixture"] + 0.01
+    for level, in_tail in zip(prog.levels_s, drawn):
+        assert prog.sigma(level) == pytest.approx(0.3 * US, rel=0.15)
+        assert prog.tail_fraction_at(level) == pytest.approx(in_tail, rel=0.15)
+        assert prog.tail_up_at(level) == pytest.approx(0.8, abs=0.05)
+        assert prog.tail_width_at(level) == pytest.approx(6 * US, rel=0.15)
+        assert prog.tail_width_down_at(level) == pytest.approx(1.5 * US, rel=0.3)
+        assert prog.bias(level) == pytest.approx(0.1 * US, abs=0.05 * US)
+
+
+def test_a_symmetric_tail_keeps_the_mixture_law():
+    prog, _ = synthetic_calibration(0.15)
+    assert prog.law == "mixture" and prog.selection["skewed"] <= prog.selection["mixture"] + 0.01
+
+
+def test_skewed_draws_are_scipys_asymmetric_laplace():
+    rng = np.random.default_rng(4)
+    n = 100_000
+    # every device in the tail (f = 1): 80 % above of mean 2, 20 % below of mean 0.5 is kappa 0.5, scale 1
+    draws = programming_error(0.3, 0.1, 1.0, 2.0, rng.standard_normal(n), rng.random(n), 0.8, 0.5)
+    assert stats.kstest(draws, stats.laplace_asymmetric(0.5, loc=0.3, scale=1.0).cdf).statistic < 0.01
+    # a fifth of the devices in it: the rest are the Gaussian core
+    draws = programming_error(0.3, 0.1, 0.2, 2.0, rng.standard_normal(n), rng.random(n), 0.8, 0.5)
+    x = np.linspace(-3, 8, 200)
+    expected = 0.8 * stats.norm(0.3, 0.1).cdf(x) + 0.2 * stats.laplace_asymmetric(0.5, loc=0.3, scale=1.0).cdf(x)
+    assert np.max(np.abs(np.searchsorted(np.sort(draws), x) / n - expected)) < 0.01
+
+
+def test_the_skewed_likelihood_is_the_tail_convolved_with_read_noise():
+    from scipy import integrate
+
+    from calibration.programming_fit import LevelFit, log_likelihood
+    fit = LevelFit(0.0, 0.2, 1 - 1e-12, 2.0, 0.8, 0.5)
+    tail = stats.laplace_asymmetric(0.5, scale=1.0)
+    for y, read_var in [(-1.0, 0.3), (0.0, 0.05), (0.7, 0.3), (5.0, 1.0)]:
+        r = np.sqrt(read_var)
+        numeric, _ = integrate.quad(lambda x: tail.pdf(x) * stats.norm.pdf(y - x, scale=r), -40, 60, points=[0.0],
+                                    limit=200)
+        assert log_likelihood(np.array([y]), np.array([read_var]), fit)[0] == pytest.approx(np.log(numeric),
+                                                                                            abs=1e-6)
 
 
 def law_by_maximum_likelihood(errors: np.ndarray, scale: float) -> tuple[float, float]:
@@ -217,3 +276,35 @@ def test_noise_aware_training_draws_the_calibrated_mixture():
     assert stats.ks_2samp(observed, top - bottom).pvalue > 1e-3
     assert np.std(observed) == pytest.approx(np.sqrt(model.programming.std(g_hi) ** 2
                                                      + model.programming.std(g_lo) ** 2), rel=0.03)
+
+
+def test_noise_aware_training_draws_the_calibrated_skewed_tail():
+    """As above, with the skewed law: each device's error is scipy's asymmetric Laplace in the tail."""
+    base = mixture_model()
+    prog = base.programming.model_copy(update={"law": "skewed", "tail_up": [0.8, 0.8],
+                                               "tail_width_down_s": [0.5 * US, 1 * US]})
+    model = base.model_copy(update={"programming": ProgrammingNoise.model_validate(prog.model_dump())})
+    spec = AnalogSpec(noise_model=model, read_noise=False, stuck_cells=False)
+    weight = torch.ones(400, 250)
+    realised = perturb_weights(weight, spec, generator=torch.Generator().manual_seed(0))
+    g_lo, g_hi = model.weight_window()
+    observed = ((realised - weight) * (g_hi - g_lo)).numpy().ravel().astype(np.float64)
+    rng = np.random.default_rng(3)
+    n = observed.size
+    # 80 % above of mean w, 20 % below of mean w_down: kappa = sqrt(w_down / w), scale = sqrt(w w_down)
+    top = skewed_reference_errors(rng, n, -0.2 * US, 0.6 * US, 0.3, 0.5, 2 * US)
+    bottom = skewed_reference_errors(rng, n, 0.1 * US, 0.3 * US, 0.1, 0.5, 1 * US)
+    assert stats.ks_2samp(observed, top - bottom).pvalue > 1e-3
+
+
+def test_a_skewed_law_round_trips_and_needs_its_share_and_width_below():
+    old = dict(levels_s=[1e-6, 2e-6], sigma_s=[0.1e-6, 0.1e-6], bias_s=[0.0, 0.0], tolerance_s=1e-7)
+    skewed = ProgrammingNoise(law="skewed", tail_fraction=[0.1, 0.2], tail_width_s=[1e-6, 2e-6], tail_up=[0.7, 0.9],
+                              tail_width_down_s=[0.2e-6, 0.4e-6], **old)
+    assert ProgrammingNoise.model_validate_json(skewed.model_dump_json()) == skewed
+    assert skewed.tail_up_at(1.5e-6) == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="skewed needs tail_up"):
+        ProgrammingNoise(law="skewed", tail_fraction=[0.1, 0.2], tail_width_s=[1e-6, 2e-6], **old)
+    with pytest.raises(ValueError, match="belong to the programming law skewed"):
+        ProgrammingNoise(law="mixture", tail_fraction=[0.1, 0.2], tail_width_s=[1e-6, 2e-6], tail_up=[0.5, 0.5],
+                         **old)

@@ -146,12 +146,16 @@ def perturb_weights(weight: torch.Tensor, spec: AnalogSpec, generator: torch.Gen
         prog = model.programming
         sigma = _interp(pair, prog.levels_s, prog.sigma_s)
         bias = _interp(pair, prog.levels_s, prog.bias_s)
-        if prog.law == "mixture":
+        if prog.law in ("mixture", "skewed"):
             # A fraction of the devices lands in the wide tail write-verify leaves (calibration.laws).
             fraction = _interp(pair, prog.levels_s, prog.tail_fraction)
             width = _interp(pair, prog.levels_s, prog.tail_width_s)
+            up, down = 0.5, None
+            if prog.law == "skewed":
+                up = _interp(pair, prog.levels_s, prog.tail_up)
+                down = _interp(pair, prog.levels_s, prog.tail_width_down_s)
             u = torch.rand(pair.shape, dtype=pair.dtype, generator=generator)
-            pair = pair + scale * programming_error(bias, sigma, fraction, width, normal(pair), u)
+            pair = pair + scale * programming_error(bias, sigma, fraction, width, normal(pair), u, up, down)
         else:
             # The normal law draws no uniform (u = 1 is never in a tail), so its draws stay what they were.
             pair = pair + scale * programming_error(bias, sigma, 0.0, 0.0, normal(pair), 1.0)

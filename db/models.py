@@ -377,3 +377,5 @@ class Inference(Base):
     step_latency_s: Mapped[float] = mapped_column(Float)
     transactions_per_step: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # last, as the migration that added it left it; rows from before it all streamed the test split
+    split: Mapped[str] = mapped_column(String(8), server_default="test")    # "val" or "test"

@@ -579,6 +579,6 @@ def run_inferences(session: Session, run_id: int) -> list[dict]:
         .outerjoin(Checkpoint, Deployment.checkpoint_fk == Checkpoint.id)
         .where(Inference.run_fk == run_id).order_by(Inference.id)).all()
     return [{"deployment_id": inf.deployment_fk, "step_id": inf.step_fk, "checkpoint": name, "time_s": inf.time_s,
-             "drift_compensation": inf.drift_compensation, "samples": inf.samples,
+             "drift_compensation": inf.drift_compensation, "split": inf.split, "samples": inf.samples,
              "crossbar_accuracy": inf.crossbar_accuracy, "digital_accuracy": inf.digital_accuracy}
             for inf, name in rows]

@@ -384,6 +384,8 @@ class TrainStep(_Model):
     init: CheckpointRef | None = Field(None, description="start from this checkpoint's weights (same model and "
                                                            "task), e.g. noise-aware retraining of a plain model")
     warmup_epochs: int = Field(1, ge=0, le=10000, description="epochs of linear learning-rate warm-up")
+    threads: int = Field(1, ge=1, le=256, description="CPU threads for training: the same seed gives the same "
+                         "weights only at the same thread count (threads add partial sums in another order)")
 
 
 class DeployStep(_Model, WriteVerifyOptions):
@@ -406,14 +408,16 @@ class DeployStep(_Model, WriteVerifyOptions):
 
 
 class InferStep(_Model):
-    """Run a deployed model's test split on the array (every weight product a crossbar MVM) next to its
-    digital evaluation on the same samples; optionally again after waiting, with and without drift
-    compensation."""
+    """Run a deployed model's validation or test split on the array (every weight product a crossbar MVM)
+    next to its digital evaluation on the same samples; optionally again after waiting, with and without
+    drift compensation."""
 
     kind: Literal["infer"] = "infer"
     name: Name | None = None
     deployment: Name = Field(description="a deploy step earlier in this protocol")
-    samples: int | None = Field(None, ge=1, description="the first N test samples; default all")
+    split: Literal["val", "test"] = Field("val", description="the task split streamed: val while choosing settings "
+                                          "by what the array does, test once to report")
+    samples: int | None = Field(None, ge=1, description="the first N samples of the split; default all")
     batch_size: int = Field(512, ge=1, le=65536)
     read_voltage_v: Volts = Field(0.2, description="input amplitude of the MVMs")
     times_s: list[float] = Field(default_factory=lambda: [0.0], min_length=1,

@@ -275,3 +275,13 @@ def test_drift_compensation_restores_each_group_whatever_else_the_rows_hold():
     rows = np.unique(np.concatenate([t.rows for t in mapping.tiles]))
     whole_ref, whole_now = (g[rows].sum() for g in (g_ref, xbar.true_conductance()))
     assert abs(whole_ref / whole_now / expected - 1) > 0.01
+
+
+def test_deploy_warns_of_stuck_devices_far_above_the_window_inside_mvm_groups():
+    from hil.steps.deploy import shorted_note
+    model = mgrade_model()
+    stuck = np.full((64, 64), np.nan)
+    assert shorted_note(map_model(model, [ArraySlot("a0", 64, 64, stuck)], noise_model())) == ""
+    stuck[0, 0] = 2e-3                                    # a shorted filament, 20x the window's top
+    note = shorted_note(map_model(model, [ArraySlot("a0", 64, 64, stuck)], noise_model()))
+    assert note.startswith("warning: 1 stuck device(s)") and "2000 uS against 100 uS" in note

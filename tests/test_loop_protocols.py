@@ -7,7 +7,8 @@ from sqlalchemy import select
 
 import hil.run
 from db import Database
-from db.models import Checkpoint, Deployment, DeploymentTile, Inference, Run
+from db.models import Checkpoint, Deployment, DeploymentTile, Inference, Measurement, Run
+from db.records import load_measurement_array
 from hil.mapping import Mapping
 from hil.nn.tasks import load_task
 from hil.steps.deploy import load_model
@@ -67,6 +68,22 @@ steps:
 """
 
 
+def stored_programming(session, deployment):
+    """The targets and achieved conductances the step that made ``deployment`` stored: its k-th programming's
+    measurements for its k-th deployment."""
+    def arrays(name):
+        rows = session.scalars(select(Measurement).where(Measurement.step_fk == deployment.step_fk,
+                                                         Measurement.name == name).order_by(Measurement.id)).all()
+        return [load_measurement_array(m) for m in rows]
+
+    mine = session.scalars(select(Deployment.id).where(Deployment.step_fk == deployment.step_fk)
+                           .order_by(Deployment.id)).all()
+    k = list(mine).index(deployment.id)
+    targets, achieved = arrays("targets"), arrays("achieved")
+    assert len(targets) == len(achieved) == len(mine)
+    return targets[k], achieved[k]
+
+
 @pytest.mark.parametrize("model", ["{kind: s4d, d_model: 8, d_state: 4, n_layers: 1}",
                                    "{kind: mgrade, d_model: 8, n_layers: 1, max_delay: 4, taps: 2}"],
                          ids=["s4d", "mgrade"])
@@ -89,7 +106,15 @@ def test_small_loop_deploys_and_infers_on_the_array(tmp_path, model):
             mapping = Mapping.from_bytes(d.mapping)
             tiles = s.scalars(select(DeploymentTile).where(DeploymentTile.deployment_fk == d.id)).all()
             assert len(tiles) == len(mapping.tiles) == d.summary["tiles"]
-            assert all(0 <= t.in_tolerance <= 1 and t.rms_error_s >= 0 for t in tiles)
+            # each tile's yield and rms error, recomputed from the conductances the step stored (the targets
+            # and the last verify read) and the write-verify tolerance
+            targets, achieved = stored_programming(s, d)
+            tolerance = d.summary["tolerance_s"]
+            for tile, rec in zip(mapping.tiles, sorted(tiles, key=lambda t: t.tile)):
+                cells = np.ix_(tile.rows, np.r_[tile.pos_cols, tile.neg_cols])
+                err = achieved[cells] - targets[cells]
+                assert rec.in_tolerance == pytest.approx(np.mean(np.abs(err) <= tolerance), abs=1e-12)
+                assert rec.rms_error_s == pytest.approx(np.sqrt(np.mean(err ** 2)), rel=1e-9)
             assert d.summary["fraction_in_tolerance"] > 0.95
             # the executor pre-distorts with the curvature the calibration measured (the mock's is 0.5)
             assert d.summary["iv_cubic_per_v2"] == pytest.approx(0.5, abs=0.05)
@@ -106,8 +131,9 @@ def test_small_loop_deploys_and_infers_on_the_array(tmp_path, model):
         model_, task = load_model(aware)
         data = load_task(task.name, task.seed)
         with torch.no_grad():
-            expected = (model_(data.test.x[:40]).argmax(-1) == data.test.y[:40]).float().mean().item()
-        assert rows[-1].digital_accuracy == pytest.approx(expected)
+            expected = (model_(data.val.x[:40]).argmax(-1) == data.val.y[:40]).float().mean().item()
+        assert rows[-1].digital_accuracy == pytest.approx(expected)     # infer streams the validation split
+        assert {r.split for r in rows} == {"val"}
         # a later step on the same model compares with both of the earlier step's programmings
         drift_report = (tmp_path / "reports" / f"run-{run.id}-drift_aware" / "report.md").read_text()
         aware_rows = [line for line in drift_report.splitlines() if line.startswith(f"| {aware.name} |")]

@@ -52,7 +52,8 @@ def load_model(checkpoint) -> tuple[nn.Module, TaskSpec]:
     task = TaskSpec(**config["task"])
     model_config = TypeAdapter(ModelConfig).validate_python(config["model"])
     data = load_task(task.name, task.seed)
-    model = build_model(model_config, data.d_input, data.n_classes)
+    # checkpoints stored before tasks chose their readout all pooled by the mean
+    model = build_model(model_config, data.d_input, data.n_classes, pool=config.get("pool", "mean"))
     attach(model)
     model.load_state_dict(torch.load(io.BytesIO(checkpoint.state), weights_only=True))
     analog = AnalogTraining(**config["analog"]) if config.get("analog") else None
@@ -73,6 +74,28 @@ def stuck_values(ctx: RunContext, noise: NoiseModel) -> tuple[np.ndarray | None,
     value[on] = np.where(np.isfinite(grids["g_max_s"]), grids["g_max_s"], noise.window.g_max_s)[on]
     value[off] = np.where(np.isfinite(grids["g_min_s"]), grids["g_min_s"], noise.window.g_min_s)[off]
     return value, f"{int(on.sum())} stuck-on and {int(off.sum())} stuck-off devices from run {run_id} avoided"
+
+
+SHORTED_FACTOR = 1.5    # a stuck device this far above the window's top cannot be compensated by its partner
+
+
+def shorted_note(mapping: Mapping) -> str:
+    """A warning for stuck devices inside MVM groups that conduct well beyond the window (a shorted
+    filament): no partner can cancel them, so every output of their column is off by their current."""
+    limit = SHORTED_FACTOR * mapping.g_max_s
+    worst, count = 0.0, 0
+    for a, slot in enumerate(mapping.arrays):
+        if slot.stuck_value_s is None:
+            continue
+        targets = mapping.targets(a)
+        used = np.isfinite(targets) & np.isfinite(slot.stuck_value_s) & (slot.stuck_value_s > limit)
+        count += int(used.sum())
+        worst = max(worst, float(slot.stuck_value_s[used].max(initial=0.0)))
+    if not count:
+        return ""
+    return (f"warning: {count} stuck device(s) in MVM groups conduct beyond {SHORTED_FACTOR:g}x the window's top "
+            f"(up to {1e6 * worst:.0f} uS against {1e6 * mapping.g_max_s:.0f} uS): their columns' outputs are off "
+            "by up to that many full scales")
 
 
 def tile_records(mapping: Mapping, achieved: np.ndarray, success: np.ndarray) -> list[dict]:
@@ -163,6 +186,9 @@ def run_deploy(ctx: RunContext, step: DeployStep, row: RunStep) -> StepReport:
     stuck, stuck_note = stuck_values(ctx, noise)
     mapping = map_model(model, [ArraySlot(ctx.array.array_id, rows, cols, stuck)], noise,
                         tiles_per_mvm=step.tiles_per_mvm, max_shared_rows=step.max_shared_rows)
+    shorted = shorted_note(mapping)
+    if shorted:
+        stuck_note += "; " + shorted
     tolerance = step.tolerance_s or (noise.programming.tolerance_s if noise.programming else 0.02 * mapping.span_s)
     settings = WriteVerifySettings.from_options(step, tolerance_s=tolerance, read_voltage_v=step.read_voltage_v)
     executor = CrossbarExecutor(model, mapping, [ctx.xbar], iv_cubic_per_v2=noise.periphery.iv_cubic_per_v2,

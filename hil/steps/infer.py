@@ -1,5 +1,5 @@
-"""The ``infer`` step: a deployed model's test split, streamed step by step with every weight product on
-the array, next to the digital model on the same samples; optionally again after waiting (drift),
+"""The ``infer`` step: a deployed model's validation or test split, streamed step by step with every weight
+product on the array, next to the digital model on the same samples; optionally again after waiting (drift),
 with and without global drift compensation. Results go to the database and a Markdown report."""
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def confusion(y: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
 def run_infer(ctx: RunContext, step: InferStep, row: RunStep) -> StepReport:
     dep: Deployed = ctx.deployments[step.deployment]
     data = load_task(dep.task.name, dep.task.seed)
-    x, y = data.test.x, data.test.y.numpy()
+    split = data.val if step.split == "val" else data.test
+    x, y = split.x, split.y.numpy()
     if step.samples is not None:
         x, y = x[:step.samples], y[:step.samples]
     model = dep.model
@@ -79,7 +80,8 @@ def run_infer(ctx: RunContext, step: InferStep, row: RunStep) -> StepReport:
     crossbar = float(np.mean([r["crossbar_accuracy"] for r in first]))
     spread = f" ± {gaps.std(ddof=1):.2f} over {len(gaps)} programmings" if len(gaps) > 1 else ""
     detail = (f"{dep.checkpoint_name}: crossbar {100 * crossbar:.2f}% vs digital {100 * digital_accuracy:.2f}% "
-              f"(gap {gaps.mean():+.2f}{spread} points) on {len(y)} sequences at t = {conditions[0][0]:g} s; "
+              f"(gap {gaps.mean():+.2f}{spread} points) on {len(y)} {step.split} sequences at "
+              f"t = {conditions[0][0]:g} s; "
               f"{first[0]['transactions_per_step']:.0f} MVMs and {1e3 * first[0]['step_latency_s']:.1f} ms per step "
               f"(batch {min(step.batch_size, len(y))})")
     for (t, compensated), rs in _by_condition(results)[1:]:
@@ -92,12 +94,13 @@ def run_infer(ctx: RunContext, step: InferStep, row: RunStep) -> StepReport:
                "programmings": step.programmings,
                "results": [{k: v for k, v in r.items() if k != "confusion"} for r in results],
                "report": str(report_path)}
-    return StepReport(cells=f"{len(y)} sequences", iterations="", detail=detail, summary=summary)
+    summary["split"] = step.split
+    return StepReport(cells=f"{len(y)} {step.split} sequences", iterations="", detail=detail, summary=summary)
 
 
 def _evaluate(ctx: RunContext, step: InferStep, row: RunStep, dep: Deployed, x, y, classes: int, conditions,
               digital_accuracy: float, label: str) -> list[dict]:
-    """The test split on the array as now programmed, at each (time, compensated) condition."""
+    """The split on the array as now programmed, at each (time, compensated) condition."""
     model, executor, xbar = dep.model, dep.executor, ctx.xbar
     results = []
     try:
@@ -113,7 +116,8 @@ def _evaluate(ctx: RunContext, step: InferStep, row: RunStep, dep: Deployed, x, 
                 before = executor.stats.transactions
                 predicted, seconds, steps = _stream(model, x, step.batch_size, lambda n: task.update(advance=n))
                 per_step = (executor.stats.transactions - before) / max(steps, 1)
-                results.append({"time_s": t, "drift_compensation": compensated, "samples": len(y),
+                results.append({"time_s": t, "drift_compensation": compensated, "split": step.split,
+                                "samples": len(y),
                                 "crossbar_accuracy": float((predicted == y).mean()),
                                 "digital_accuracy": digital_accuracy,
                                 "confusion": confusion(y, predicted, classes).tolist(),
@@ -163,6 +167,9 @@ def write_report(out: Path, step: InferStep, dep: Deployed, results: list[dict],
     out.mkdir(parents=True, exist_ok=True)
     several = len({r.get("deployment_id") for r in results}) > 1
     lines = [f"# Inference of {dep.checkpoint_name} on the array", "",
+             f"Split: {step.split} ({results[0]['samples']} sequences)"
+             + (": the validation split, for choosing settings; report the test split once." if step.split == "val"
+                else "."), "",
              "| deployment | time after programming | drift compensation | crossbar accuracy | digital accuracy | "
              "gap (points) | MVMs per step | latency per step |", "|---:|---:|:---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r.get('deployment_id', '')} | {_gap_cells(r)} | {r['transactions_per_step']:.0f} | "

@@ -4,6 +4,7 @@ digitally and on simulated chips, and store a checkpoint."""
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 
 import torch
 
@@ -62,10 +63,27 @@ def _load_init(ctx: RunContext, step: TrainStep, model: torch.nn.Module) -> int:
     return int(checkpoint.id)
 
 
+@contextmanager
+def fixed_threads(threads: int):
+    """Train at a fixed intra-op thread count, whatever the machine has: the order in which threads add
+    partial sums changes the weights in the last bits, and training amplifies that into other accuracies."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def numerics(threads: int) -> dict:
+    """What a rerun from the same seed must match to give the same weights bit for bit."""
+    return {"torch": torch.__version__, "threads": threads, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def run_train(ctx: RunContext, step: TrainStep, row: RunStep) -> StepReport:
     data = load_task(step.task.name, step.task.seed)
     torch.manual_seed(step.seed)
-    model = build_model(step.model, data.d_input, data.n_classes)
+    model = build_model(step.model, data.d_input, data.n_classes, pool=data.pool)
     attach(model)
     init_id = _load_init(ctx, step, model) if step.init is not None else None
     train_noise, train_noise_id = resolve_noise_model(ctx, step.analog.noise_model if step.analog else None)
@@ -74,7 +92,8 @@ def run_train(ctx: RunContext, step: TrainStep, row: RunStep) -> StepReport:
 
     cfg = TrainConfig(epochs=step.epochs, lr=step.lr, batch_size=step.batch_size, weight_decay=step.weight_decay,
                       seed=step.seed, warmup_epochs=step.warmup_epochs)
-    with ctx.progress.training(step.epochs, label=f"training {step.model.kind} on {step.task.name}") as epochs:
+    with ctx.progress.training(step.epochs, label=f"training {step.model.kind} on {step.task.name}") as epochs, \
+            fixed_threads(step.threads):
         result = train(model, data, cfg, on_batch=epochs.batch,
                        on_epoch=lambda s: epochs.epoch_done(s.epoch, train_loss=s.train_loss,
                                                             val_accuracy=s.val_accuracy, seconds=s.seconds))
@@ -82,6 +101,7 @@ def run_train(ctx: RunContext, step: TrainStep, row: RunStep) -> StepReport:
     metrics = {"test_accuracy": result.test_accuracy, "best_val_accuracy": result.best_val_accuracy,
                "best_epoch": result.best_epoch, "train_seconds": result.seconds,
                "parameters": model.parameter_count(), "state_bytes": model.streaming_state_bytes(),
+               "reproducible_with": numerics(step.threads),
                "history": [vars(h) for h in result.history]}
     eval_noise, eval_noise_id = (resolve_noise_model(ctx, step.evaluate_under) if step.evaluate_under
                                  else (train_noise, train_noise_id))
@@ -99,7 +119,7 @@ def run_train(ctx: RunContext, step: TrainStep, row: RunStep) -> StepReport:
     torch.save(model.state_dict(), buffer)
     config = {"task": step.task.model_dump(), "model": step.model.model_dump(),
               "training": cfg.__dict__, "analog": step.analog.model_dump() if step.analog else None,
-              "noise_model_id": train_noise_id, "init_checkpoint_id": init_id}
+              "noise_model_id": train_noise_id, "init_checkpoint_id": init_id, "pool": data.pool}
     name = step.checkpoint or f"{ctx.protocol.name}.{step.name}"
     with ctx.db.session() as session:
         stored = records.add_checkpoint(session, name=name, model_kind=step.model.kind, task=step.task.name,

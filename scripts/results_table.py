@@ -43,7 +43,7 @@ def calibrated_noise_model():
 
 def fit(cfg, data, epochs: int, seed: int = 0, spec: AnalogSpec | None = None):
     torch.manual_seed(seed)
-    model = build_model(cfg, data.d_input, data.n_classes)
+    model = build_model(cfg, data.d_input, data.n_classes, pool=data.pool)
     attach(model)
     configure_analog(model, spec)
     t0 = time.perf_counter()

@@ -15,13 +15,16 @@ extra projection. The baselines drop one part: :class:`ConvBlock` has no MinGRU 
 convolutional, TCN-like stack, given a longer ``max_delay``), :class:`RecurrentBlock` no
 DelayConv1d (a pure minGRU stack).
 
-Model: encoder (AnalogLinear) -> blocks -> LayerNorm -> mean over time -> decoder
-(AnalogLinear). Pooling comes before the decoder so that streaming keeps a running mean of
-d_model numbers and runs the decoder once, in :meth:`readout`.
+Model: encoder (AnalogLinear) -> blocks -> LayerNorm -> pool over time -> decoder
+(AnalogLinear). Pooling comes before the decoder so that streaming keeps d_model numbers (the
+running mean, or the last step's features) and runs the decoder once, in :meth:`readout`. The
+pool is the mean over all steps by default; memory tasks read out the last step only
+(``pool="last"``), since a running mean would carry an early cue to the end by itself and let a
+model with a short receptive field pass a long-memory test.
 
 Streaming memory (:meth:`streaming_state_bytes`) counts what must persist between steps of one
 sequence: per DelayConv1d the (max_delay - 1)·d_model past inputs (the current input arrives with
-the step and is not state), per MinGRU its d_hidden state, and the d_model running mean of the
+the step and is not state), per MinGRU its d_hidden state, and the d_model pooled features of the
 readout. Parameters are counted apart (:meth:`parameter_count`); the running mean's step counter
 (one integer per sequence, the same for every model) and transient activations are not counted.
 """
@@ -29,6 +32,7 @@ readout. Parameters are counted apart (:meth:`parameter_count`); the running mea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -136,16 +140,25 @@ class StreamState:
     """Everything a model carries from one step to the next, for a batch of sequences."""
 
     blocks: list[dict[str, torch.Tensor]]
-    mean: torch.Tensor                      # (batch, d_model): running mean of the final features
+    mean: torch.Tensor      # (batch, d_model): what the readout decodes, the running mean of the final
+                            # features, or with pool="last" the latest step's features
     steps: int = 0
 
 
-class SequenceClassifier(nn.Module):
-    """encoder -> blocks -> LayerNorm -> mean over time -> decoder; parallel and streaming forms."""
+Pool = Literal["mean", "last"]
 
-    def __init__(self, d_input: int, d_output: int, d_model: int, blocks: list[_ResidualBlock]):
+
+class SequenceClassifier(nn.Module):
+    """encoder -> blocks -> LayerNorm -> pool over time (``mean`` or ``last``) -> decoder; parallel
+    and streaming forms."""
+
+    def __init__(self, d_input: int, d_output: int, d_model: int, blocks: list[_ResidualBlock],
+                 pool: Pool = "mean"):
         super().__init__()
         self.d_input, self.d_output, self.d_model = d_input, d_output, d_model
+        if pool not in ("mean", "last"):
+            raise ValueError(f"pool must be mean or last, got {pool!r}")
+        self.pool = pool
         self.encoder = AnalogLinear(d_input, d_model)
         self.blocks = nn.ModuleList(blocks)
         self.norm_out = nn.LayerNorm(d_model)
@@ -174,7 +187,8 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (batch, length, d_input) -> logits (batch, d_output)."""
-        return self.decoder(self.features(x).mean(dim=1))
+        u = self.features(x)
+        return self.decoder(u[:, -1] if self.pool == "last" else u.mean(dim=1))
 
     def init_state(self, batch: int, device=None, dtype=None) -> StreamState:
         w = self.encoder.weight
@@ -191,10 +205,11 @@ class SequenceClassifier(nn.Module):
             blocks.append(s)
         u = self.norm_out(u)
         steps = state.steps + 1
-        return StreamState(blocks=blocks, mean=state.mean + (u - state.mean) / steps, steps=steps)
+        pooled = u if self.pool == "last" else state.mean + (u - state.mean) / steps
+        return StreamState(blocks=blocks, mean=pooled, steps=steps)
 
     def readout(self, state: StreamState) -> torch.Tensor:
-        """Logits (batch, d_output) for the sequence seen so far."""
+        """Logits (batch, d_output) for the sequence seen so far, from its pooled features."""
         return self.matvec(self.decoder, state.mean)
 
     def parameter_count(self) -> int:
@@ -208,7 +223,7 @@ class SequenceClassifier(nn.Module):
         """Bytes of state kept between steps for ``batch`` sequences stored as ``dtype``.
 
         Per block: (max_delay - 1)·d_model for a DelayConv1d, d_hidden for a MinGRU; plus the
-        d_model running mean. Parameters, the step counter and transient activations are not counted.
+        d_model pooled features. Parameters, the step counter and transient activations are not counted.
         """
         itemsize = torch.empty((), dtype=dtype).element_size()
         return batch * self.streaming_state_numbers() * itemsize
@@ -240,10 +255,10 @@ class MGradeModel(SequenceClassifier):
 
     def __init__(self, d_input: int, d_output: int, d_model: int = 64, n_layers: int = 2,
                  max_delay: int = 16, taps: int = 4, d_hidden: int | None = None,
-                 mlp_ratio: float = 2, dropout: float = 0.0, sigma: float | None = None):
+                 mlp_ratio: float = 2, dropout: float = 0.0, sigma: float | None = None, pool: Pool = "mean"):
         blocks = [MGradeBlock(d_model, max_delay, taps, d_hidden, mlp_ratio, dropout, sigma)
                   for _ in range(n_layers)]
-        super().__init__(d_input, d_output, d_model, blocks)
+        super().__init__(d_input, d_output, d_model, blocks, pool)
 
 
 class ConvModel(SequenceClassifier):
@@ -252,15 +267,15 @@ class ConvModel(SequenceClassifier):
 
     def __init__(self, d_input: int, d_output: int, d_model: int = 64, n_layers: int = 2,
                  max_delay: int = 64, taps: int = 8, mlp_ratio: float = 2, dropout: float = 0.0,
-                 sigma: float | None = None):
+                 sigma: float | None = None, pool: Pool = "mean"):
         blocks = [ConvBlock(d_model, max_delay, taps, mlp_ratio, dropout, sigma) for _ in range(n_layers)]
-        super().__init__(d_input, d_output, d_model, blocks)
+        super().__init__(d_input, d_output, d_model, blocks, pool)
 
 
 class RecurrentModel(SequenceClassifier):
     """Pure recurrent baseline: :class:`RecurrentBlock` s (minGRU), constant memory per layer."""
 
     def __init__(self, d_input: int, d_output: int, d_model: int = 64, n_layers: int = 2,
-                 d_hidden: int | None = None, mlp_ratio: float = 2, dropout: float = 0.0):
+                 d_hidden: int | None = None, mlp_ratio: float = 2, dropout: float = 0.0, pool: Pool = "mean"):
         blocks = [RecurrentBlock(d_model, d_hidden, mlp_ratio, dropout) for _ in range(n_layers)]
-        super().__init__(d_input, d_output, d_model, blocks)
+        super().__init__(d_input, d_output, d_model, blocks, pool)

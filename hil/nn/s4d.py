@@ -16,13 +16,19 @@ training form and the streaming form alike:
 * parallel (training): y = K * u + D u with K_l = 2 Re(Σ_n C_n B̄_n Ā_n^l), a causal FFT convolution;
 * streaming (inference): per channel one (N+1)x(N+1) real matrix maps [x_{k-1}; u_k] to
   [x_k - x_{k-1}; y_k], so a single crossbar MVM per step advances the state and produces the
-  output; the state itself is added back digitally.
+  output; the state itself is added back digitally. With the digital matvec the same step is the
+  diagonal recurrence x_k = Ā x_{k-1} + B̄ u_k, y_k = 2 Re(C x_k) + D u_k, O(N) per channel
+  instead of the O(N²) dense product (exact: the system is diagonal).
+
+Outside autograd the streaming form computes the discrete system (and the stacked matrices) once
+and reuses it until a parameter or the transform's state changes (:meth:`S4D.cached`), so a
+sequence of any length costs one discretisation, not one per step.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -50,6 +56,29 @@ def causal_fft_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     n = 2 * length
     y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)  # (B, H, 2L)
     return y[..., :length]
+
+
+def _transform_token(transform) -> tuple | None:
+    """The objects a transform's result depends on besides the parameters, or None when it may
+    change between calls (a fresh noise draw, or a transform whose state is not known here).
+
+    An :class:`~hil.nn.s4d_analog.S4DAnalog` is deterministic when it holds a frozen chip, has no
+    spec, or would draw no noise; its result then follows its spec (frozen, so replaced rather
+    than changed) or its chip. Both are kept in the token, so they stay alive and an ``is``
+    comparison cannot confuse a new object with a freed one.
+    """
+    from .s4d_analog import S4DAnalog
+
+    if transform is identity_transform:
+        return (transform,)
+    if isinstance(transform, S4DAnalog):
+        if transform._chip is not None:
+            return (transform, transform._chip)
+        spec = transform.analog
+        if spec is not None and spec.noise_model is not None and (transform.training or spec.noise_in_eval):
+            return None
+        return (transform, spec)
+    return None
 
 
 def complex_powers(a: torch.Tensor, length: int) -> torch.Tensor:
@@ -96,6 +125,7 @@ class S4D(nn.Module):
         self.param_transform: Callable[[Params], Params] = identity_transform
         self.matvec = digital_matvec
         self.recurrence = S4DRecurrence(self)
+        self._cache: tuple | None = None    # (key, {name: value}), see cached()
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_state={self.d_state}"
@@ -127,6 +157,41 @@ class S4D(nn.Module):
         return {"alpha": alpha, "beta": beta, "b_re": b_re, "b_im": b_im,
                 "c_re": self.c_re, "c_im": self.c_im, "d": self.d}
 
+    def _cache_key(self) -> tuple | None:
+        """What the discrete system depends on: the transform's token (identity compared) and each
+        parameter's version counter, storage and dtype (an in-place update such as an optimiser
+        step bumps the counter; ``.to()`` replaces the storage). None when nothing may be reused:
+        under autograd every call must build its own graph, and a noisy transform draws anew."""
+        params = (self.log_dt, self.log_neg_real, self.imag, self.c_re, self.c_im, self.d)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return None
+        token = _transform_token(self.param_transform)
+        if token is None:
+            return None
+        return token, tuple((p._version, p.data_ptr(), p.dtype) for p in params)
+
+    def cached(self, name: str, build: Callable[[], object]):
+        """``build()``, kept under ``name`` and reused while :meth:`_cache_key` is unchanged."""
+        key = self._cache_key()
+        if key is None:
+            self._cache = None
+            return build()
+        if self._cache is not None:
+            token, versions = self._cache[0]
+            if not (len(token) == len(key[0]) and all(a is b for a, b in zip(token, key[0]))
+                    and versions == key[1]):
+                self._cache = None
+        if self._cache is None:
+            self._cache = (key, {})
+        store = self._cache[1]
+        if name not in store:
+            store[name] = build()
+        return store[name]
+
+    def step_discretization(self) -> Params:
+        """:meth:`discretize` for the streaming step: computed once per parameter state outside autograd."""
+        return self.cached("params", self.discretize)
+
     @staticmethod
     def kernel_from(params: Params, length: int) -> torch.Tensor:
         """K_l = 2 Re(Σ_n C_n B̄_n Ā_n^l), l = 0..length-1 -> (H, L)."""
@@ -151,10 +216,33 @@ class S4D(nn.Module):
         return self.log_dt.new_zeros(batch, self.d_model, self.d_state)
 
     def step(self, u_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Streaming form: u_t (B, H), state (B, H, N) -> (y_t (B, H), new state (B, H, N))."""
+        """Streaming form: u_t (B, H), state (B, H, N) -> (y_t (B, H), new state (B, H, N)).
+
+        Any matvec other than the digital one (a crossbar executor, a recording or checking one)
+        receives the stacked product with :attr:`recurrence`; the digital one would only compute
+        that same product densely, so the step takes the O(N) diagonal form instead."""
+        if self.matvec is digital_matvec:
+            return self.diagonal_step(u_t, state)
         s = torch.cat([state, u_t[..., None]], dim=-1)  # (B, H, N+1)
         out = self.matvec(self.recurrence, s)  # (B, H, N+1): [x_k - x_{k-1}; y_k]
         return out[..., self.d_state], state + out[..., : self.d_state]
+
+    def diagonal_step(self, u_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step as the complex recurrence, mode by mode: x = p + iq, x_k = Ā x_{k-1} + B̄ u_k,
+        y_k = 2 Re(C x_k) + D u_k, in real arithmetic on the state layout of :meth:`init_state`."""
+        rot_a, rot_b, b_in, c_out, d = self.cached("diagonal", self._diagonal_coefficients)
+        x = state.unflatten(-1, (2, self.d_state // 2))  # (B, H, 2, M): [p; q]
+        x = torch.addcmul(torch.addcmul(rot_a * x, rot_b, x.flip(-2)), b_in, u_t[..., None, None])
+        y = (c_out * x).sum((-2, -1)) + d * u_t
+        return y, x.flatten(-2)
+
+    def _diagonal_coefficients(self) -> tuple[torch.Tensor, ...]:
+        """The diagonal step's coefficients, each (H, 2, M) on the state viewed as [p; q] (D: (H,)):
+        x_k = rot_a x_{k-1} + rot_b swap(x_{k-1}) + b_in u_k with swap([p; q]) = [q; p], i.e.
+        p_k = α p - β q + Re B̄ u, q_k = α q + β p + Im B̄ u; and y_k = Σ c_out x_k + D u_k."""
+        p = self.step_discretization()
+        return (torch.stack([p["alpha"], p["alpha"]], -2), torch.stack([-p["beta"], p["beta"]], -2),
+                torch.stack([p["b_re"], p["b_im"]], -2), torch.stack([2 * p["c_re"], -2 * p["c_im"]], -2), p["d"])
 
 
 class S4DRecurrence(nn.Module):
@@ -187,9 +275,9 @@ class S4DRecurrence(nn.Module):
         n = self._layer.d_state + 1
         return f"channels={self._layer.d_model}, block={n}x{n}"
 
-    def block_matrices(self) -> torch.Tensor:
-        """Per-channel step matrices (H, N+1, N+1) from the S4D's :meth:`~S4D.discretize`."""
-        p = self._layer.discretize()
+    def block_matrices(self, params: Params | None = None) -> torch.Tensor:
+        """Per-channel step matrices (H, N+1, N+1) from ``params`` (default: the S4D's :meth:`~S4D.discretize`)."""
+        p = self._layer.discretize() if params is None else params
         alpha, beta = torch.diag_embed(p["alpha"]), torch.diag_embed(p["beta"])  # (H, M, M)
         a_r = torch.cat([torch.cat([alpha, -beta], dim=-1),
                          torch.cat([beta, alpha], dim=-1)], dim=-2)  # (H, N, N)
@@ -201,18 +289,24 @@ class S4DRecurrence(nn.Module):
         bottom = torch.cat([out_state, out_input[:, None]], dim=-1)[:, None, :]  # (H, 1, N+1)
         return torch.cat([top, bottom], dim=-2)  # (H, N+1, N+1)
 
-    def crossbar_matrices(self) -> torch.Tensor:
+    def crossbar_matrices(self, params: Params | None = None) -> torch.Tensor:
         """The residual step matrices (H, N+1, N+1): :meth:`block_matrices` minus the identity on the
         state rows, mapping [x_{k-1}; u_k] to [x_k - x_{k-1}; y_k]."""
-        blocks = self.block_matrices()
+        blocks = self.block_matrices(params)
         n = self._layer.d_state
         eye = torch.zeros(n + 1, n + 1, dtype=blocks.dtype, device=blocks.device)
         eye[:n, :n] = torch.eye(n, dtype=blocks.dtype, device=blocks.device)
         return blocks - eye
 
+    def step_matrices(self) -> torch.Tensor:
+        """:meth:`crossbar_matrices` of the step's discretisation, built once per parameter state
+        outside autograd (see :meth:`S4D.cached`)."""
+        layer = self._layer
+        return layer.cached("residual", lambda: self.crossbar_matrices(layer.step_discretization()))
+
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         """[state; u] (B, H, N+1) -> [next state - state; y] (B, H, N+1)."""
-        return torch.einsum("hij,bhj->bhi", self.crossbar_matrices(), s)
+        return torch.einsum("hij,bhj->bhi", self.step_matrices(), s)
 
 
 class S4DBlock(nn.Module):
@@ -250,13 +344,20 @@ class S4DBlock(nn.Module):
 
 
 class S4DModel(nn.Module):
-    """Sequence classifier: encoder -> n_layers S4D blocks -> mean over time -> decoder."""
+    """Sequence classifier: encoder -> n_layers S4D blocks -> pool over time -> decoder.
+
+    ``pool`` is ``"mean"`` (over all steps) or ``"last"`` (the last step's features only, for memory
+    tasks: a mean would carry an early cue to the end by itself)."""
 
     def __init__(self, d_input: int, d_output: int, d_model: int = 64, d_state: int = 64, n_layers: int = 2,
-                 dropout: float = 0.0, prenorm: bool = False, dt_min: float = 1e-3, dt_max: float = 1e-1):
+                 dropout: float = 0.0, prenorm: bool = False, dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 pool: Literal["mean", "last"] = "mean"):
         super().__init__()
+        if pool not in ("mean", "last"):
+            raise ValueError(f"pool must be mean or last, got {pool!r}")
         self.d_model = d_model
         self.d_state = d_state
+        self.pool = pool
         self.encoder = AnalogLinear(d_input, d_model)
         self.layers = nn.ModuleList(S4DBlock(d_model, d_state, dropout, prenorm, dt_min, dt_max)
                                     for _ in range(n_layers))
@@ -268,14 +369,17 @@ class S4DModel(nn.Module):
         h = self.encoder(x)  # (B, L, H)
         for layer in self.layers:
             h = layer(h)
-        return self.decoder(h.mean(dim=1))  # (B, H) -> (B, d_output)
+        pooled = h[:, -1] if self.pool == "last" else h.mean(dim=1)  # (B, H)
+        return self.decoder(pooled)  # (B, d_output)
 
     def init_state(self, batch: int) -> dict:
-        """Streaming state: ``ssm`` list of (batch, H, N) per layer, ``sum`` (batch, H) of the last
-        layer's outputs so far (the mean pool, accumulated), ``steps`` the number of steps taken."""
+        """Streaming state: ``ssm`` list of (batch, H, N) per layer, ``steps`` the number of steps
+        taken, and (batch, H) of the last layer's outputs: ``sum`` of them so far (the mean pool,
+        accumulated) or, with ``pool="last"``, ``last`` the latest one."""
         ref = self.encoder.weight
+        pooled = "last" if self.pool == "last" else "sum"
         return {"ssm": [layer.s4d.init_state(batch) for layer in self.layers],
-                "sum": ref.new_zeros(batch, self.d_model), "steps": 0}
+                pooled: ref.new_zeros(batch, self.d_model), "steps": 0}
 
     def step(self, x_t: torch.Tensor, state: dict) -> dict:
         """Consume one time step x_t (B, d_input); returns the new state (the old one is left unchanged)."""
@@ -284,17 +388,21 @@ class S4DModel(nn.Module):
         for layer, s in zip(self.layers, state["ssm"]):
             h, s = layer.step(h, s)
             ssm.append(s)
+        if self.pool == "last":
+            return {"ssm": ssm, "last": h, "steps": state["steps"] + 1}
         return {"ssm": ssm, "sum": state["sum"] + h, "steps": state["steps"] + 1}
 
     def readout(self, state: dict) -> torch.Tensor:
-        """Logits (B, d_output) for the sequence consumed so far (mean pool over its steps)."""
+        """Logits (B, d_output) for the sequence consumed so far (its mean, or its last step)."""
         if state["steps"] == 0:
-            raise ValueError("readout before any step: the mean over time is undefined")
-        return self.matvec(self.decoder, state["sum"] / state["steps"])
+            raise ValueError("readout before any step: the pooled features are undefined")
+        pooled = state["last"] if self.pool == "last" else state["sum"] / state["steps"]
+        return self.matvec(self.decoder, pooled)
 
     def streaming_state_bytes(self, batch: int = 1, dtype: torch.dtype = torch.float32) -> int:
-        """Bytes held between steps: N·H per layer for the SSM states plus H for the pooling sum,
-        per sequence. The step counter (one integer shared by the batch) is not counted."""
+        """Bytes held between steps: N·H per layer for the SSM states plus H for the pooled features
+        (the sum, or the last step's), per sequence. The step counter (one integer shared by the
+        batch) is not counted."""
         numel = batch * (len(self.layers) * self.d_state * self.d_model + self.d_model)
         return numel * torch.empty((), dtype=dtype).element_size()
 

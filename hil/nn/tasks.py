@@ -12,6 +12,11 @@
   sequence solves it; a delay line shorter than the sequence cannot.
 The two synthetic tasks stand in for the mGRADE paper's multi-scale tasks, whose exact definitions
 are not public: one isolates short, exact delays, the other long retention.
+
+Each task declares how a model pools its features over time before the classifier
+(:data:`TASK_POOLS`, :attr:`TaskData.pool`): the mean over all steps, or for memory tasks the
+last step only. A mean would carry the cue to the end of the sequence by itself, so a model whose
+receptive field is far shorter than the sequence would still solve ``cue``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 
 TASKS = ("digits", "digits_permuted", "mnist1d", "period", "cue")
+TASK_POOLS = {"cue": "last"}     # the others pool by the mean
 
 
 @dataclass
@@ -37,6 +43,11 @@ class TaskData:
     val: Split
     test: Split
     n_classes: int
+
+    @property
+    def pool(self) -> str:
+        """How a model reads the sequence out: ``"mean"`` over its steps or its ``"last"`` step."""
+        return TASK_POOLS.get(self.name, "mean")
 
     @property
     def seq_len(self) -> int:

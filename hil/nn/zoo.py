@@ -48,8 +48,10 @@ class RecurrentConfig(_Config):
 ModelConfig = Annotated[Union[S4DConfig, MGradeConfig, ConvConfig, RecurrentConfig], Field(discriminator="kind")]
 
 
-def build_model(config, d_input: int, d_output: int) -> nn.Module:
-    options = config.model_dump(exclude={"kind"})
+def build_model(config, d_input: int, d_output: int, pool: str = "mean") -> nn.Module:
+    """The model ``config`` describes; ``pool`` is how it reads a sequence out, the mean over its
+    steps or its last step (the task says which: :attr:`~hil.nn.tasks.TaskData.pool`)."""
+    options = config.model_dump(exclude={"kind"}) | {"pool": pool}
     if config.kind == "s4d":
         from .s4d import S4DModel
         return S4DModel(d_input, d_output, **options)

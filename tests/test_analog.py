@@ -1,5 +1,7 @@
 """The analog-aware layer: exact identity when off, exact quantisers, noise with the calibrated statistics."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -108,13 +110,45 @@ def test_compensated_stuck_devices_cost_at_most_the_weight():
 
 
 def test_drift_with_global_compensation_keeps_the_layer_scale():
-    spec = AnalogSpec(noise_model=noise_model(nu=0.05, nu_std=0.0), programming_noise=False, read_noise=False,
-                      stuck_cells=False, drift_time_s=3600.0)
-    w = torch.randn(50, 50)
-    realised = perturb_weights(w, spec)
-    assert realised.abs().sum().item() == pytest.approx(w.abs().sum().item(), rel=1e-5)
+    """With one exponent for every device, both devices of a pair drift by f = ((t + t0) / t0)^-nu, so
+    the pair's difference, and with it every weight, is f times the programmed one; the compensated
+    layer must be the programmed weights themselves, weight by weight."""
+    t, t0, nu = 3600.0, 1.0, 0.05
+    f = ((t + t0) / t0) ** -nu                                  # 0.664
+    spec = AnalogSpec(noise_model=noise_model(nu=nu, nu_std=0.0), programming_noise=False, read_noise=False,
+                      stuck_cells=False, drift_time_s=t)
+    w = torch.randn(50, 50, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     uncompensated = perturb_weights(w, spec.model_copy(update={"drift_compensation": False}))
-    assert (uncompensated.abs().sum() / w.abs().sum()).item() < 0.8
+    torch.testing.assert_close(uncompensated, w * f, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(perturb_weights(w, spec), w, rtol=1e-9, atol=1e-12)
+
+
+def test_drift_compensation_with_spread_exponents_removes_the_mean_decay():
+    """Exponents spread over devices: without compensation the weights shrink on average by the mean of
+    the log-normal factor f = e^(-nu L), L = ln((t + t0) / t0), nu ~ N(m, s^2), i.e. exp(-m L + s^2 L^2 / 2);
+    the compensated weights have unit gain. Gains are least-squares slopes of realised against programmed
+    weights, each within five standard errors of its sampling error, computed from the law of f."""
+    t, t0, m, s = 3600.0, 1.0, 0.05, 0.01
+    L = math.log((t + t0) / t0)
+    mean_f = math.exp(-m * L + s ** 2 * L ** 2 / 2)
+    sd_f = math.sqrt(math.exp(-2 * m * L + 2 * s ** 2 * L ** 2) - mean_f ** 2)
+    spec = AnalogSpec(noise_model=noise_model(nu=m, nu_std=s), programming_noise=False, read_noise=False,
+                      stuck_cells=False, drift_time_s=t)
+    w = torch.randn(200, 200, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def gain(realised):
+        return float((w * realised).sum() / (w * w).sum())
+
+    # The slope's scatter from the device-to-device spread of f, through the device that carries each weight
+    # (the partner at the bottom of the window, 1 % of the span, adds well under 1 % to it).
+    se = sd_f * float((w ** 4).sum().sqrt() / (w * w).sum())
+    uncompensated = perturb_weights(w, spec.model_copy(update={"drift_compensation": False}),
+                                    torch.Generator().manual_seed(1))
+    assert gain(uncompensated) == pytest.approx(mean_f, abs=5 * se)
+    compensated = perturb_weights(w, spec, torch.Generator().manual_seed(1))
+    # the compensation's gain is itself an estimate of 1 / mean_f from the same devices
+    assert gain(compensated) == pytest.approx(1.0, abs=5 * 2 * se / mean_f)
+    assert abs(gain(compensated) - 1) < abs(gain(uncompensated) - 1) / 20
 
 
 def test_perturbation_gradient_is_straight_through():

@@ -1,13 +1,16 @@
-"""The fitting routines against synthetic data with a known answer."""
+"""The fitting routines against data with a known answer: synthetic reads, and reads of the software
+crossbar whose hidden truth is known."""
 
 import numpy as np
 import pytest
 
-from calibration.drift import DriftMeasurement, _random_effects, fit_drift
+from calibration.drift import _random_effects, fit_drift, measure_drift
 from calibration.noise_model import ReadNoise
+from calibration.options import DriftOptions
 from calibration.periphery import _quantum, fit_iv_cubic
 from calibration.read_noise import fit_read_noise
 from calibration.window import classify_stuck
+from drivers import DeviceConfig, SoftwareCrossbar
 
 
 def test_read_noise_law_recovered_from_synthetic_reads():
@@ -29,28 +32,46 @@ def test_read_noise_fit_with_no_floor_gives_zero_floor():
     assert fit.floor_s < 0.05 * 0.01 * 10e-6 * 10
 
 
+def drifting_chip(rows, cols, seed, **config):
+    """A software crossbar with noise-free reads (its reads are its hidden conductances) whose every working
+    cell was just programmed to a known conductance; reads take a nanosecond, so a read is at the time
+    measure_drift records for it. Returns the open crossbar, the targets and the time of programming."""
+    cfg = DeviceConfig.ideal(read_time_s=1e-9, **config)
+    xbar = SoftwareCrossbar(rows, cols, config=cfg, seed=seed).open()
+    targets = np.random.default_rng(seed).uniform(5e-6, 80e-6, (rows, cols))
+    xbar.program_exactly(targets)
+    return xbar, targets, xbar.now()
+
+
 def test_noise_free_power_law_gives_exact_exponents_and_t0():
-    rng = np.random.default_rng(2)
-    t = np.array([1.0, 3, 10, 30, 100, 1000, 10000])
-    nu = rng.uniform(0.001, 0.05, (8, 8))
-    g0 = rng.uniform(5e-6, 80e-6, (8, 8))
-    t0 = 2.5
-    g = g0 * ((t[:, None, None] + t0) / t0) ** -nu
-    fit = fit_drift(DriftMeasurement(t, g, reads=1), np.ones((8, 8), dtype=bool))
-    assert fit.t0_s == pytest.approx(t0, rel=1e-4)
-    assert np.allclose(fit.nu, nu, rtol=1e-4)
-    assert np.allclose(fit.g0_s, g0, rtol=1e-4)
+    # The simulator's hidden truth: its configured t0, the exponent it drew for each cell and the
+    # conductance each cell was programmed to (the law's g0, at t = 0).
+    xbar, targets, programmed_at = drifting_chip(8, 8, seed=2, drift_nu_mean=0.025, drift_nu_std=0.01,
+                                                 drift_t0_s=2.5)
+    options = DriftOptions(times_s=[1.0, 3, 10, 30, 100, 1000, 10000], reads=1)
+    fit = fit_drift(measure_drift(xbar, options, 0.2, programmed_at), np.ones((8, 8), dtype=bool))
+    nu = xbar.truth.drift_nu
+    assert nu.std() > 0.005                       # the exponents differ from cell to cell
+    assert fit.t0_s == pytest.approx(2.5, rel=1e-4)
+    assert np.allclose(fit.nu, nu, rtol=1e-4, atol=1e-8)
+    assert np.allclose(fit.g0_s, targets, rtol=1e-4)
     assert fit.nu_mean == pytest.approx(nu.mean(), rel=1e-4)
 
 
 def test_unusable_devices_are_left_out_of_the_drift_fit():
-    t = np.array([1.0, 10, 100, 1000])
-    g = np.full((4, 2, 2), 1e-5) * ((t[:, None, None] + 1) / 1) ** -0.02
-    g[:, 0, 0] = 5e-5                       # a stuck device does not drift
-    usable = np.ones((2, 2), dtype=bool)
-    usable[0, 0] = False
-    fit = fit_drift(DriftMeasurement(t, g, reads=1), usable)
-    assert np.isnan(fit.nu[0, 0]) and fit.nu_mean == pytest.approx(0.02, rel=1e-3)
+    # Stuck cells of the simulator hold their value: taken into the fit they would pull the mean exponent down.
+    xbar, _, programmed_at = drifting_chip(16, 16, seed=4, drift_nu_mean=0.02, drift_nu_std=0.005, drift_t0_s=1.0,
+                                           stuck_on_rate=0.1, stuck_off_rate=0.1)
+    options = DriftOptions(times_s=[1.0, 10, 100, 1000], reads=1)
+    m = measure_drift(xbar, options, 0.2, programmed_at)
+    truth = xbar.truth
+    usable = ~truth.stuck
+    assert 0.1 < truth.stuck.mean() < 0.3
+    fit = fit_drift(m, usable)
+    assert np.all(np.isnan(fit.nu[truth.stuck])) and np.all(np.isnan(fit.g0_s[truth.stuck]))
+    assert np.allclose(fit.nu[usable], truth.drift_nu[usable], rtol=1e-4, atol=1e-8)
+    assert fit.nu_mean == pytest.approx(truth.drift_nu[usable].mean(), rel=1e-4)
+    assert fit_drift(m, np.ones_like(usable)).nu_mean < 0.9 * fit.nu_mean
 
 
 def test_random_effects_separates_spread_from_measurement_noise():

@@ -105,8 +105,38 @@ def test_memory_formulas():
     assert m["mgrade"].streaming_state_numbers() == 2 * ((6 - 1) * d + 10) + d
     assert m["conv"].streaming_state_numbers() == 2 * (12 - 1) * d + d
     assert m["recurrent"].streaming_state_numbers() == 2 * 6 + d
-    for model in m.values():
-        assert model.parameter_count() == sum(p.numel() for p in model.parameters())
+
+
+def test_parameter_counts_match_the_architecture_counted_by_hand():
+    """Parameters counted layer by layer from the architecture the module docstring describes: a
+    layer the model forgot to register, or one it registered twice, changes the count."""
+    d, d_in, d_out, inner = 8, D_IN, D_OUT, 2 * 8          # mlp_ratio 2
+
+    def linear(n_in, n_out):            # weight and bias
+        return n_in * n_out + n_out
+
+    def norm(n):                        # LayerNorm: scale and shift
+        return 2 * n
+
+    def delay_conv(taps):               # a weight and a position per tap and channel
+        return 2 * d * taps
+
+    def mingru(d_hidden):               # gate and candidate rows from one linear layer
+        return linear(d, 2 * d_hidden)
+
+    def mlp(d_mix):
+        return linear(d_mix, inner) + linear(inner, d)
+
+    ends = linear(d_in, d) + norm(d) + linear(d, d_out)     # encoder, final norm, decoder
+    mgrade_block = norm(d) + delay_conv(3) + mingru(10) + norm(10) + mlp(10)
+    conv_block = norm(d) + delay_conv(4) + norm(d) + mlp(d)
+    recurrent_block = norm(d) + mingru(6) + norm(6) + mlp(6)
+    expected = {"mgrade": ends + 2 * mgrade_block, "conv": ends + 2 * conv_block,
+                "recurrent": ends + 2 * recurrent_block}
+    # the same sums written out as numbers, so a slip in the helpers above cannot hide
+    assert expected == {"mgrade": 1236, "conv": 836, "recurrent": 852}
+    for name, model in models().items():
+        assert model.parameter_count() == expected[name], name
 
 
 def test_param_groups_cover_every_parameter_once(model):

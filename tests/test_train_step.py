@@ -9,6 +9,8 @@ from sqlalchemy import select
 import hil.run
 from db import Database
 from db.models import Checkpoint, Run
+from hil.nn.tasks import load_task
+from hil.steps.deploy import load_model
 
 PROTOCOL = """name: tiny_loop
 array: {rows: 16, cols: 16}
@@ -54,7 +56,13 @@ def test_train_steps_store_checkpoints_with_noise_evaluation(tmp_path):
         assert noisy.name == "tiny_loop.noisy" and noisy.model_kind == "s4d"
         assert plain.noise_model_fk is None and plain.metrics["evaluated_under_noise_model"] == model_id
         for ck in (noisy, plain):
-            assert 0 <= ck.metrics["test_accuracy"] <= 1
+            # the stored accuracy is the stored model's: rebuilt from the checkpoint alone and run on the
+            # task's test split, it classifies exactly as many test sequences correctly
+            model, task = load_model(ck)
+            test = load_task(task.name, task.seed).test
+            with torch.no_grad():
+                correct = int((model(test.x).argmax(-1) == test.y).sum())
+            assert ck.metrics["test_accuracy"] == pytest.approx(correct / len(test.y), abs=1e-12)
             assert len(ck.metrics["noisy_test_accuracies"]) == 2
             assert ck.metrics["parameters"] > 0 and ck.metrics["state_bytes"] > 0
         state = torch.load(io.BytesIO(noisy.state), weights_only=True)

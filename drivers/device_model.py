@@ -7,8 +7,10 @@ they are representative, not a fit to one device:
 * Conductance window ~1 uS (HRS) to ~100 uS (LRS) with a few percent
   device-to-device spread of the bounds: Li et al., Nature Electronics 1, 52 (2018);
   Yao et al., Nature 577, 641 (2020); Wan et al., Nature 608, 504 (2022).
-* Stuck-at-on / stuck-at-off cells at the sub-percent to percent level:
-  Xia et al., "Stuck-at fault tolerance in RRAM computing systems", IEEE JETCAS 8, 102 (2018).
+* Stuck-at-on / stuck-at-off cells, 0.5 % each by default: the optimistic end of what is reported
+  (Xia et al., "Stuck-at fault tolerance in RRAM computing systems", IEEE JETCAS 8, 102 (2018));
+  HfO2 test chips have shown about 10 % (Li et al., Nat. Commun. 9, 2385 (2018): 11 % unresponsive),
+  which the ``pessimistic`` preset models.
 * Switching rate exponential in pulse voltage (the "voltage-time dilemma"):
   Menzel et al., Adv. Funct. Mater. 21, 4487 (2011). Saturating, state-dependent
   (soft-bound) conductance update per pulse, as in the NeuroSim nonlinear update model:
@@ -18,8 +20,8 @@ they are representative, not a fit to one device:
   conductance plus an absolute floor, so relatively larger (several percent) at
   low conductance:
   Ambrogio et al., IEEE TED 61, 2920 (2014).
-* Conductance relaxation after programming, a few percent per decade of time,
-  with device-to-device spread: Zhao et al., IEDM 2017 ("Investigation of statistical
+* Conductance relaxation after programming, G (t / t0)^-nu with nu = 0.005 by default: about
+  1.1 % per decade of time (10^-0.005 = 0.989), with device-to-device spread: Zhao et al., IEDM 2017 ("Investigation of statistical
   retention of filamentary analog RRAM for neuromorphic computing").
 * Periphery: 8-bit input DACs and 8-10-bit column ADCs as in Wan et al. (2022).
 """

@@ -108,6 +108,17 @@ def log_likelihood(err: np.ndarray, read_var: np.ndarray, fit: LevelFit) -> np.n
                                                                   fit.tail_width_down))
 
 
+def _em_start(err: np.ndarray, read_var: np.ndarray) -> tuple[float, np.ndarray, float, float, float]:
+    """Where EM starts: the devices within the tolerance (|error| <= 1) as the core, the rest as the tail.
+    Returns the mean read variance, that mask, the core's median and sigma (read noise out), and the
+    tail fraction."""
+    mean_read = float(np.mean(read_var))
+    inside = np.abs(err) <= 1.0
+    core = err[inside] if inside.sum() >= 3 else err
+    sigma = float(np.sqrt(max(float(np.var(core)) - mean_read, 0.0)))
+    return mean_read, inside, float(np.median(core)), sigma, float(np.clip(np.mean(~inside), 0.01, 0.9))
+
+
 def fit_mixture(err: np.ndarray, read_var: np.ndarray) -> LevelFit:
     """Gaussian core and centred Laplace tail by EM, errors and read variances in units of the tolerance.
 
@@ -120,12 +131,7 @@ def fit_mixture(err: np.ndarray, read_var: np.ndarray) -> LevelFit:
     """
     if err.size < MIN_MIXTURE_DEVICES:
         return fit_normal(err, read_var)
-    mean_read = float(np.mean(read_var))
-    inside = np.abs(err) <= 1.0
-    core = err[inside] if inside.sum() >= 3 else err
-    bias = float(np.median(core))
-    sigma = float(np.sqrt(max(float(np.var(core)) - mean_read, 0.0)))
-    fraction = float(np.clip(np.mean(~inside), 0.01, 0.9))
+    mean_read, inside, bias, sigma, fraction = _em_start(err, read_var)
     outside = err[~inside]
     width = max(float(np.mean(np.abs(outside - bias))) if outside.size else 0.0,
                 MIN_TAIL_WIDTH * np.sqrt(sigma ** 2 + mean_read))
@@ -168,13 +174,8 @@ def fit_skewed(err: np.ndarray, read_var: np.ndarray) -> LevelFit:
     """
     if err.size < MIN_MIXTURE_DEVICES:
         return fit_normal(err, read_var)
-    mean_read = float(np.mean(read_var))
-    inside = np.abs(err) <= 1.0
-    core = err[inside] if inside.sum() >= 3 else err
-    bias = float(np.median(core))
-    sigma = float(np.sqrt(max(float(np.var(core)) - mean_read, 0.0)))
+    mean_read, inside, bias, sigma, fraction = _em_start(err, read_var)
     floor = MIN_TAIL_WIDTH * np.sqrt(sigma ** 2 + mean_read)
-    fraction = float(np.clip(np.mean(~inside), 0.01, 0.9))
     above, below = err[~inside & (err > bias)] - bias, bias - err[~inside & (err <= bias)]
     up = float(np.clip(above.size / max(above.size + below.size, 1), 0.05, 0.95))
     w_up = max(float(np.mean(above)) if above.size else 0.0, floor)

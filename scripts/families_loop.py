@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from db import Database, records  # noqa: E402
+from hil.intervals import interval, verdict  # noqa: E402
 from db.models import Run  # noqa: E402
 
 FAMILIES = {"rram": {}, "pcm": {"family": "pcm"}, "vcm": {"family": "vcm"},
@@ -46,16 +47,6 @@ def variant(device: dict, chip: int) -> str:
         if step["kind"] == "train":
             step["seed"] = chip
     return yaml.safe_dump(protocol, sort_keys=False)
-
-
-def interval(values) -> tuple[float, float]:
-    """Mean and half-width of the 95 % t-interval (NaN half-width for one value)."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    if x.size < 2:
-        return float(x.mean()), float("nan")
-    return float(x.mean()), float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
 
 
 def fmt(values, scale: float = 100.0) -> str:
@@ -125,11 +116,11 @@ def main() -> int:
                         continue
                     result = run_one(family, chip, work)
                     stored = store_result(args.results, key, result)
-                runs.append(stored[key])
+                runs.append((chip, stored[key]))
             if not runs:
                 continue
-            done = [r for r in runs if "mgrade_plain" in r and "mgrade_aware" in r]
-            failed = [f"{r['status']} {r['error'] or ''}"[:100] for r in runs if r not in done]
+            done = [r for _, r in runs if "mgrade_plain" in r and "mgrade_aware" in r]
+            failed = [f"chip {c}: {r['status']} {r['error'] or ''}"[:100] for c, r in runs if r not in done]
             if not done:
                 rows.append((family, "", "", "", "", "", "", "; ".join(failed)))
                 continue
@@ -137,11 +128,9 @@ def main() -> int:
                    for m in ("mgrade_plain", "mgrade_aware")}
             plain, aware = get["mgrade_plain"], get["mgrade_aware"]
             paired = np.array(aware["array"]) - np.array(plain["array"])
-            mean, half = interval(paired)
-            verdict = ("one chip: no interval" if np.isnan(half) else "no measurable difference" if abs(mean) <= half
-                       else ("aware better" if mean > 0 else "plain better"))
+            said = verdict(*interval(paired), "aware better", "plain better", unit="chip")
             rows.append((family, f"{len(done)}", f"{fmt(plain['digital'])} / {fmt(aware['digital'])}",
-                         fmt(plain["array"]), fmt(aware["array"]), f"{fmt(paired)} ({verdict})",
+                         fmt(plain["array"]), fmt(aware["array"]), f"{fmt(paired)} ({said})",
                          f"{fmt(plain['day'])} / {fmt(aware['day'])}", "; ".join(failed) or "all completed"))
     stored = load_results(args.results)
     chips = ", ".join(sorted({key.split("/")[1] for key in stored if key.split("/")[0] in args.families}))

@@ -11,11 +11,11 @@ those were really stuck.
 
 Where a family stops short of 99 % (128x128, 3 chips, 20 iterations):
 
-* pcm (~67 %): every effective pulse redraws the cell with the programming noise of the aihwkit PCM
+* pcm (~68 %): every effective pulse redraws the cell with the programming noise of the aihwkit PCM
   model, sigma(x) = 0.26..1.05 uS over the window against a tolerance of +-0.49 uS, so above the lowest
   levels a single pulse aimed exactly lands in tolerance only 35-60 % of the time; the limit is retries
   within 20 iterations (the lowest levels, sigma ~0.3 uS, reach 97 %).
-* vcm (~67 %): SET is abrupt (to the compliance-limited ~120 uS, +-20 % scatter), so every cell below its
+* vcm (~69 %): SET is abrupt (to the compliance-limited ~120 uS, +-20 % scatter), so every cell below its
   target costs a full SET and a RESET approach; RESET sets a level by amplitude whose slope near the
   high levels is ~15-20 e-folds per volt (a 2 % tolerance there is ~1 mV) and whose landing scatter after a
   long travel (sd gap_c2c sqrt(|dgap| / g0), ~7 % of G from the SET state to mid levels) exceeds the

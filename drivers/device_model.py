@@ -21,8 +21,8 @@ they are representative, not a fit to one device:
   low conductance:
   Ambrogio et al., IEEE TED 61, 2920 (2014).
 * Conductance relaxation after programming, G (t / t0)^-nu with nu = 0.005 by default: about
-  1.1 % per decade of time (10^-0.005 = 0.989), with device-to-device spread: Zhao et al., IEDM 2017 ("Investigation of statistical
-  retention of filamentary analog RRAM for neuromorphic computing").
+  1.1 % per decade of time (10^-0.005 = 0.989), with device-to-device spread: Zhao et al., IEDM 2017
+  ("Investigation of statistical retention of filamentary analog RRAM for neuromorphic computing").
 * Periphery: 8-bit input DACs and 8-10-bit column ADCs as in Wan et al. (2022).
 """
 

@@ -89,12 +89,12 @@ def run_infer(ctx: RunContext, step: InferStep, row: RunStep) -> StepReport:
                    f"{100 * np.mean([r['crossbar_accuracy'] for r in rs]):.2f}%")
     detail += f"; report {report_path}"
     summary = {"deployment_id": deployments[0], "deployment_ids": deployments, "checkpoint_id": dep.checkpoint_id,
+               "split": step.split,
                "digital_accuracy": digital_accuracy, "crossbar_accuracy": crossbar, "gap_points": float(gaps.mean()),
                "gap_points_sd": float(gaps.std(ddof=1)) if len(gaps) > 1 else None,
                "programmings": step.programmings,
                "results": [{k: v for k, v in r.items() if k != "confusion"} for r in results],
                "report": str(report_path)}
-    summary["split"] = step.split
     return StepReport(cells=f"{len(y)} {step.split} sequences", iterations="", detail=detail, summary=summary)
 
 

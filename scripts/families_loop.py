@@ -140,16 +140,19 @@ def main() -> int:
             done = [r for _, r in runs if plain_name in r and aware_name in r]
             failed = [f"chip {c}: {r['status']} {r['error'] or ''}"[:100] for c, r in runs if r not in done]
             if not done:
-                rows.append((family, "", "", "", "", "", "", "; ".join(failed)))
+                rows.append((family, "", "", "", "", "", "", "", "; ".join(failed)))
                 continue
             get = {m: {k: [r[m][k] for r in done] for k in ("digital", "array", "day")}
                    for m in (plain_name, aware_name)}
             plain, aware = get[plain_name], get[aware_name]
             paired = np.array(aware["array"]) - np.array(plain["array"])
             said = verdict(*interval(paired), "aware better", "plain better", unit="chip")
+            paired_day = np.array(aware["day"]) - np.array(plain["day"])
+            said_day = verdict(*interval(paired_day), "aware better", "plain better", unit="chip")
             rows.append((family, f"{len(done)}", f"{fmt(plain['digital'])} / {fmt(aware['digital'])}",
                          fmt(plain["array"]), fmt(aware["array"]), f"{fmt(paired)} ({said})",
-                         f"{fmt(plain['day'])} / {fmt(aware['day'])}", "; ".join(failed) or "all completed"))
+                         f"{fmt(plain['day'])} / {fmt(aware['day'])}", f"{fmt(paired_day)} ({said_day})",
+                         "; ".join(failed) or "all completed"))
     stored = results_file.load(args.results)
     chips = " ".join(sorted({key.split("/")[1] for key in stored if key.split("/")[0] in args.families}, key=int))
     lines = [f"# The {model_label} loop on each device family", "",
@@ -161,8 +164,8 @@ def main() -> int:
              "chip; the table gives the mean over chips ± the half-width of the 95 % t-interval (test split, "
              "359 sequences).", "",
              "| family | chips | digital plain / aware (%) | array plain (%) | array aware (%) | aware − plain "
-             "(points) | after 1 day, compensated: plain / aware (%) | runs |",
-             "|---|---|---:|---:|---:|---|---:|---|"]
+             "(points) | after 1 day, compensated: plain / aware (%) | aware − plain after 1 day (points) | runs |",
+             "|---|---|---:|---:|---:|---|---:|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     if not args.no_splice:

@@ -24,10 +24,8 @@ resumes where it stopped; ``--table-only`` writes the Markdown table and the fig
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hil import results_file  # noqa: E402
 from hil.intervals import combination_interval, interval, verdict  # noqa: E402
 
 LOG = logging.getLogger("memory_sweep")
@@ -149,15 +148,7 @@ def at_memory(curve: list[tuple[float, list[float]]], memory_bytes: float) -> li
 
 
 def load_results(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"runs": {}}
-
-
-def save_results(path: Path, results: dict) -> None:
-    """Write through a temporary file and a rename, so a run killed mid-write leaves the old file whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    return results_file.load(path, {"runs": {}})
 
 
 def run_key(family: str, budget: str, seed: int) -> str:
@@ -218,7 +209,7 @@ def sweep(args) -> dict:
                                on_epoch=lambda stats, t=epochs_bar: progress.advance(t))
             progress.remove_task(epochs_bar)
             results["runs"][run_key(family, budget.name, seed)] = record
-            save_results(args.results, results)
+            results_file.save(args.results, results)
             progress.advance(overall)
             elapsed = time.perf_counter() - started
             LOG.info("run %d/%d: %s %s (state %d B, weights+state %d B) seed %d: test %.2f %% (val %.2f %%, "
@@ -413,7 +404,8 @@ def training_note(all_cells: list[Cell]) -> str:
             "not what its memory could hold once converged, and every verdict above is conditional on that budget.")
 
 
-def write_report(results: dict, md_path: Path, png_path: Path, command: str, results_path: Path) -> None:
+def write_report(results: dict, md_path: Path, png_path: Path, command: str, results_path: Path) -> list[str]:
+    """Write the report and its figure; return the summary that docs/results.md carries."""
     all_cells = cells(results)
     meta = results.get("meta", {})
     seeds = sorted({r["seed"] for r in results["runs"].values()})
@@ -463,11 +455,17 @@ def write_report(results: dict, md_path: Path, png_path: Path, command: str, res
                   "|---|---:|---|---:|---:|---|", *rows, "",
                   f"Pareto front ({label}, by mean accuracy): "
                   + "; ".join(fronts[axis][1]) + "."]
-    lines += ["", "## Reading", "", *summary_sentences(all_cells, verdicts, fronts), training_note(all_cells), "",
-              f"![accuracy against memory]({png_path.name})", ""]
+    reading = [*summary_sentences(all_cells, verdicts, fronts), training_note(all_cells), "",
+               f"![accuracy against memory]({png_path.name})", ""]
+    lines += ["", "## Reading", "", *reading]
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text("\n".join(lines), encoding="utf-8")
     plot(all_cells, fronts, png_path)
+    seeds_said = ", ".join(map(str, seeds))
+    return [f"`{command}` ([{md_path.name}]({md_path.name}): every run, the differences per budget and the Pareto "
+            f"fronts): mGRADE, the pure delay convolution and the pure minGRU at five equal budgets of streaming "
+            f"state, {meta.get('epochs', '?')} epochs, seeds {seeds_said}, test split once after selection on "
+            "validation.", "", *reading]
 
 
 DODGE = {"mgrade": 1.0, "conv": 0.95, "recurrent": 1.05}
@@ -536,6 +534,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "memory_sweep.md")
     parser.add_argument("--figure", type=Path, default=None, help="default: --out with .png")
     parser.add_argument("--table-only", action="store_true", help="write the table and figure from the results file")
+    parser.add_argument("--no-splice", action="store_true",
+                        help="leave docs/results.md alone (by default its section of this sweep is rewritten)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S",
                         stream=sys.stdout)
@@ -549,7 +549,9 @@ def main() -> int:
     seeds = " ".join(map(str, sorted({r["seed"] for r in results["runs"].values()})))
     command = f"python scripts/memory_sweep.py --epochs {epochs} --seeds {seeds}"
     figure = args.figure or args.out.with_suffix(".png")
-    write_report(results, args.out, figure, command, args.results)
+    summary = write_report(results, args.out, figure, command, args.results)
+    if not args.no_splice:
+        results_file.splice(ROOT / "docs" / "results.md", "memory_sweep", "\n".join(summary))
     LOG.info("wrote %s and %s", args.out, figure)
     return 0
 

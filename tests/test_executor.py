@@ -278,7 +278,7 @@ def test_drift_compensation_restores_each_group_whatever_else_the_rows_hold():
 
 
 def test_deploy_warns_of_stuck_devices_far_above_the_window_inside_mvm_groups():
-    from hil.steps.deploy import shorted_note
+    from hil.deployment import shorted_note
     model = mgrade_model()
     stuck = np.full((64, 64), np.nan)
     assert shorted_note(map_model(model, [ArraySlot("a0", 64, 64, stuck)], noise_model())) == ""

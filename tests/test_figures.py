@@ -100,7 +100,7 @@ def _inference_rows(programmings=3):
 
 def test_accuracy_figure_shows_t0_error_bars_digital_line_and_title():
     pytest.importorskip("torch")
-    from hil.steps.infer import accuracy_figure
+    from hil.inference_report import accuracy_figure
 
     figure = accuracy_figure(_inference_rows(), "model on the array: accuracy after programming")
     ax = figure.axes[0]
@@ -124,7 +124,7 @@ def test_accuracy_figure_shows_t0_error_bars_digital_line_and_title():
 
 def test_accuracy_figure_of_one_programming_has_no_error_bars():
     pytest.importorskip("torch")
-    from hil.steps.infer import accuracy_figure
+    from hil.inference_report import accuracy_figure
 
     ax = accuracy_figure(_inference_rows(1), "one").axes[0]
     assert not any(c.has_yerr for c in ax.containers if isinstance(c, ErrorbarContainer))
@@ -134,7 +134,7 @@ def test_a_drift_step_draws_t0_from_the_earlier_evaluation_of_its_programming():
     """The loop protocols evaluate each programming at t = 0, then wait on the last one in a later step:
     that step's figure starts from the earlier t = 0 of the same deployment, not of another programming."""
     pytest.importorskip("torch")
-    from hil.steps.infer import accuracy_figure, figure_rows
+    from hil.inference_report import accuracy_figure, figure_rows
 
     earlier = [{"deployment_id": k, "step_id": 1, "checkpoint": "m", "time_s": 0.0, "drift_compensation": False,
                 "samples": 200, "crossbar_accuracy": 0.80 + 0.01 * k, "digital_accuracy": 0.9} for k in (1, 2, 3)]

@@ -11,7 +11,7 @@ from db.models import Checkpoint, Deployment, DeploymentTile, Inference, Measure
 from db.records import load_measurement_array
 from hil.mapping import Mapping
 from hil.nn.tasks import load_task
-from hil.steps.deploy import load_model
+from hil.deployment import load_model
 
 CALIBRATE = """  - kind: calibrate
     name: cal

@@ -14,7 +14,7 @@ from hil.nn.mgrade import ConvModel, MGradeModel, RecurrentModel
 from hil.nn.s4d import S4DModel
 from hil.nn.tasks import load_task
 from hil.nn.zoo import ConvConfig, build_model
-from hil.steps.deploy import load_model
+from hil.deployment import load_model
 
 D64 = torch.float64
 CUE_STEPS, LENGTH, SYMBOLS = 4, 204, 4

@@ -10,7 +10,7 @@ import hil.run
 from db import Database
 from db.models import Checkpoint, Run
 from hil.nn.tasks import load_task
-from hil.steps.deploy import load_model
+from hil.deployment import load_model
 
 PROTOCOL = """name: tiny_loop
 array: {rows: 16, cols: 16}

@@ -4,11 +4,9 @@ digitally and on simulated chips, and store a checkpoint."""
 from __future__ import annotations
 
 import io
-from contextlib import contextmanager
 
 import torch
 
-from calibration.noise_model import NoiseModel
 from db import records
 from db.models import RunStep
 
@@ -19,31 +17,10 @@ from ..nn.s4d_analog import attach
 from ..nn.tasks import load_task
 from ..nn.train import TrainConfig, accuracy_under_noise, train
 from ..nn.zoo import build_model
-from ..noise_models import load_noise_model_with_id
-from ..protocol import AnalogTraining, NoiseModelRef, TrainStep
+from ..noise_models import resolve_noise_model
+from ..protocol import TrainStep
+from ..training import analog_specs, fixed_threads, numerics
 from ..version import code_version
-
-
-def resolve_noise_model(ctx: RunContext, ref: NoiseModelRef | None) -> tuple[NoiseModel | None, int | None]:
-    if ref is None:
-        return None, None
-    if ref.from_step is not None:
-        return load_noise_model_with_id(ctx.db, model_id=ctx.noise_models[ref.from_step])
-    if ref.id is not None:
-        return load_noise_model_with_id(ctx.db, model_id=ref.id)
-    return load_noise_model_with_id(ctx.db, array_id=ref.latest_for)
-
-
-def analog_specs(analog: AnalogTraining | None, noise: NoiseModel | None) -> tuple[AnalogSpec | None, AnalogSpec | None]:
-    """The (dense, recurrent) specs of an ``analog`` training section, with ``noise`` (None: quantisation only)."""
-    a = analog
-    if a is None:
-        return None, None
-    common = dict(noise_model=noise, noise_scale=a.noise_scale, drift_time_s=a.drift_time_s, dac_bits=a.dac_bits,
-                  adc_bits=a.adc_bits)
-    dense = AnalogSpec(weights=a.weights, bits=a.bits, **common)
-    recurrent = AnalogSpec(weights=a.recurrent_weights, bits=a.recurrent_bits, **common)
-    return dense, recurrent
 
 
 def restore_train(ctx: RunContext, step: TrainStep, summary: dict) -> None:
@@ -61,23 +38,6 @@ def _load_init(ctx: RunContext, step: TrainStep, model: torch.nn.Module) -> int:
                              f"this step has {mine}")
     model.load_state_dict(torch.load(io.BytesIO(checkpoint.state), weights_only=True))
     return int(checkpoint.id)
-
-
-@contextmanager
-def fixed_threads(threads: int):
-    """Train at a fixed intra-op thread count, whatever the machine has: the order in which threads add
-    partial sums changes the weights in the last bits, and training amplifies that into other accuracies."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def numerics(threads: int) -> dict:
-    """What a rerun from the same seed must match to give the same weights bit for bit."""
-    return {"torch": torch.__version__, "threads": threads, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def run_train(ctx: RunContext, step: TrainStep, row: RunStep) -> StepReport:

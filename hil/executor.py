@@ -72,8 +72,8 @@ class CrossbarExecutor:
     """Runs a model's matvec layers on the arrays of a :class:`~hil.mapping.Mapping`."""
 
     def __init__(self, model: nn.Module, mapping: Mapping, crossbars: list[Crossbar], *,
-                 drift_compensation: bool = False, iv_cubic_per_v2: float | None = None,
-                 iv_reference_v: float | None = None):
+                 voltage_v: float | None = None, drift_compensation: bool = False,
+                 iv_cubic_per_v2: float | None = None, iv_reference_v: float | None = None):
         if len(crossbars) != len(mapping.arrays):
             raise ValueError(f"the mapping uses {len(mapping.arrays)} array(s), {len(crossbars)} crossbar(s) given")
         for xbar, slot in zip(crossbars, mapping.arrays):
@@ -82,7 +82,10 @@ class CrossbarExecutor:
                                  f"is {xbar.shape[0]}x{xbar.shape[1]}")
         self.mapping = mapping
         self.crossbars = crossbars
-        self.voltage_v = min(mapping.read_voltage_v, *(x.limits.max_read_voltage_v for x in crossbars))
+        # The largest input drives its row at voltage_v (default: the calibration's read voltage), never above
+        # any crossbar's read limit; the ADC ranges below are chosen for it.
+        wanted = mapping.read_voltage_v if voltage_v is None else voltage_v
+        self.voltage_v = min(wanted, *(x.limits.max_read_voltage_v for x in crossbars))
         # fixed, so that probes before and after drift compare; half the drive, so that a group's
         # all-ones probe stays inside the ADC range chosen for its worst-case input
         self._probe_voltage_v = 0.5 * self.voltage_v
@@ -111,14 +114,6 @@ class CrossbarExecutor:
                 part.adc_range_a = self._adc_range(part)
             self._parts[id(layer)] = (name, parts)
         self._all_parts = [p for _, parts in self._parts.values() for p in parts]
-
-    def set_voltage(self, voltage_v: float) -> None:
-        """Drive the inputs at most at ``voltage_v`` (capped by every crossbar's read limit) and
-        choose the ADC ranges again for it."""
-        self.voltage_v = min(voltage_v, *(x.limits.max_read_voltage_v for x in self.crossbars))
-        for _, parts in self._parts.values():
-            for part in parts:
-                part.adc_range_a = self._adc_range(part)
 
     def _adc_range(self, part: _ArrayPart) -> float | None:
         """The finest ADC range that holds the largest current the group's columns can carry (every

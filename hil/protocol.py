@@ -404,7 +404,9 @@ class DeployStep(_Model, WriteVerifyOptions):
     tolerance_s: float | None = Field(None, gt=0, le=1e-3)
     tiles_per_mvm: int = Field(8, ge=1, le=4096)
     max_shared_rows: int = Field(24, ge=0, le=4096)
-    read_voltage_v: Volts = Field(0.2)
+    read_voltage_v: Volts = Field(0.2, description="verify reads of write-verify")
+    mvm_voltage_v: Volts = Field(0.2, description="input amplitude of the deployed model's MVMs: the largest input "
+                                 "drives its row at this voltage (at most the backend's read limit)")
 
 
 class InferStep(_Model):
@@ -419,13 +421,22 @@ class InferStep(_Model):
                                           "by what the array does, test once to report")
     samples: int | None = Field(None, ge=1, description="the first N samples of the split; default all")
     batch_size: int = Field(512, ge=1, le=65536)
-    read_voltage_v: Volts = Field(0.2, description="input amplitude of the MVMs")
     times_s: list[float] = Field(default_factory=lambda: [0.0], min_length=1,
                                  description="evaluate at these times after programming (the instrument's clock)")
     drift_compensation: bool = Field(True, description="also evaluate with drift compensation at t > 0")
     programmings: int = Field(1, ge=1, le=100, description="evaluate the deployment as programmed, then erase and "
                               "program it again this many times in all, each evaluated at every time: the spread "
                               "of the gap from one programming to the next")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _voltage_moved(cls, data):
+        # The drive amplitude belongs to the deployment (its executor's ADC ranges are set for it), not to
+        # each evaluation; a protocol written before says where it went instead of "extra input".
+        if isinstance(data, dict) and "read_voltage_v" in data:
+            _raise_at("InferStep", [(("read_voltage_v",), "moved", "the MVM input amplitude is the deploy step's "
+                                     "mvm_voltage_v; remove it here", data["read_voltage_v"])])
+        return data
 
     @model_validator(mode="after")
     def _times_increasing(self):
@@ -543,10 +554,10 @@ def limit_violations(step, limits: SafetyLimits, whose: str = "the safety limit 
     names the limits in the message (the protocol's own, or a backend's)."""
     if isinstance(step, TrainStep):
         return      # touches no instrument
-    if step.read_voltage_v > limits.max_read_voltage_v:
-        yield ("read_voltage_v", "safety_limit",
-               f"exceeds {whose}max_read_voltage_v = {limits.max_read_voltage_v} V",
-               step.read_voltage_v)
+    for field in ("read_voltage_v", "mvm_voltage_v"):
+        value = getattr(step, field, None)
+        if value is not None and value > limits.max_read_voltage_v:
+            yield (field, "safety_limit", f"exceeds {whose}max_read_voltage_v = {limits.max_read_voltage_v} V", value)
     if isinstance(step, CalibrateStep):
         for loc, value in step.write_voltages():
             if value > limits.max_write_voltage_v:

@@ -231,13 +231,13 @@ def test_each_mvm_takes_the_finest_adc_range_that_cannot_saturate():
             finer = [r for r in ranges if r < part.adc_range_a]
             assert not finer or finer[-1] < worst
     assert len({p.adc_range_a for _, parts in executor._parts.values() for p in parts}) > 1
-    # a lower input voltage halves the currents: every range is chosen again for it
-    before = {id(p): p.adc_range_a for _, parts in executor._parts.values() for p in parts}
-    executor.set_voltage(executor.voltage_v / 2)
-    for _, parts in executor._parts.values():
-        for part in parts:
+    # a deployment driven at half the voltage halves the currents: every range is chosen for it
+    before = {name: [p.adc_range_a for p in parts] for name, parts in executor._parts.values()}
+    executor = CrossbarExecutor(model, mapping, [xbar], voltage_v=executor.voltage_v / 2)
+    for name, parts in executor._parts.values():
+        for part, range_before in zip(parts, before[name]):
             worst = executor.voltage_v * part.worst_current_per_v
-            assert worst <= part.adc_range_a <= before[id(part)]
+            assert worst <= part.adc_range_a <= range_before
             assert part.adc_range_a == min([r for r in ranges if r >= worst] or [max(ranges)])
 
 

@@ -304,3 +304,24 @@ def test_program_step_can_be_built_in_python():
     step = ProgramStep(pattern=levels())
     p = Protocol(name="py", array={"rows": 2, "cols": 2}, steps=[step])
     assert p.steps[0].name == "program_0" and step.name is None
+
+
+def _deploy_and_infer(deploy: dict | None = None, infer: dict | None = None) -> dict:
+    return protocol({"kind": "train", "name": "t", "task": {"name": "digits"},
+                     "model": {"kind": "s4d", "d_model": 4, "d_state": 2, "n_layers": 1}},
+                    {"kind": "deploy", "name": "d", "checkpoint": {"from_step": "t"},
+                     "noise_model": {"latest_for": "a"}, **(deploy or {})},
+                    {"kind": "infer", "deployment": "d", **(infer or {})})
+
+
+def test_the_mvm_drive_voltage_is_the_deployments_and_within_the_read_limit():
+    """Verify reads and MVM inputs are different voltages with different names: the deploy step takes
+    both, both under the read limit; an infer step that still sets one is told where it went."""
+    ok = Protocol.model_validate(_deploy_and_infer({"read_voltage_v": 0.2, "mvm_voltage_v": 0.1}))
+    assert (ok.steps[1].read_voltage_v, ok.steps[1].mvm_voltage_v) == (0.2, 0.1)
+    with pytest.raises(ValidationError) as exc:
+        Protocol.model_validate(_deploy_and_infer({"mvm_voltage_v": 0.5}))
+    assert error_locs(exc) == [("steps", 1, "mvm_voltage_v")] and exc.value.errors()[0]["type"] == "safety_limit"
+    with pytest.raises(ValidationError) as exc:
+        Protocol.model_validate(_deploy_and_infer(infer={"read_voltage_v": 0.1}))
+    assert "mvm_voltage_v" in str(exc.value)

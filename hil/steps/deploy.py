@@ -34,8 +34,8 @@ def run_deploy(ctx: RunContext, step: DeployStep, row: RunStep) -> StepReport:
         stuck_note += "; " + shorted
     tolerance = step.tolerance_s or (noise.programming.tolerance_s if noise.programming else 0.02 * mapping.span_s)
     settings = WriteVerifySettings.from_options(step, tolerance_s=tolerance, read_voltage_v=step.read_voltage_v)
-    executor = CrossbarExecutor(model, mapping, [ctx.xbar], iv_cubic_per_v2=noise.periphery.iv_cubic_per_v2,
-                                iv_reference_v=settings.read_voltage_v)
+    executor = CrossbarExecutor(model, mapping, [ctx.xbar], voltage_v=step.mvm_voltage_v,
+                                iv_cubic_per_v2=noise.periphery.iv_cubic_per_v2, iv_reference_v=settings.read_voltage_v)
     dep = Deployed(0, checkpoint.id, checkpoint.name, model, mapping, executor, task, 0.0, noise_id, settings)
     summary, result = program(ctx, row, dep, f"programming {checkpoint.name}", extra={"stuck": stuck_note})
     ctx.deployments[step.name] = dep

@@ -28,7 +28,6 @@ def run_infer(ctx: RunContext, step: InferStep, row: RunStep) -> StepReport:
     if step.samples is not None:
         x, y = x[:step.samples], y[:step.samples]
     model = dep.model
-    dep.executor.set_voltage(step.read_voltage_v)
 
     set_matvec(model, digital_matvec)
     with torch.no_grad():

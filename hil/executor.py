@@ -32,7 +32,8 @@ from torch import nn
 
 from drivers.interface import Crossbar
 
-from .mapping import Mapping, Tile, matvec_layers
+from .mapping import Mapping, Tile
+from .nn.blocks import crossbar_layers
 
 
 @dataclass
@@ -97,7 +98,7 @@ class CrossbarExecutor:
         self.stats = ExecutorStats()
         self._parts: dict[int, tuple[str, list[_ArrayPart]]] = {}
         targets: dict[int, np.ndarray] = {}
-        layers = matvec_layers(model)
+        layers = crossbar_layers(model)
         missing = sorted(set(layers) - set(mapping.layers))
         if missing:
             raise ValueError(f"the mapping has no tiles for layer(s) {', '.join(missing)}: was it made for this model?")

@@ -1,11 +1,10 @@
 """Mapping a trained model's weight matrices onto crossbar arrays.
 
 Every product of a model's streaming step goes through one matvec with the *layer* that owns
-the weights (:mod:`hil.nn.matvec`): linear layers, the delay taps, the S4D recurrence. A layer's
-product is a set of *blocks*, dense sub-matrices with their own input and output indices: one for
-a linear layer, one per channel for the block-diagonal delay taps (whose all-zero inputs, the
-delays no tap sits on, take no devices), and for the S4D recurrence one per mode (its two state
-rows) plus one per channel (its output row), so that only its nonzero pattern takes devices.
+the weights (:mod:`hil.nn.matvec`). Each such layer describes its product as dense *blocks* with
+their own input and output indices (``crossbar_blocks()``, :mod:`hil.nn.blocks`): one for a linear
+layer, one per channel for the delay taps, per mode and per channel for the S4D recurrence. This
+module only tiles, packs and places them.
 
 A block larger than an array is cut into *tiles* of at most ``rows`` inputs and ``cols // 2``
 outputs, whose partial sums are added digitally. Each weight is a differential pair on one row,
@@ -32,94 +31,19 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from calibration.noise_model import NoiseModel
 
-from .nn.analog import AnalogLinear, apply_weight_spec, pair_targets
-from .nn.delay_conv import DelayTaps
-from .nn.s4d import S4DRecurrence
-from .nn.s4d_analog import input_gain
+from .nn.analog import pair_targets
+from .nn.blocks import Block, crossbar_layers, layer_blocks
 
 CRITICAL_COST = 1e6    # in units of a weight's full scale: no ordinary entry outweighs a critical one
 
 
 class MappingError(ValueError):
     """The model does not fit the arrays, or the arrays' description is inconsistent."""
-
-
-@dataclass
-class Block:
-    """A dense piece of a layer's product: y[outputs] += weight @ (x[inputs] / input_gain).
-
-    ``input_gain`` balances a block whose columns differ in size: a column of small weights is
-    programmed ``input_gain`` times larger and its input driven that much smaller, so its weights
-    keep their precision against the output's scale and its (often large) input does not swamp
-    the others at the DAC."""
-
-    inputs: np.ndarray                  # (k,) indices into the layer's flattened input
-    outputs: np.ndarray                 # (m,) indices into the layer's flattened output
-    weight: np.ndarray                  # (m, k), as programmed (columns times their input gain)
-    critical: np.ndarray | None = None  # (m, k) entries that must sit on working devices
-    input_gain: np.ndarray | None = None  # (k,); None: all ones
-
-
-def matvec_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The modules whose products a model's step sends through its matvec, by qualified name."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, (AnalogLinear, DelayTaps, S4DRecurrence))}
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to(torch.float64).cpu().numpy()
-
-
-def layer_blocks(layer: nn.Module) -> tuple[int, int, list[Block]]:
-    """(in_features, out_features, blocks) of a layer's product as the array holds it: quantised
-    as trained, without training noise."""
-    was_training = layer.training
-    layer.eval()
-    try:
-        if isinstance(layer, AnalogLinear):
-            w = _numpy(apply_weight_spec(layer.weight, layer.analog, False))
-            used = np.flatnonzero(np.any(w != 0, axis=0))
-            return layer.in_features, layer.out_features, [Block(used, np.arange(w.shape[0]), w[:, used])]
-        if isinstance(layer, DelayTaps):
-            kernel = _numpy(layer.kernel())                       # (C, D)
-            blocks = []
-            for c, row in enumerate(kernel):
-                used = np.flatnonzero(row != 0)
-                if used.size:
-                    blocks.append(Block(c * layer.max_delay + used, np.array([c]), row[None, used]))
-            return layer.in_features, layer.out_features, blocks
-        if isinstance(layer, S4DRecurrence):
-            with torch.no_grad():
-                mats = _numpy(layer.crossbar_matrices())          # (H, N+1, N+1)
-            h, n1, _ = mats.shape
-            modes = (n1 - 1) // 2
-            # Only the nonzero pattern takes devices: per mode its two state rows read the mode's
-            # two state numbers and the input, (2 x 3); per channel the output row reads everything.
-            # The pole's entries (Re Ā - 1 and Im Ā) are critical (see hil.nn.s4d_analog). The
-            # input's column is balanced against the state's (input_gain), as training assumes.
-            critical = np.array([[True, True, False], [True, True, False]])
-            blocks = []
-            for c in range(h):
-                base = c * n1
-                for m in range(modes):
-                    lines = np.array([m, modes + m])
-                    cols = np.array([m, modes + m, n1 - 1])
-                    w = mats[c][np.ix_(lines, cols)]
-                    gain = np.array([1.0, 1.0, float(input_gain(np.abs(w[:, :2]).max(), np.abs(w[:, 2]).max()))])
-                    blocks.append(Block(base + cols, base + lines, w * gain, critical, gain))
-                w = mats[c][n1 - 1:, :]
-                gain = np.ones(n1)
-                gain[-1] = float(input_gain(np.abs(w[0, :-1]).max(), abs(w[0, -1])))
-                blocks.append(Block(base + np.arange(n1), np.array([base + n1 - 1]), w * gain, None, gain))
-            return h * n1, h * n1, blocks
-    finally:
-        layer.train(was_training)
-    raise MappingError(f"no crossbar mapping for a {type(layer).__name__}")
 
 
 @dataclass
@@ -346,7 +270,7 @@ def _groups(model: nn.Module, rows: int, cols: int, tiles_per_mvm: int,
     modes' tiles and its output rows form separate groups."""
     shapes: dict[str, LayerShape] = {}
     groups: list[_Group] = []
-    for name, layer in matvec_layers(model).items():
+    for name, layer in crossbar_layers(model).items():
         n_in, n_out, blocks = layer_blocks(layer)
         shapes[name] = LayerShape(n_in, n_out)
         group = None
@@ -456,5 +380,4 @@ def map_model(model: nn.Module, arrays: list[ArraySlot], noise: NoiseModel, tile
                    noise.periphery.read_voltage_v, layer_shapes, tiles)
 
 
-__all__ = ["ArraySlot", "Block", "Mapping", "MappingError", "Tile", "layer_blocks", "map_model", "matvec_layers",
-           "pair_targets"]
+__all__ = ["ArraySlot", "Mapping", "MappingError", "Tile", "map_model", "pair_targets"]

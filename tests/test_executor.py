@@ -9,7 +9,8 @@ from calibration.noise_model import (ConductanceWindow, Defects, NoiseModel, Per
 from drivers import SoftwareCrossbar
 from drivers.device_model import DeviceConfig
 from hil.executor import CrossbarExecutor
-from hil.mapping import ArraySlot, Mapping, MappingError, layer_blocks, map_model, matvec_layers, pair_targets
+from hil.mapping import ArraySlot, Mapping, MappingError, map_model, pair_targets
+from hil.nn.blocks import crossbar_layers, layer_blocks
 from hil.nn.matvec import digital_matvec, set_matvec
 from hil.nn.mgrade import MGradeModel
 from hil.nn.s4d import S4DModel
@@ -67,7 +68,7 @@ def test_ideal_crossbar_reproduces_the_digital_step(make):
     assert relative < 1e-4
     # one transaction per array holding a layer's tiles, per layer product, per step (stream() reads
     # out at every step, so the decoder counts too): the whole batch rides along in each
-    per_step = sum(len({(t.array, t.group) for t in mapping.layer_tiles(name)}) for name in matvec_layers(model))
+    per_step = sum(len({(t.array, t.group) for t in mapping.layer_tiles(name)}) for name in crossbar_layers(model))
     assert executor.stats.transactions == per_step * x.shape[1]
     assert sum(x.total_transactions for x in xbars) == executor.stats.transactions
 
@@ -115,7 +116,7 @@ def test_the_executor_is_wrong_when_the_arrays_are_not_programmed():
 
 def test_blocks_cover_each_layer_product_exactly():
     for model in (s4d_model(), mgrade_model()):
-        for name, layer in matvec_layers(model).items():
+        for name, layer in crossbar_layers(model).items():
             n_in, n_out, blocks = layer_blocks(layer)
             x = torch.randn(3, n_in, dtype=torch.float64)
             y = np.zeros((3, n_out))

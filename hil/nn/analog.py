@@ -24,6 +24,7 @@ from calibration.laws import drift_factor, read_sigma, relaxation_shift, telegra
 from calibration.laws import programming_error
 from calibration.noise_model import NoiseModel
 
+from .blocks import Block, as_numpy
 from .quantize import absmax_signal, straight_through, ternary, uniform
 
 
@@ -253,6 +254,12 @@ class AnalogLinear(nn.Linear):
 
     def unfreeze_noise(self) -> None:
         self._chip = None
+
+    def crossbar_blocks(self) -> tuple[int, int, list[Block]]:
+        """One block: the weight as trained (quantised, no noise), its all-zero input columns left out."""
+        w = as_numpy(apply_weight_spec(self.weight, self.analog, False))
+        used = np.flatnonzero(np.any(w != 0, axis=0))
+        return self.in_features, self.out_features, [Block(used, np.arange(w.shape[0]), w[:, used])]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spec = self.analog

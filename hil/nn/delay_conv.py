@@ -25,12 +25,14 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hil.nn.analog import AnalogSpec, apply_weight_spec
-from hil.nn.matvec import digital_matvec
+from .analog import AnalogSpec, apply_weight_spec
+from .blocks import Block, as_numpy
+from .matvec import digital_matvec
 
 SIGMA_END = 0.23
 
@@ -80,6 +82,15 @@ class DelayTaps(nn.Module):
 
     def effective_weight(self) -> torch.Tensor:
         return torch.block_diag(*self.kernel().unsqueeze(1))          # (C, C·max_delay)
+
+    def crossbar_blocks(self) -> tuple[int, int, list[Block]]:
+        """One block per channel, its taps only: the delays no tap sits on take no devices."""
+        blocks = []
+        for c, row in enumerate(as_numpy(self.kernel())):                # (C, D)
+            used = np.flatnonzero(row != 0)
+            if used.size:
+                blocks.append(Block(c * self.max_delay + used, np.array([c]), row[None, used]))
+        return self.in_features, self.out_features, blocks
 
     def forward(self, window: torch.Tensor) -> torch.Tensor:
         window = window.reshape(window.shape[0], self.channels, self.max_delay)

@@ -30,12 +30,15 @@ from __future__ import annotations
 import math
 from typing import Callable, Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .analog import AnalogLinear
+from .blocks import Block, as_numpy
 from .matvec import digital_matvec
+from .s4d_analog import input_gain
 
 Params = dict[str, torch.Tensor]
 
@@ -303,6 +306,30 @@ class S4DRecurrence(nn.Module):
         outside autograd (see :meth:`S4D.cached`)."""
         layer = self._layer
         return layer.cached("residual", lambda: self.crossbar_matrices(layer.step_discretization()))
+
+    def crossbar_blocks(self) -> tuple[int, int, list[Block]]:
+        """Only the nonzero pattern of :meth:`crossbar_matrices` takes devices: per mode its two state rows
+        read the mode's two state numbers and the input (2 x 3); per channel the output row reads
+        everything. The pole's entries (Re Ā - 1 and Im Ā) are critical (see hil.nn.s4d_analog), and the
+        input's column is balanced against the state's (input_gain), as training assumes."""
+        mats = as_numpy(self.crossbar_matrices())          # (H, N+1, N+1)
+        h, n1, _ = mats.shape
+        modes = (n1 - 1) // 2
+        critical = np.array([[True, True, False], [True, True, False]])
+        blocks = []
+        for c in range(h):
+            base = c * n1
+            for m in range(modes):
+                lines = np.array([m, modes + m])
+                cols = np.array([m, modes + m, n1 - 1])
+                w = mats[c][np.ix_(lines, cols)]
+                gain = np.array([1.0, 1.0, float(input_gain(np.abs(w[:, :2]).max(), np.abs(w[:, 2]).max()))])
+                blocks.append(Block(base + cols, base + lines, w * gain, critical, gain))
+            w = mats[c][n1 - 1:, :]
+            gain = np.ones(n1)
+            gain[-1] = float(input_gain(np.abs(w[0, :-1]).max(), abs(w[0, -1])))
+            blocks.append(Block(base + np.arange(n1), np.array([base + n1 - 1]), w * gain, None, gain))
+        return h * n1, h * n1, blocks
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         """[state; u] (B, H, N+1) -> [next state - state; y] (B, H, N+1)."""

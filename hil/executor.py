@@ -95,6 +95,10 @@ class CrossbarExecutor:
         self.iv_cubic_per_v2 = float(iv_cubic_per_v2 or 0.0)
         self.iv_reference_v = float(iv_reference_v if iv_reference_v is not None else mapping.read_voltage_v)
         self._reference: np.ndarray | None = None
+        # Per-output gain and offset of each layer, learnt by fine-tuning on the array's own outputs
+        # (hil.finetune.ColumnCorrections); None until then.
+        self.corrections = None
+        self._digital: set[int] = set()
         self.stats = ExecutorStats()
         self._parts: dict[int, tuple[str, list[_ArrayPart]]] = {}
         targets: dict[int, np.ndarray] = {}
@@ -173,11 +177,38 @@ class CrossbarExecutor:
         return np.clip(out, -self.voltage_v, self.voltage_v)
 
     # ------------------------------------------------------------- matvec
-    def __call__(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def layer_name(self, layer: nn.Module) -> str:
         try:
-            name, parts = self._parts[id(layer)]
+            return self._parts[id(layer)][0]
         except KeyError:
             raise ValueError(f"{type(layer).__name__} is not a layer of the deployed model") from None
+
+    def run_digitally(self, layer: nn.Module) -> None:
+        """From now on compute ``layer`` digitally (a readout fine-tuned off the array): its cells stay
+        programmed but are no longer driven."""
+        self.layer_name(layer)
+        self._digital.add(id(layer))
+
+    def runs_digitally(self, layer: nn.Module) -> bool:
+        return id(layer) in self._digital
+
+    def __call__(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The layer's product measured on the array, its output corrections (if fine-tuned) applied and
+        its bias added (or the layer computed digitally, if it was taken off the array)."""
+        if id(layer) in self._digital:
+            return layer(x)
+        product = self.product(layer, x)
+        if self.corrections is not None:
+            with torch.no_grad():
+                product = self.corrections.apply(self.layer_name(layer), product)
+        bias = getattr(layer, "bias", None)
+        return product if bias is None else product + bias.detach()
+
+    def product(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``layer``'s weight product with ``x`` as the array computes it (no bias), shaped as the
+        layer's output; a tensor outside autograd."""
+        name = self.layer_name(layer)
+        parts = self._parts[id(layer)][1]
         shape = self.mapping.layers[name]
         # (batch, in) for linear layers and the taps, (batch, H, N+1) for the S4D recurrence
         flat = x.detach().reshape(x.shape[0], -1).to(torch.float64).cpu().numpy()
@@ -209,11 +240,7 @@ class CrossbarExecutor:
             else:
                 y[:, part.outputs] += out
         self.stats.seconds += time.perf_counter() - t0
-        result = torch.from_numpy(y).to(x.dtype)
-        bias = getattr(layer, "bias", None)
-        if bias is not None:
-            result = result + bias.detach()
-        return result.reshape(*x.shape[:-1], -1)
+        return torch.from_numpy(y).to(x.dtype).reshape(*x.shape[:-1], -1)
 
 
 __all__ = ["CrossbarExecutor", "ExecutorStats"]

@@ -359,6 +359,27 @@ class DeploymentTile(Base):
     weight_rms_error: Mapped[float] = mapped_column(Float)
 
 
+class Finetune(Base):
+    """A deployment fine-tuned on the array's own forward passes: which parameter groups moved, the
+    history per epoch (array passes, MVMs, validation accuracy on the array), the fine-tuned checkpoint,
+    and the per-column corrections it learnt (a torch state dict; they belong to the programmed cells)."""
+
+    __tablename__ = "finetunes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_fk: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step_fk: Mapped[int | None] = mapped_column(ForeignKey("run_steps.id", ondelete="CASCADE"), index=True)
+    deployment_fk: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    base_checkpoint_fk: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id", ondelete="SET NULL"),
+                                                           index=True)
+    checkpoint_fk: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id", ondelete="SET NULL"), index=True)
+    groups: Mapped[list[str]] = mapped_column(JSON)
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    corrections: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Inference(Base):
     """A deployed model evaluated on the array at one time after programming."""
 
@@ -377,5 +398,7 @@ class Inference(Base):
     step_latency_s: Mapped[float] = mapped_column(Float)
     transactions_per_step: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    # last, as the migration that added it left it; rows from before it all streamed the test split
+    # last, as the migrations that added them left them; rows from before it all streamed the test split
     split: Mapped[str] = mapped_column(String(8), server_default="test")    # "val" or "test"
+    # the fine-tuning in effect (None: the deployment as programmed and trained offline)
+    finetune_fk: Mapped[int | None] = mapped_column(ForeignKey("finetunes.id", ondelete="SET NULL"), index=True)

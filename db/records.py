@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from db.arrays import decode_array, encode_array, summarize
 from db.models import (COMPLETED, FAILED, FINAL_STATUSES, INTERRUPTED, RUNNING, ArrayStat, Base, Checkpoint, CrossbarArray, Deployment,
-                       DeploymentTile, DeviceResult, DeviceStat, Inference, Instrument, Measurement,
+                       DeploymentTile, DeviceResult, DeviceStat, Finetune, Inference, Instrument, Measurement,
                        NoiseModelRecord, Run, RunStep)
 from db.timestamps import utcnow
 
@@ -572,6 +572,22 @@ def add_inference(session: Session, *, run: Run, step: RunStep | None, deploymen
     return inference
 
 
+def add_finetune(session: Session, *, run: Run, step: RunStep | None, deployment_id: int,
+                 base_checkpoint_id: int | None, checkpoint_id: int | None, groups: Sequence[str],
+                 history: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None = None,
+                 corrections: bytes | None = None) -> Finetune:
+    """Record a deployment fine-tuned on the array: its epochs, the checkpoint it produced and the
+    per-column corrections it learnt."""
+    finetune = Finetune(run_fk=run.id, step_fk=None if step is None else step.id, deployment_fk=deployment_id,
+                        base_checkpoint_fk=base_checkpoint_id, checkpoint_fk=checkpoint_id, groups=list(groups),
+                        history=_jsonable([dict(h) for h in history]),
+                        summary=None if summary is None else _jsonable(dict(summary)),
+                        corrections=corrections, created_at=utcnow())
+    session.add(finetune)
+    session.flush()
+    return finetune
+
+
 def run_inferences(session: Session, run_id: int) -> list[dict]:
     """Every inference of a run with the name of the checkpoint deployed, in the order recorded."""
     rows = session.execute(
@@ -580,5 +596,6 @@ def run_inferences(session: Session, run_id: int) -> list[dict]:
         .where(Inference.run_fk == run_id).order_by(Inference.id)).all()
     return [{"deployment_id": inf.deployment_fk, "step_id": inf.step_fk, "checkpoint": name, "time_s": inf.time_s,
              "drift_compensation": inf.drift_compensation, "split": inf.split, "samples": inf.samples,
-             "crossbar_accuracy": inf.crossbar_accuracy, "digital_accuracy": inf.digital_accuracy}
+             "crossbar_accuracy": inf.crossbar_accuracy, "digital_accuracy": inf.digital_accuracy,
+             "finetune_id": inf.finetune_fk}
             for inf, name in rows]

@@ -41,6 +41,7 @@ class Deployed:
     programmed_at_s: float       # the instrument's clock when programming ended
     noise_model_id: int | None = None
     settings: WriteVerifySettings | None = None    # how it was programmed, to program it again alike
+    finetune_id: int | None = None     # the fine-tuning now in effect (hil.finetune), None as trained offline
 
 
 def load_model(checkpoint) -> tuple[nn.Module, TaskSpec]:

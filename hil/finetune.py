@@ -165,7 +165,7 @@ def finetune(model: nn.Module, executor: CrossbarExecutor, train_x: torch.Tensor
              val_x: torch.Tensor, val_y: torch.Tensor, *, groups: Iterable[str] = DEFAULT_GROUPS, epochs: int = 5,
              lr: float = 1e-2, batch_size: int = 32, seed: int = 0, target: str = "labels",
              columns_of: Iterable[str] | None = None,
-             on_batch: Callable[[int], None] | None = None,
+             on_batch: Callable[[int, int], None] | None = None,
              on_epoch: Callable[[EpochRecord], None] | None = None) -> FinetuneResult:
     """Fine-tune ``groups`` of ``model`` (deployed through ``executor``) on ``train_x``, every forward pass
     on the array; after each epoch the validation split is streamed on the array, and the parameters of
@@ -221,7 +221,8 @@ def finetune(model: nn.Module, executor: CrossbarExecutor, train_x: torch.Tensor
             set_matvec(model, matvec)
             order = torch.randperm(train_x.shape[0], generator=generator)
             losses = []
-            for start in range(0, len(order), batch_size):
+            steps = -(-len(order) // batch_size)
+            for b, start in enumerate(range(0, len(order), batch_size)):
                 idx = order[start:start + batch_size]
                 logits = stream_logits(model, train_x[idx])
                 loss = (F.cross_entropy(logits, train_y[idx]) if teacher is None
@@ -232,7 +233,7 @@ def finetune(model: nn.Module, executor: CrossbarExecutor, train_x: torch.Tensor
                 losses.append(float(loss.detach()))
                 passes += len(idx)
                 if on_batch is not None:
-                    on_batch(len(idx))
+                    on_batch(b + 1, steps)
             val, score = validate()
             record = EpochRecord(epoch, float(np.mean(losses)), val, int(train_x.shape[0]), passes,
                                  executor.stats.transactions, time.perf_counter() - t0)

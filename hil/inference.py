@@ -68,6 +68,7 @@ def evaluate(ctx: RunContext, step: InferStep, row: RunStep, dep: Deployed, x, y
                                 "deployment_id": dep.deployment_id})
                 with ctx.db.session() as session:
                     records.add_inference(session, run=ctx.run, step=row, deployment_id=dep.deployment_id,
+                                          finetune_fk=dep.finetune_id,
                                           **{k: v for k, v in results[-1].items()
                                              if k not in ("gain", "deployment_id")})
     finally:

@@ -26,8 +26,8 @@ from drivers.families import AnyDeviceConfig
 from drivers.limits import ABSOLUTE_MIN_VOLTAGE_V, SafetyLimits
 
 __all__ = [
-    "AnalogTraining", "ArraySpec", "CalibrateStep", "CheckpointRef", "DeployStep", "InferStep", "NoiseModelRef",
-    "TaskSpec", "TrainStep", "CheckerboardPattern", "FilePattern", "LevelsPattern", "MockSpec", "Pattern",
+    "AnalogTraining", "ArraySpec", "CalibrateStep", "CheckpointRef", "DeployStep", "FinetuneStep", "InferStep",
+    "NoiseModelRef", "TaskSpec", "TrainStep", "CheckerboardPattern", "FilePattern", "LevelsPattern", "MockSpec", "Pattern",
     "ProgramStep", "Protocol", "RandomPattern", "ReadStep", "Step", "MAX_ARRAY_DIM",
 ]
 
@@ -446,7 +446,35 @@ class InferStep(_Model):
         return self
 
 
-Step = Annotated[Union[ProgramStep, ReadStep, CalibrateStep, TrainStep, DeployStep, InferStep],
+class FinetuneStep(_Model):
+    """Fine-tune a deployed model on the array's own forward passes (:mod:`hil.finetune`): training
+    sequences streamed with every weight product on the array, the loss on the measured outputs, the
+    gradient through the digital model, only digital parameters moved (no cell is rewritten). After each
+    epoch the validation split (or its first ``val_samples``) runs on the array, and the best epoch's
+    parameters are kept. Later infer steps on the deployment run the fine-tuned model."""
+
+    kind: Literal["finetune"] = "finetune"
+    name: Name | None = None
+    deployment: Name = Field(description="a deploy step earlier in this protocol")
+    groups: list[Literal["bias", "norm", "columns", "readout"]] = Field(
+        default_factory=lambda: ["bias", "norm", "columns"], min_length=1,
+        description="what moves: biases, LayerNorms, a gain and offset per crossbar output, and the readout "
+                    "layer (taken off the array and computed digitally)")
+    target: Literal["labels", "digital"] = Field("labels", description="cross-entropy against the task's labels, or "
+                                                 "the distance from the digital model's logits (no labels used)")
+    train_fraction: float = Field(0.1, gt=0, le=1, description="the share of the training split used (drawn with "
+                                  "the seed): one array pass per sequence and epoch")
+    epochs: int = Field(5, ge=1, le=1000)
+    lr: float = Field(0.01, gt=0, le=10)
+    batch_size: int = Field(32, ge=1, le=65536)
+    val_samples: int | None = Field(None, ge=1, description="validation sequences streamed after each epoch; "
+                                    "default all")
+    seed: Seed = 0
+    checkpoint: Name | None = Field(None, description="name of the fine-tuned checkpoint; default "
+                                    "<protocol>.<step>")
+
+
+Step = Annotated[Union[ProgramStep, ReadStep, CalibrateStep, TrainStep, DeployStep, InferStep, FinetuneStep],
                  Field(discriminator="kind")]
 
 
@@ -519,6 +547,15 @@ class Protocol(_Model):
                 source = next((s for s in self.steps[:index] if s.name == ref), None)
                 if source is None or not accepts(source):
                     problems.append((("steps", index, *where), "step_reference", message, ref))
+        # What a finetune step learnt belongs to the cells as programmed: reprogramming would undo it.
+        finetuned: set[str] = set()
+        for index, step in enumerate(self.steps):
+            if isinstance(step, FinetuneStep):
+                finetuned.add(step.deployment)
+            elif isinstance(step, InferStep) and step.deployment in finetuned and step.programmings > 1:
+                problems.append((("steps", index, "programmings"), "finetuned",
+                                 f"{step.deployment} is fine-tuned on its cells as programmed by an earlier finetune "
+                                 "step; programming it again would undo that: use 1", step.programmings))
         _raise_at("Protocol", problems)
         return self
 
@@ -542,7 +579,7 @@ def _step_references(step):
         if step.checkpoint.from_step is not None:
             yield (("checkpoint", "from_step"), step.checkpoint.from_step, lambda s: isinstance(s, TrainStep),
                    "must name an earlier train step")
-    elif isinstance(step, InferStep):
+    elif isinstance(step, (InferStep, FinetuneStep)):
         yield (("deployment",), step.deployment, lambda s: isinstance(s, DeployStep), "must name an earlier deploy step")
     for where, ref in noise_refs:
         if ref is not None and ref.from_step is not None:

@@ -158,8 +158,11 @@ def _to_run_again(steps, previous: dict[int, tuple[str, int, dict]]) -> set[int]
     first = remaining[0]
     later = steps[first:]
     again = set()
-    wanted = {s.deployment for s in later if s.kind == "infer"}
+    wanted = {s.deployment for s in later if s.kind in ("infer", "finetune")}
+    # a deployment a later step uses is programmed again, and what was fine-tuned on its cells is
+    # fine-tuned again on the new ones (corrections learnt on one programming do not fit the next)
     again |= {i for i in range(first) if steps[i].kind == "deploy" and steps[i].name in wanted}
+    again |= {i for i in range(first) if steps[i].kind == "finetune" and steps[i].deployment in wanted}
     if any(s.kind == "read" for s in later):
         programs = [i for i in range(first) if steps[i].kind == "program"]
         again |= set(programs[-1:])

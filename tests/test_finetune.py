@@ -79,13 +79,19 @@ def test_column_corrections_learnt_on_the_array_undo_a_column_gain_error():
     assert after < 0.1 * before, (float(before), float(after))
 
 
-def test_nothing_but_the_chosen_groups_moves():
+def test_nothing_but_the_chosen_groups_moves_and_no_cell_is_written(monkeypatch):
     model = small_model()
     executor = deploy(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     x = torch.randn(8, 6, 2, dtype=torch.float64)
     y = torch.randint(0, 3, (8,))
+    xbar = executor.crossbars[0]
+    pulses = []
+    monkeypatch.setattr(xbar, "pulse", lambda *a, **k: pulses.append(a))
+    conductance = xbar.read(voltage_v=0.2)
     finetune(model, executor, x, y, x, y, groups=["bias"], epochs=2, lr=0.1, batch_size=8)
+    assert pulses == []
+    np.testing.assert_array_equal(xbar.read(voltage_v=0.2), conductance)       # ideal device: no read noise
     biases = {id(p) for p in trainable(model, executor, ["bias"])["bias"]}
     for name, p in model.named_parameters():
         if id(p) not in biases:

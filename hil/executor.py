@@ -133,10 +133,13 @@ class CrossbarExecutor:
     # ------------------------------------------------------------- drift
     _PROBE_REPEATS = 8     # identical probe vectors in one MVM, averaging read and output noise
 
-    def _probe(self) -> np.ndarray:
-        """Each MVM group's summed |column current| over its own columns, for an all-ones input on its rows."""
-        totals = np.empty(len(self._all_parts))
-        for i, part in enumerate(self._all_parts):
+    def _probe(self, parts: list[int] | None = None) -> np.ndarray:
+        """Each MVM group's summed |column current| over its own columns, for an all-ones input on its rows
+        (the groups ``parts`` indexes in :attr:`groups`, default all)."""
+        chosen = range(len(self._all_parts)) if parts is None else parts
+        totals = np.empty(len(chosen))
+        for i, index in enumerate(chosen):
+            part = self._all_parts[index]
             xbar = self.crossbars[part.array]
             v = np.zeros((self._PROBE_REPEATS, xbar.shape[0]), dtype=np.float32)
             v[:, part.rows] = self._probe_voltage_v
@@ -145,11 +148,21 @@ class CrossbarExecutor:
             self.stats.transactions += 1
         return totals
 
-    def reference(self) -> None:
-        """Record the groups' probe responses now (right after programming)."""
-        self._reference = self._probe()
-        for part in self._all_parts:
-            part.drift_gain = 1.0
+    @property
+    def groups(self) -> list[tuple[str, "_ArrayPart"]]:
+        """Every (layer name, MVM group) the deployment drives, in a fixed order."""
+        return [(name, part) for name, parts in self._parts.values() for part in parts]
+
+    def reference(self, parts: list[int] | None = None) -> None:
+        """Record the groups' probe responses now (right after programming them; ``parts``: only those
+        groups, after they were written again)."""
+        if parts is None or self._reference is None:
+            self._reference = self._probe()
+            parts = list(range(len(self._all_parts)))
+        else:
+            self._reference[parts] = self._probe(parts)
+        for index in parts:
+            self._all_parts[index].drift_gain = 1.0
 
     def compensate(self) -> np.ndarray:
         """Re-probe the groups and set their drift factors; returns them (one per group)."""

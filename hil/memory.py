@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .protocol import (CalibrateStep, DeployStep, FinetuneStep, InferStep, ProgramStep, Protocol, ReadStep,
-                       TrainStep)
+from .protocol import (CalibrateStep, DeployStep, FinetuneStep, InferStep, MaintainStep, ProgramStep, Protocol,
+                       ReadStep, TrainStep)
 
 __all__ = ["BUDGET_ENV", "DEFAULT_BUDGET_BYTES", "StepEstimate", "budget_bytes", "estimate", "format_bytes"]
 
@@ -52,7 +52,7 @@ def estimate(protocol: Protocol) -> list[StepEstimate]:
     out = []
     for index, step in enumerate(protocol.steps):
         size, detail = _step_bytes(step, protocol, cells, cell_map)
-        base = BASE_BYTES + (TORCH_BYTES if isinstance(step, (TrainStep, DeployStep, InferStep, FinetuneStep)) else
+        base = BASE_BYTES + (TORCH_BYTES if isinstance(step, (TrainStep, DeployStep, InferStep, FinetuneStep, MaintainStep)) else
                              CALIBRATION_BYTES if isinstance(step, CalibrateStep) else 0)
         out.append(StepEstimate(index, step.name, step.kind, int(base + size), detail))
     return out
@@ -81,6 +81,10 @@ def _step_bytes(step, protocol: Protocol, cells: int, cell_map: int) -> tuple[fl
     if isinstance(step, InferStep):
         return 16 * cell_map + 8 * _F64 * step.batch_size * protocol.array.rows, \
             f"executor buffers (batch {step.batch_size} over {protocol.array.rows} rows)"
+    if isinstance(step, MaintainStep):
+        batch = step.evaluate.batch_size if step.evaluate else step.probes
+        return 16 * cell_map + 8 * _F64 * batch * protocol.array.rows, \
+            f"executor buffers and write-verify state of {shape} cells"
     if isinstance(step, FinetuneStep):
         # the executor's buffers, and the step form's graph kept for the backward pass: every step's
         # activations of the batch, up to ~20k numbers per sample and step (S4D, H 64, N 16, 2 layers,

@@ -27,7 +27,7 @@ from drivers.limits import ABSOLUTE_MIN_VOLTAGE_V, SafetyLimits
 
 __all__ = [
     "AnalogTraining", "ArraySpec", "CalibrateStep", "CheckpointRef", "DeployStep", "FinetuneStep", "InferStep",
-    "NoiseModelRef", "TaskSpec", "TrainStep", "CheckerboardPattern", "FilePattern", "LevelsPattern", "MockSpec", "Pattern",
+    "MaintainStep", "NoiseModelRef", "TaskSpec", "TrainStep", "CheckerboardPattern", "FilePattern", "LevelsPattern", "MockSpec", "Pattern",
     "ProgramStep", "Protocol", "RandomPattern", "ReadStep", "Step", "MAX_ARRAY_DIM",
 ]
 
@@ -474,7 +474,36 @@ class FinetuneStep(_Model):
                                     "<protocol>.<step>")
 
 
-Step = Annotated[Union[ProgramStep, ReadStep, CalibrateStep, TrainStep, DeployStep, InferStep, FinetuneStep],
+class MaintainEvaluation(_Model):
+    """Accuracy on the array during maintenance: a split (or its first ``samples``) every ``every_s``."""
+
+    split: Literal["val", "test"] = "val"
+    samples: int | None = Field(None, ge=1)
+    every_s: float = Field(7 * 86400.0, gt=0, description="default weekly")
+    batch_size: int = Field(512, ge=1, le=65536)
+
+
+class MaintainStep(_Model):
+    """Keep a deployment accurate over time (:mod:`hil.maintenance`): every ``every_s`` for ``days`` (the
+    instrument's clock: virtual on the mock, real on a bench) probe each MVM group with random inputs
+    against what it should compute; where a group's relative error passes ``bound``, re-compensate drift,
+    then write its cells again if that was not enough. Every action is recorded with its cost."""
+
+    kind: Literal["maintain"] = "maintain"
+    name: Name | None = None
+    deployment: Name = Field(description="a deploy step earlier in this protocol")
+    days: float = Field(30.0, gt=0, le=3650)
+    every_s: float = Field(86400.0, gt=0, description="time between checks")
+    bound: float = Field(0.05, gt=0, le=10, description="a group's relative rms error that calls for action")
+    probes: int = Field(16, ge=1, le=4096, description="random input vectors per check and layer")
+    actions: list[Literal["compensate", "rewrite"]] = Field(default_factory=lambda: ["compensate", "rewrite"],
+                                                            min_length=1, description="tried in this order")
+    evaluate: MaintainEvaluation | None = Field(default_factory=MaintainEvaluation)
+    seed: Seed = 0
+
+
+Step = Annotated[Union[ProgramStep, ReadStep, CalibrateStep, TrainStep, DeployStep, InferStep, FinetuneStep,
+                       MaintainStep],
                  Field(discriminator="kind")]
 
 
@@ -579,7 +608,7 @@ def _step_references(step):
         if step.checkpoint.from_step is not None:
             yield (("checkpoint", "from_step"), step.checkpoint.from_step, lambda s: isinstance(s, TrainStep),
                    "must name an earlier train step")
-    elif isinstance(step, (InferStep, FinetuneStep)):
+    elif isinstance(step, (InferStep, FinetuneStep, MaintainStep)):
         yield (("deployment",), step.deployment, lambda s: isinstance(s, DeployStep), "must name an earlier deploy step")
     for where, ref in noise_refs:
         if ref is not None and ref.from_step is not None:

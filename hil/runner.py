@@ -158,7 +158,7 @@ def _to_run_again(steps, previous: dict[int, tuple[str, int, dict]]) -> set[int]
     first = remaining[0]
     later = steps[first:]
     again = set()
-    wanted = {s.deployment for s in later if s.kind in ("infer", "finetune")}
+    wanted = {s.deployment for s in later if s.kind in ("infer", "finetune", "maintain")}
     # a deployment a later step uses is programmed again, and what was fine-tuned on its cells is
     # fine-tuned again on the new ones (corrections learnt on one programming do not fit the next)
     again |= {i for i in range(first) if steps[i].kind == "deploy" and steps[i].name in wanted}

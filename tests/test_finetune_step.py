@@ -1,4 +1,5 @@
-"""The finetune step in a protocol: calibrate, train, deploy, infer, finetune on the array, infer again."""
+"""The chip-in-the-loop steps in a protocol: calibrate, train, deploy, infer, finetune on the array, infer again,
+then maintain the deployment for two weeks."""
 
 import pytest
 from pydantic import ValidationError
@@ -39,6 +40,13 @@ steps:
     name: after
     deployment: deployed
     samples: 30
+  - kind: maintain
+    name: kept
+    deployment: deployed
+    days: 14
+    every_s: 302400
+    bound: 0.2
+    evaluate: {{samples: 30}}
 """
 
 
@@ -49,7 +57,7 @@ def test_a_finetune_step_records_its_epochs_checkpoint_and_the_inferences_it_aff
     assert hil.run.main([str(path), "--db", url, "--report-dir", str(tmp_path / "reports")]) == 0
     with Database(url) as db, db.session() as session:
         run = session.scalars(select(Run)).one()
-        assert [s.status for s in run.steps] == ["completed"] * 6
+        assert [s.status for s in run.steps] == ["completed"] * 7
         tune = session.scalars(select(Finetune)).one()
         n = tune.summary["train_sequences"]
         assert n == round(0.02 * 1259)
@@ -60,9 +68,21 @@ def test_a_finetune_step_records_its_epochs_checkpoint_and_the_inferences_it_aff
         assert tuned.config["finetuned_from_checkpoint_id"] == tune.base_checkpoint_fk
         assert tuned.config["finetuned_on_deployment_id"] == tune.deployment_fk
         assert tune.corrections is not None
-        before, after = session.scalars(select(Inference).order_by(Inference.id)).all()
+        before, after, *kept = session.scalars(select(Inference).order_by(Inference.id)).all()
         assert before.finetune_fk is None and after.finetune_fk == tune.id
         assert before.deployment_fk == after.deployment_fk == tune.deployment_fk       # the same cells
+        # maintenance: checks every 3.5 days, evaluations weekly (the default), drift-compensated
+        # (the first now, a little after programming: the evaluations and the fine-tuning took their time)
+        assert kept[0].time_s < 3600 and [k.time_s / 86400 for k in kept[1:]] == [7, 14]
+        assert all(k.drift_compensation for k in kept)
+        assert all(k.finetune_fk == tune.id and k.split == "val" for k in kept)
+        summary = run.steps[-1].summary
+        assert summary["checks"][0]["time_s"] < 3600
+        assert [c["time_s"] / 86400 for c in summary["checks"][1:]] == [3.5, 7, 10.5, 14]
+        assert len(summary["cells_rewritten_per_week"]) == 2
+        assert summary["cost"]["check_mvms"] > 0
+    report = tmp_path / "reports" / f"run-{run.id}-kept"
+    assert (report / "report.md").exists() and (report / "maintenance.png").exists()
 
 
 def test_reprogramming_a_finetuned_deployment_is_refused_before_the_run():

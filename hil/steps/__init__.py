@@ -29,7 +29,7 @@ class _Lazy(dict):
 
 EXECUTORS = _Lazy({"program": "program:run_program", "read": "read:run_read", "calibrate": "calibrate:run_calibrate",
                    "train": "train:run_train", "deploy": "deploy:run_deploy", "infer": "infer:run_infer",
-                   "finetune": "finetune:run_finetune"})
+                   "finetune": "finetune:run_finetune", "maintain": "maintain:run_maintain"})
 
 # What a completed step left for later ones, taken back from its stored summary when a run is resumed.
 RESTORERS = _Lazy({"calibrate": "calibrate:restore_calibrate", "train": "train:restore_train"})

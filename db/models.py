@@ -357,6 +357,8 @@ class DeploymentTile(Base):
     rms_error_s: Mapped[float] = mapped_column(Float)
     max_error_s: Mapped[float] = mapped_column(Float)
     weight_rms_error: Mapped[float] = mapped_column(Float)
+    # last, as the migration that added it left it: the array the tile sits on (NULL: the deployment's)
+    array: Mapped[str | None] = mapped_column(String(100))
 
 
 class Finetune(Base):

@@ -184,6 +184,27 @@ def make_backend(name: str, protocol: Protocol, seed: int | None,
     return xbar, record
 
 
+def make_extra_backends(protocol: Protocol, backend: str, seed: int | None) -> dict[str, tuple[Crossbar, dict]]:
+    """The (unopened) crossbars of the protocol's further ``arrays``, by name, each with the settings to
+    record: its own backend (default ``backend``), resource and, on the mock, chip (default: the run's
+    chip seed plus the array's position, so that no two arrays are the same simulated chip)."""
+    from .protocol import ArraySpec, BenchSpec, MockSpec
+
+    out: dict[str, tuple[Crossbar, dict]] = {}
+    base_chip = protocol.mock.seed if protocol.mock.seed is not None else DEFAULT_SEED
+    for position, spec in enumerate(protocol.arrays, 1):
+        mock = spec.mock or MockSpec(seed=base_chip + position, device=protocol.mock.device)
+        derived = protocol.model_copy(update={
+            "array": ArraySpec(rows=spec.rows, cols=spec.cols, name=spec.name), "mock": mock,
+            "bench": BenchSpec(resource=spec.resource, timeout_s=protocol.bench.timeout_s,
+                               retries=protocol.bench.retries)})
+        try:
+            out[spec.name] = make_backend(spec.backend or backend, derived, seed, spec.resource)
+        except BackendError as exc:
+            raise BackendError(f"array {spec.name}: {exc}") from None
+    return out
+
+
 def check_shape(xbar: Crossbar, protocol: Protocol) -> None:
     want = (protocol.array.rows, protocol.array.cols)
     if xbar.shape != want:

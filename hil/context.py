@@ -56,10 +56,22 @@ class RunContext:
     last_program: ProgrammedPattern | None = None
     noise_models: dict[str, int] = field(default_factory=dict)    # calibrate step name -> noise model id
     checkpoints: dict[str, int] = field(default_factory=dict)     # train step name -> checkpoint id
-    deployments: dict[str, Any] = field(default_factory=dict)     # deploy step name -> hil.steps.deploy.Deployed
+    deployments: dict[str, Any] = field(default_factory=dict)     # deploy step name -> hil.deployment.Deployed
+    # the protocol's further arrays: name -> (opened crossbar, its row in the arrays table)
+    extra_arrays: dict[str, tuple[Crossbar, CrossbarArray]] = field(default_factory=dict)
+
+    def wait(self, seconds: float) -> None:
+        """Let ``seconds`` pass on the main array's clock and bring every further array's clock level with it
+        (the mock's clocks are virtual, one per array; a bench's share real time, so they wait no longer)."""
+        if seconds > 0:
+            self.xbar.wait(seconds)
+        for other, _ in self.extra_arrays.values():
+            lag = self.xbar.now() - other.now()
+            if lag > 0:
+                other.wait(lag)
 
     def save(self, step: RunStep, name: str, kind: str, unit: str, array: np.ndarray, *, finite: bool = True,
-             **meta) -> None:
+             on_array: CrossbarArray | None = None, **meta) -> None:
         """Store one measured array of ``step`` in its own committed transaction.
 
         With ``finite`` (the default), raises :class:`NonFiniteMeasurement` (after storing it, so the
@@ -67,11 +79,12 @@ class RunContext:
         garbage as a result. Targets (``kind`` ``target_*``) may hold NaN, which there means "no target
         for this cell". ``finite=False`` is for raw data in which a non-finite value is itself an
         observation (a calibration's reads of a broken cell): stored as measured, the step judges how
-        much of it is usable.
+        much of it is usable. ``on_array``: a further array of the run the values were measured on (default the
+        main one).
         """
         with self.db.session() as session:
             records.add_measurement(session, self.run, step, name, kind, unit, array,
-                                    crossbar_array=self.array, meta=meta or None)
+                                    crossbar_array=on_array or self.array, meta=meta or None)
         values = np.asarray(array)
         if finite and values.dtype.kind in "fc":
             bad = np.isinf(values) if kind.startswith("target") else ~np.isfinite(values)

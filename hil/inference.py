@@ -51,7 +51,7 @@ def evaluate(ctx: RunContext, step: InferStep, row: RunStep, dep: Deployed, x, y
             for t, compensated in conditions:
                 wait = dep.programmed_at_s + t - xbar.now()
                 if wait > 0:
-                    xbar.wait(wait)
+                    ctx.wait(wait)
                 executor.drift_compensation = compensated
                 gains = executor.compensate() if compensated else None
                 task.update(note=f"t = {t:g} s{' compensated' if compensated else ''}")

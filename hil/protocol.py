@@ -407,6 +407,8 @@ class DeployStep(_Model, WriteVerifyOptions):
     read_voltage_v: Volts = Field(0.2, description="verify reads of write-verify")
     mvm_voltage_v: Volts = Field(0.2, description="input amplitude of the deployed model's MVMs: the largest input "
                                  "drives its row at this voltage (at most the backend's read limit)")
+    arrays: list[ArrayName] = Field(default_factory=list, description="further arrays (the protocol's arrays, by "
+                                    "name) the model may be spread over, after the main one")
 
 
 class InferStep(_Model):
@@ -531,6 +533,19 @@ class MockSpec(_Model):
                                     description="the device family and its parameters; no family: rram")
 
 
+class ExtraArraySpec(_Model):
+    """Another array of the same run, for models larger than one array (a deploy step's ``arrays``). It is
+    reached through ``backend`` (default: the run's) at ``resource``; on the mock, ``mock`` says which chip.
+    Its devices are taken to be of the same kind as the main array's: deploy maps with one noise model."""
+
+    name: ArrayName = Field(description="its name in the history and in a deploy step's arrays")
+    rows: int = Field(ge=1, le=MAX_ARRAY_DIM)
+    cols: int = Field(ge=1, le=MAX_ARRAY_DIM)
+    backend: str | None = Field(None, min_length=1, description="default: the run's backend")
+    resource: str | None = Field(None, min_length=1, description="where its instrument is (bench backends)")
+    mock: MockSpec | None = Field(None, description="default: the run's mock section, chip seed + its position")
+
+
 class BenchSpec(_Model):
     """How to reach a bench instrument; the mock ignores it. ``--resource`` overrides ``resource``."""
 
@@ -552,6 +567,7 @@ class Protocol(_Model):
     bench: BenchSpec = Field(default_factory=BenchSpec)
     backend_options: dict[str, Any] = Field(default_factory=dict, description="passed as they are to the backend's "
                                             "factory, which validates them (a plug-in's own settings)")
+    arrays: list[ExtraArraySpec] = Field(default_factory=list, description="further arrays of this run, by name")
     steps: list[Step] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -576,6 +592,17 @@ class Protocol(_Model):
                 source = next((s for s in self.steps[:index] if s.name == ref), None)
                 if source is None or not accepts(source):
                     problems.append((("steps", index, *where), "step_reference", message, ref))
+        names = [a.name for a in self.arrays]
+        for index, name in enumerate(names):
+            if name in names[:index] or name == self.array.name:
+                problems.append((("arrays", index, "name"), "duplicate_name", "array name is used twice", name))
+        for index, step in enumerate(self.steps):
+            if isinstance(step, DeployStep):
+                for k, name in enumerate(step.arrays):
+                    if name not in names:
+                        problems.append((("steps", index, "arrays", k), "array_reference",
+                                         f"names no array of the protocol's arrays ({', '.join(names) or 'none'})",
+                                         name))
         # What a finetune step learnt belongs to the cells as programmed: reprogramming would undo it.
         finetuned: set[str] = set()
         for index, step in enumerate(self.steps):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from .backends import BackendError, make_backend, names
+from .backends import BackendError, make_backend, make_extra_backends, names
 from .protocol import ARRAY_NAME_PATTERN, MAX_SEED
 from .memory import BUDGET_ENV, DEFAULT_BUDGET_BYTES, budget_bytes, estimate, format_bytes
 from .protocol_loader import LoadedProtocol, ProtocolError, check_within, load_protocol, load_protocol_text, step_error
@@ -141,6 +141,7 @@ def _run(args: argparse.Namespace, err: Console) -> tuple[RunOutcome, str]:
             loaded = load_protocol(args.protocol)
             xbar, options = make_backend(args.backend or "mock", loaded.protocol, args.seed, args.resource)
             check_within(loaded, xbar.limits, f"the {args.backend or 'mock'} backend's")
+            extras = _extra_arrays(loaded, args.backend or "mock", args.seed, options)
             check_memory(loaded, budget)
             options.update(labels)
         except BackendError as exc:
@@ -167,6 +168,7 @@ def _run(args: argparse.Namespace, err: Console) -> tuple[RunOutcome, str]:
                 loaded, backend, resource, seed = _resumable(db, args)
                 xbar, options = make_backend(backend, loaded.protocol, seed, resource)
                 check_within(loaded, xbar.limits, f"the {backend} backend's")
+                extras = _extra_arrays(loaded, backend, seed, options)
                 check_memory(loaded, budget)
             except (ResumeError, records.ResumeRefused, ProtocolError, BackendError) as exc:
                 raise BadInput(f"--resume {args.resume}: {exc}") from None
@@ -177,13 +179,23 @@ def _run(args: argparse.Namespace, err: Console) -> tuple[RunOutcome, str]:
         try:
             outcome = execute(loaded, xbar, db, backend=backend, seed=options.get("seed"), options=options,
                               console=err, report_dir=Path(args.report_dir), resume_run_id=args.resume,
-                              log_handler=log_handler)
+                              log_handler=log_handler, extra_crossbars=extras)
         except records.ResumeRefused as exc:
             raise BadInput(str(exc)) from None
         finally:
             if log_handler is not None:
                 log_handler.close()
         return outcome, mask_url(db.url)
+
+
+def _extra_arrays(loaded, backend: str, seed: int | None, options: dict) -> dict:
+    """The crossbars of the protocol's further arrays, each checked against its backend's limits; their
+    settings go into the run's ``options`` under ``arrays``."""
+    extras = make_extra_backends(loaded.protocol, backend, seed)
+    for name, (extra, settings) in extras.items():
+        check_within(loaded, extra.limits, f"array {name}'s backend's")
+        options.setdefault("arrays", {})[name] = settings
+    return {name: extra for name, (extra, _) in extras.items()}
 
 
 def _labels(args) -> dict[str, str]:

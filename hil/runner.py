@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def describe(exc: BaseException) -> str:
 def execute(loaded: LoadedProtocol, xbar: Crossbar, db: Database, *, backend: str, seed: int | None,
             options: dict | None = None, console: Console | None = None,
             report_dir: Path = Path("reports"), resume_run_id: int | None = None,
-            log_handler: logging.Handler | None = None) -> RunOutcome:
+            log_handler: logging.Handler | None = None,
+            extra_crossbars: dict[str, Crossbar] | None = None) -> RunOutcome:
     """Run every step of ``loaded`` on ``xbar``; returns the outcome, never raises for a run failure.
     ``resume_run_id``: continue that failed or interrupted run (``loaded`` must be its protocol) instead
     of starting a new one; raises :class:`db.records.ResumeRefused` if it cannot be resumed.
@@ -94,7 +96,7 @@ def execute(loaded: LoadedProtocol, xbar: Crossbar, db: Database, *, backend: st
     with RunProgress(console, steps=len(protocol.steps), db=db, run_id=run.id, log_handler=log_handler) as progress:
         progress.run_started(protocol.name, resumed=resume_run_id is not None)
         status, error = _run_steps(loaded, xbar, db, run, rng, console, Path(report_dir), previous,
-                                   expected_array, progress, outcome)
+                                   expected_array, progress, outcome, extra_crossbars or {})
         with db.session() as session:
             records.finish_run(session, run, status, error)
         outcome.status, outcome.error = status, error
@@ -105,11 +107,14 @@ def execute(loaded: LoadedProtocol, xbar: Crossbar, db: Database, *, backend: st
 
 def _run_steps(loaded: LoadedProtocol, xbar: Crossbar, db: Database, run, rng, console: Console, report_dir: Path,
                previous: dict[int, tuple[str, int, dict]], expected_array: str | None, progress: RunProgress,
-               outcome: RunOutcome) -> tuple[str, str | None]:
-    """Open the instrument and run (or restore) every step into ``outcome``; the run's (status, error)."""
+               outcome: RunOutcome, extra_crossbars: dict[str, Crossbar]) -> tuple[str, str | None]:
+    """Open the instruments and run (or restore) every step into ``outcome``; the run's (status, error)."""
     protocol = loaded.protocol
     try:
-        with xbar:
+        with xbar, ExitStack() as others:
+            for extra in extra_crossbars.values():
+                others.enter_context(extra)
+                check_within(loaded, extra.limits, f"the {extra.identity.backend} backend's")
             ident = xbar.identity
             # A bench reports its own hard limits only once open; check every step against them now, before
             # the first step runs, rather than half-way through the run.
@@ -127,9 +132,16 @@ def _run_steps(loaded: LoadedProtocol, xbar: Crossbar, db: Database, run, rng, c
                                                     wafer=protocol.array.wafer, die=protocol.array.die)
                 session.add(run)
                 run.array_fk = array.id
+                extras = {}
+                for name, extra in extra_crossbars.items():
+                    ident_x = extra.identity
+                    instrument_x = records.get_or_create_instrument(session, ident_x.backend, ident_x.instrument_id,
+                                                                    ident_x.model, ident_x.firmware)
+                    extras[name] = (extra, records.get_or_create_array(session, instrument_x, name, ident_x.rows,
+                                                                       ident_x.cols))
             ctx = RunContext(db=db, run=run, array=array, xbar=xbar, protocol=protocol,
                              base_dir=Path(loaded.path).resolve().parent,
-                             rng=rng, console=console, progress=progress, report_dir=report_dir)
+                             rng=rng, console=console, progress=progress, report_dir=report_dir, extra_arrays=extras)
             rerun = _to_run_again(protocol.steps, previous)
             for index, step in enumerate(protocol.steps):
                 status, attempt, summary = previous.get(index, (None, 0, {}))

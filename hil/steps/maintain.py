@@ -58,7 +58,7 @@ def run_maintain(ctx: RunContext, step: MaintainStep, row: RunStep) -> StepRepor
         for t, what in schedule:
             wait = dep.programmed_at_s + t - xbar.now()
             if wait > 0:
-                xbar.wait(wait)
+                ctx.wait(wait)
             if what == "check":
                 check = keeper.check(t)
                 checks.append(check)

@@ -176,11 +176,7 @@ class Crossbar(ABC):
         """
         self._require_open("mvm")
         if adc_range_a is not None:
-            ranges = self.converters().adc_ranges_a or ()
-            if not any(np.isclose(adc_range_a, r, rtol=1e-9, atol=0) for r in ranges):
-                offered = ", ".join(f"{r:g}" for r in ranges) or "none (fixed range)"
-                raise CrossbarError(self._name, "mvm", f"ADC range {adc_range_a:g} A is not one the instrument "
-                                                       f"offers: {offered}")
+            self._check_adc_ranges({adc_range_a})
         with np.errstate(over="ignore"):      # a value beyond float32 becomes inf, refused just below
             v = np.asarray(voltages_v, dtype=np.float32)
         single = v.ndim == 1
@@ -197,6 +193,37 @@ class Crossbar(ABC):
         self.transactions["mvm"] += 1
         out = self._guarded("mvm", self._mvm, v, adc_range_a)
         return out[0] if single else out
+
+    def mvm_stack(self, rows, cols, voltages_v, *, adc_range_a=None) -> np.ndarray:
+        """``P`` MVMs in sequence, each driving only its own rows (every other row at 0 V) and reading only
+        its own columns: ``rows`` (P, K) and ``cols`` (P, C) indices, ``voltages_v`` (P, batch, K) ->
+        currents (P, batch, C). The same as P calls of :meth:`mvm`, and counted as P transactions;
+        ``adc_range_a`` is None or one declared range (or None) per MVM."""
+        self._require_open("mvm")
+        rows = np.asarray(rows, dtype=np.intp)
+        cols = np.asarray(cols, dtype=np.intp)
+        with np.errstate(over="ignore"):
+            v = np.ascontiguousarray(voltages_v, dtype=np.float32)
+        if rows.ndim != 2 or cols.ndim != 2 or v.ndim != 3 or v.shape[0] != rows.shape[0] \
+                or cols.shape[0] != rows.shape[0] or v.shape[2] != rows.shape[1]:
+            raise LimitViolation(self._name, "mvm", f"a stack of MVMs needs rows (P, K), cols (P, C) and voltages "
+                                                    f"(P, batch, K); got {rows.shape}, {cols.shape}, {v.shape}")
+        self._check_range(rows, self._identity.rows, "mvm", "rows")
+        self._check_range(cols, self._identity.cols, "mvm", "cols")
+        if rows.shape[1] > 1 and (np.diff(np.sort(rows, axis=1), axis=1) == 0).any():
+            raise LimitViolation(self._name, "mvm", "a row appears twice in one MVM of a stack")
+        ranges = [None] * len(rows) if adc_range_a is None else list(adc_range_a)
+        if len(ranges) != len(rows):
+            raise LimitViolation(self._name, "mvm", f"{len(ranges)} ADC ranges for {len(rows)} MVMs")
+        self._check_adc_ranges(set(ranges) - {None})
+        limit = self._limits.max_read_voltage_v
+        if v.size and not (v.max() <= limit and v.min() >= -limit):
+            raise LimitViolation(self._name, "mvm",
+                                 f"input voltage beyond max_read_voltage_v {limit:g} V (or not finite)")
+        self.transactions["mvm"] += len(rows)
+        if not len(rows):
+            return np.zeros((0, v.shape[1], cols.shape[1]), np.float32)
+        return self._guarded("mvm", self._mvm_stack, rows, cols, v, ranges)
 
     # ------------------------------------------------------ backend interface
     @abstractmethod
@@ -216,6 +243,16 @@ class Crossbar(ABC):
     def _mvm(self, voltages_v: np.ndarray, adc_range_a: float | None = None) -> np.ndarray:
         """``adc_range_a`` is only ever one of the declared ``adc_ranges_a``."""
 
+    def _mvm_stack(self, rows: np.ndarray, cols: np.ndarray, voltages_v: np.ndarray,
+                   adc_ranges: list) -> np.ndarray:
+        """One whole-array MVM per part; a backend that can evaluate several parts at once overrides this."""
+        out = np.empty((len(rows), voltages_v.shape[1], cols.shape[1]), np.float32)
+        for p in range(len(rows)):
+            full = np.zeros((voltages_v.shape[1], self._identity.rows), np.float32)
+            full[:, rows[p]] = voltages_v[p]
+            out[p] = self._mvm(full, adc_ranges[p])[:, cols[p]]
+        return out
+
     # ----------------------------------------------------------------- helpers
     @property
     def _name(self) -> str:
@@ -232,6 +269,14 @@ class Crossbar(ABC):
             raise
         except (OSError, EOFError) as exc:
             raise InstrumentIOError(self._name, command, f"{type(exc).__name__}: {exc}") from exc
+
+    def _check_adc_ranges(self, ranges: set) -> None:
+        """Every range of ``ranges`` is one of the instrument's declared ADC full scales."""
+        offered = self.converters().adc_ranges_a or ()
+        for r in ranges.difference(offered):            # those given exactly as declared pass at once
+            if not any(np.isclose(r, o, rtol=1e-9, atol=0) for o in offered):
+                names = ", ".join(f"{o:g}" for o in offered) or "none (fixed range)"
+                raise CrossbarError(self._name, "mvm", f"ADC range {r:g} A is not one the instrument offers: {names}")
 
     def _check_read_voltage(self, voltage_v: float, command: str) -> None:
         limit = self._limits.max_read_voltage_v

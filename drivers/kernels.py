@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def dac_drive(v: np.ndarray, scale: np.float32, kappa: np.float32, out: np.ndarray) -> None:
     """out = k * (1 + kappa * k**2) with k = rint(v * scale): DAC codes through the I-V nonlinearity."""
     vf = v.ravel()
@@ -23,7 +23,7 @@ def dac_drive(v: np.ndarray, scale: np.float32, kappa: np.float32, out: np.ndarr
         of[i] = k * (one + kappa * k * k)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def adc_convert(x: np.ndarray, noise: np.ndarray, levels: np.float32, lsb: np.float32, out: np.ndarray) -> None:
     """out = clip(rint(x + noise), -levels, levels) * lsb, ``noise`` being the first x.size values given."""
     xf = x.ravel()
@@ -31,3 +31,35 @@ def adc_convert(x: np.ndarray, noise: np.ndarray, levels: np.float32, lsb: np.fl
     for i in range(xf.size):
         y = np.rint(xf[i] + noise[i])
         of[i] = min(max(y, -levels), levels) * lsb
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def adc_convert_parts(x: np.ndarray, noise: np.ndarray, gains: np.ndarray, levels: np.float32, lsb: np.float32,
+                      out: np.ndarray) -> None:
+    """adc_convert for a stack of MVMs (parts, batch, cols), part p read at gain ``gains[p]``:
+    out = clip(rint(g * x + g * noise), -levels, levels) * lsb / g."""
+    n = x.size // x.shape[0]
+    xf = x.ravel()
+    of = out.ravel()
+    for p in range(x.shape[0]):
+        g = gains[p]
+        step = lsb / g
+        base = p * n
+        for i in range(base, base + n):
+            y = np.rint(g * xf[i] + g * noise[i])
+            of[i] = min(max(y, -levels), levels) * step
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def fluctuated(scaled: np.ndarray, sigma: np.ndarray, pool: np.ndarray, starts: np.ndarray, flat: np.ndarray,
+               out: np.ndarray) -> None:
+    """out[p] = scaled[f] + sigma[f] * pool[starts[p] + f] for each flat cell index f of ``flat[p]``: the
+    cells of part p in the read-noise window whose pool offset is ``starts[p]``."""
+    n = flat.size // flat.shape[0]
+    ff = flat.reshape(flat.shape[0], n)
+    of = out.reshape(flat.shape[0], n)
+    for p in range(flat.shape[0]):
+        s = starts[p]
+        for i in range(n):
+            f = ff[p, i]
+            of[p, i] = sigma[f] * pool[s + f] + scaled[f]

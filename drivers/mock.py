@@ -58,6 +58,51 @@ class DeviceTruth:
         return stuck if self.stuck_mid is None else stuck | self.stuck_mid
 
 
+class _Fluctuation:
+    """One read-noise window of the MVM: every cell's conductance in ADC codes per input code plus its
+    frozen fluctuation. Cell f's fluctuation is pool[start + f], so the cells an MVM reads can be drawn
+    alone and agree with the whole matrix, which is built only when an MVM needs it."""
+
+    __slots__ = ("scaled", "sigma", "pool", "start", "_full", "_kept")
+
+    def __init__(self, scaled: np.ndarray, sigma: np.ndarray, pool: np.ndarray, start: int):
+        self.scaled, self.sigma, self.pool, self.start = scaled, sigma, pool, start
+        self._full = None
+        self._kept: dict = {}
+
+    def matrix(self) -> np.ndarray:
+        if self._full is None:
+            fluct = self.sigma * self.pool[self.start:self.start + self.scaled.size].reshape(self.scaled.shape)
+            fluct += self.scaled
+            self._full = fluct
+        return self._full
+
+    def gathered(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """(P, K, C): the window's values at the cells rows[p] x cols[p], kept for the same index arrays."""
+        key = (id(rows), id(cols))
+        hit = self._kept.get(key)
+        if hit is not None and hit[0] is rows and hit[1] is cols:
+            return hit[2]
+        g = self.cells(rows[:, :, None] * self.scaled.shape[1] + cols[:, None, :])
+        if len(self._kept) > 16:
+            self._kept.clear()
+        self._kept[key] = (rows, cols, g)
+        return g
+
+    def cells(self, flat: np.ndarray) -> np.ndarray:
+        """The window's values at the flat cell indices ``flat`` (any shape)."""
+        if self._full is not None:
+            return self._full.ravel()[flat]
+        if flat.ndim == 3:          # (P, K, C), the parts of a stack
+            out = np.empty(flat.shape, np.float32)
+            kernels.fluctuated(self.scaled.ravel(), self.sigma.ravel(), self.pool,
+                               np.full(len(flat), self.start, np.int64), flat, out)
+            return out
+        out = np.empty((1, *flat.shape), np.float32)
+        kernels.fluctuated(self.scaled.ravel(), self.sigma.ravel(), self.pool, np.array([self.start]), flat[None], out)
+        return out[0]
+
+
 class SoftwareCrossbar(Crossbar):
     """A ``rows x cols`` simulated array; same seeds, same behaviour, call for call.
 
@@ -306,7 +351,8 @@ class SoftwareCrossbar(Crossbar):
         else:
             drive = v
         # _g_mvm is pre-scaled to ADC codes per input code, so the product is already in ADC codes.
-        np.matmul(drive, self._g_mvm[active] if sparse else self._g_mvm, out=acc)
+        g_mvm = self._mvm_matrix()
+        np.matmul(drive, g_mvm[active] if sparse else g_mvm, out=acc)
         out = np.empty_like(acc)      # a fresh array for the caller: the buffers are reused
         noise = self._output_noise_codes(acc.size)
         lsb = self._adc_lsb32
@@ -322,6 +368,78 @@ class SoftwareCrossbar(Crossbar):
         acc += noise.reshape(acc.shape)
         np.multiply(acc, self._adc_lsb32, out=out)
         return out
+
+    def _mvm_stack(self, rows, cols, v, adc_ranges):
+        # The same physics as one _mvm per part, without building whole-array vectors: each part's
+        # product uses only its driven rows and read columns. The clock walks part by part, so each
+        # part reads the read-noise window (and drift) of its own time; then all parts are evaluated
+        # at once.
+        self._maybe_fail("mvm")
+        n, batch, _ = v.shape
+        step = batch * self._mvm_time
+        if self._g_mvm is not None and self._clock + n * step - self._t_noise < self._noise_corr:
+            self._clock += n * step          # the whole stack inside the current window
+            windows = [self._g_mvm]
+        else:
+            windows = []
+            for _ in range(n):
+                self._clock += step
+                if self._g_mvm is None or self._clock - self._t_noise >= self._noise_corr:
+                    self._refresh_mvm_conductance()
+                windows.append(self._g_mvm)
+        if windows[0] is windows[-1] and isinstance(windows[0], _Fluctuation):
+            # one window for the whole stack: the same cells read again in it (a recurrence at a small
+            # batch steps many times per window) are gathered once
+            g = windows[0].gathered(rows, cols)
+        else:
+            g = self._gather(windows, rows, cols)
+        if self._dac_lsb is not None:
+            drive = np.empty_like(v)
+            kernels.dac_drive(v, self._dac_scale, self._kappa_code, drive)
+        elif self._kappa:
+            drive = v * v
+            drive *= self._kappa_code
+            drive += np.float32(1.0)
+            drive *= v
+        else:
+            drive = v
+        acc = np.matmul(drive, g)
+        noise = self._output_noise_codes(acc.size)
+        out = np.empty_like(acc)
+        if self._adc_levels is not None:
+            gains = np.array([1.0 if r is None else self.adc_range_a / r for r in adc_ranges], np.float32)
+            if (gains == gains[0]).all():      # one range for the whole stack: the single-MVM kernel
+                lsb = self._adc_lsb32
+                if gains[0] != 1:
+                    acc *= gains[0]
+                    noise = noise * gains[0]
+                    lsb = np.float32(self._adc_lsb / gains[0])
+                kernels.adc_convert(acc, noise, self._adc_levels32, lsb, out)
+            else:
+                kernels.adc_convert_parts(acc, noise, gains, self._adc_levels32, self._adc_lsb32, out)
+        else:
+            acc += noise.reshape(acc.shape)
+            np.multiply(acc, self._adc_lsb32, out=out)
+        return out
+
+    def _gather(self, windows: list, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """(P, K, C): part p's cells in the read-noise window it was driven in."""
+        n = len(windows)
+        flat = rows[:, :, None] * self.shape[1] + cols[:, None, :]
+        g = np.empty(flat.shape, np.float32)
+        p = 0
+        while p < n:           # runs of parts whose windows share one drift evaluation: one gather each
+            w = windows[p]
+            q = p + 1
+            if isinstance(w, _Fluctuation):
+                while q < n and isinstance(windows[q], _Fluctuation) and windows[q].scaled is w.scaled:
+                    q += 1
+                starts = np.fromiter((windows[i].start for i in range(p, q)), np.int64, q - p)
+                kernels.fluctuated(w.scaled.ravel(), w.sigma.ravel(), self._pool, starts, flat[p:q], g[p:q])
+            else:
+                g[p] = w.ravel()[flat[p]]
+            p = q
+        return g
 
     def _output_noise_codes(self, n: int) -> np.ndarray:
         """``n`` output-noise samples in ADC codes (zeros without output noise)."""
@@ -378,10 +496,19 @@ class SoftwareCrossbar(Crossbar):
         if self._sigma_cache is None:
             self._sigma_cache = (self._read_sigma(g, ...) * self._g_to_codes).astype(np.float32)
             self._g_scaled = (g * self._g_to_codes).astype(np.float32)
-        fluct = self._sigma_cache * self._normal(g.size).reshape(g.shape)
-        fluct += self._g_scaled
-        self._g_mvm = fluct
+        if g.size * 2 > _POOL_SIZE:
+            fluct = self._sigma_cache * self._normal(g.size).reshape(g.shape)
+            fluct += self._g_scaled
+            self._g_mvm = fluct
+        else:
+            # drawn lazily: an MVM of a few tiles reads only their cells of the window
+            self._g_mvm = _Fluctuation(self._g_scaled, self._sigma_cache, self._pool, self._next_offset(g.size))
         self._t_noise = self._clock
+
+    def _mvm_matrix(self) -> np.ndarray:
+        """The current read-noise window's conductances, in ADC codes per input code, as one matrix."""
+        g = self._g_mvm
+        return g if isinstance(g, np.ndarray) else g.matrix()
 
     def _normal(self, n: int) -> np.ndarray:
         if n * 2 > _POOL_SIZE:

@@ -1,12 +1,15 @@
 """The crossbar executor: a model's streaming-step products run on programmed arrays.
 
 :class:`CrossbarExecutor` is a matvec (:mod:`hil.nn.matvec`): given a layer and its input batch it
-drives, for every array holding tiles of that layer, one MVM transaction with the whole batch
-(DAC: each tile's inputs scaled per sample so the largest sits at the read voltage), reads the
-column currents (ADC, in the instrument), subtracts each output's negative column from its positive
-one and rescales digitally (per sample and per output), adds the partial sums of tiles that split
-one block, and adds the layer's bias. Everything else in the step (nonlinearities, states, the
-S4D state's residual, the delay buffers) stays digital, in the model's own code.
+drives one MVM per group of that layer's tiles, with the whole batch (DAC: each tile's inputs scaled
+per sample so the largest sits at the read voltage), reads the group's column currents (ADC, in the
+instrument), subtracts each output's negative column from its positive one and rescales digitally
+(per sample and per output), adds the partial sums of tiles that split one block, and adds the
+layer's bias. Groups laid out alike go to the instrument as one stack of MVMs
+(:meth:`~drivers.interface.Crossbar.mvm_stack`), and the arithmetic around them runs in compiled
+loops (:mod:`hil.executor_kernels`): a step's overhead is then a few calls per layer, not per group.
+Everything else in the step (nonlinearities, states, the S4D state's residual, the delay buffers)
+stays digital, in the model's own code.
 
 Cells conduct more than ohmically as the voltage rises, I = g V (1 + kappa V^2) / (1 + kappa V_r^2)
 with g read at V_r; left alone that is an input-dependent gain error of a few percent, the same on
@@ -32,6 +35,7 @@ from torch import nn
 
 from drivers.interface import Crossbar
 
+from . import executor_kernels as kernels
 from .mapping import Mapping, Tile
 from .nn.blocks import crossbar_layers
 
@@ -59,7 +63,28 @@ class _ArrayPart:
         self.scale = np.concatenate([x.scale for x in t])
         self.gain = np.concatenate([np.ones(len(x.inputs)) if x.input_gain is None else x.input_gain for x in t])
         self.output_tile = np.repeat(np.arange(len(t)), [len(x.outputs) for x in t])
-        self.repeated_outputs = len(np.unique(self.outputs)) != len(self.outputs)
+
+
+class _Stack:
+    """The groups of one layer on one array whose tiles are laid out alike: one ``mvm_stack`` call
+    evaluates them all, and the step's arithmetic runs on (group, batch, line) arrays."""
+
+    def __init__(self, parts: list[_ArrayPart]):
+        first = parts[0]
+        self.parts = parts
+        self.array = first.array
+        self.inputs = np.stack([p.inputs for p in parts])                 # (P, K) layer input per row
+        self.gain = np.stack([p.gain for p in parts])
+        self.rows = np.stack([p.rows for p in parts])
+        self.cols = np.stack([np.r_[p.pos, p.neg] for p in parts])        # (P, 2M): positive, then negative
+        self.starts, self.input_tile, self.output_tile = first.starts, first.input_tile, first.output_tile
+        self.scale = np.stack([p.scale for p in parts])                   # (P, M)
+        self.outputs = np.stack([p.outputs for p in parts])               # (P, M)
+        self.ranges = [p.adc_range_a for p in parts]
+
+    @staticmethod
+    def layout(part: _ArrayPart) -> tuple:
+        return part.array, tuple(len(t.inputs) for t in part.tiles), tuple(len(t.outputs) for t in part.tiles)
 
 
 @dataclass
@@ -101,6 +126,7 @@ class CrossbarExecutor:
         self._digital: set[int] = set()
         self.stats = ExecutorStats()
         self._parts: dict[int, tuple[str, list[_ArrayPart]]] = {}
+        self._stacks: dict[int, list[_Stack]] = {}
         targets: dict[int, np.ndarray] = {}
         layers = crossbar_layers(model)
         missing = sorted(set(layers) - set(mapping.layers))
@@ -118,6 +144,10 @@ class CrossbarExecutor:
                     targets[part.array][np.ix_(part.rows, np.r_[part.pos, part.neg])]).sum(axis=0).max()
                 part.adc_range_a = self._adc_range(part)
             self._parts[id(layer)] = (name, parts)
+            by_layout: dict[tuple, list[_ArrayPart]] = {}
+            for part in parts:
+                by_layout.setdefault(_Stack.layout(part), []).append(part)
+            self._stacks[id(layer)] = [_Stack(same) for same in by_layout.values()]
         self._all_parts = [p for _, parts in self._parts.values() for p in parts]
 
     def _adc_range(self, part: _ArrayPart) -> float | None:
@@ -176,18 +206,15 @@ class CrossbarExecutor:
 
     def predistort(self, v: np.ndarray) -> np.ndarray:
         """The drive voltages whose currents are ohmic at the verify voltage: V with
-        V (1 + kappa V^2) = v (1 + kappa V_r^2), by Newton's method from the ohmic guess (the map is
-        monotonic for kappa >= 0 and nearly linear at read voltages, so three steps from the
-        first-order guess reach float64 precision), never beyond the read voltage."""
+        V (1 + kappa V^2) = v (1 + kappa V_r^2), by Halley's method from the first-order guess (the map is
+        monotonic for kappa >= 0 and nearly linear at read voltages, so two steps reach float64
+        precision), never beyond the read voltage (:func:`hil.executor_kernels.predistort`)."""
         k = self.iv_cubic_per_v2
         if k == 0.0:
             return v
-        rhs = np.asarray(v, np.float64) * (1.0 + k * self.iv_reference_v ** 2)
-        out = rhs / (1.0 + k * rhs * rhs)          # first order in k V^2, a few percent at read voltages
-        for _ in range(3):
-            sq = k * out * out
-            out -= (out * (1.0 + sq) - rhs) / (1.0 + 3.0 * sq)
-        return np.clip(out, -self.voltage_v, self.voltage_v)
+        out = np.array(v, np.float64)
+        kernels.predistort(out, k, 1.0 + k * self.iv_reference_v ** 2, self.voltage_v)
+        return out
 
     # ------------------------------------------------------------- matvec
     def layer_name(self, layer: nn.Module) -> str:
@@ -221,37 +248,35 @@ class CrossbarExecutor:
         """``layer``'s weight product with ``x`` as the array computes it (no bias), shaped as the
         layer's output; a tensor outside autograd."""
         name = self.layer_name(layer)
-        parts = self._parts[id(layer)][1]
         shape = self.mapping.layers[name]
         # (batch, in) for linear layers and the taps, (batch, H, N+1) for the S4D recurrence
-        flat = x.detach().reshape(x.shape[0], -1).to(torch.float64).cpu().numpy()
+        flat = x.detach().reshape(x.shape[0], -1).cpu().numpy()
         if flat.shape[1] != shape.in_features:
             raise ValueError(f"layer {name!r} takes {shape.in_features} inputs per sample, got {flat.shape[1]}")
-        y = np.zeros((flat.shape[0], shape.out_features))
+        batch = flat.shape[0]
+        y = np.zeros((batch, shape.out_features))
         t0 = time.perf_counter()
-        span = self.mapping.span_s
-        for part in parts:
-            xbar = self.crossbars[part.array]
-            xs = flat[:, part.inputs] / part.gain
-            # each tile's inputs scaled per sample so that the largest sits at the full voltage
-            top = np.maximum.reduceat(np.abs(xs), part.starts, axis=1)
-            top = np.where(top > 0, top, 1.0)
-            volts = np.zeros((flat.shape[0], xbar.shape[0]), dtype=np.float32)
-            volts[:, part.rows] = self.predistort(xs / top[:, part.input_tile] * self.voltage_v)
-            if not np.isfinite(volts).all():
+        full_scale = self.voltage_v * self.mapping.span_s
+        kappa = self.iv_cubic_per_v2
+        ohmic_gain = 1.0 + kappa * self.iv_reference_v ** 2
+        for stack in self._stacks[id(layer)]:
+            n = len(stack.parts)
+            volts = np.empty((n, batch, stack.rows.shape[1]), np.float32)
+            top = np.empty((n, batch, len(stack.starts)))
+            if not kernels.row_voltages(flat, stack.inputs, stack.gain, stack.input_tile, len(stack.starts),
+                                        self.voltage_v, volts, top):
                 raise FloatingPointError(f"layer {name!r} received non-finite inputs: the model's state has "
                                          "diverged on the array")
-            currents = xbar.mvm(volts, adc_range_a=part.adc_range_a)
-            self.stats.transactions += 1
-            self.stats.per_layer[name] = self.stats.per_layer.get(name, 0) + 1
-            diff = currents[:, part.pos].astype(np.float64) - currents[:, part.neg]
+            if kappa:
+                kernels.predistort(volts, kappa, ohmic_gain, self.voltage_v)
+            currents = self.crossbars[stack.array].mvm_stack(stack.rows, stack.cols, volts, adc_range_a=stack.ranges)
+            self.stats.transactions += n
+            self.stats.per_layer[name] = self.stats.per_layer.get(name, 0) + n
             # current / (V * span) is the output in units of each output's full scale
-            out = diff * top[:, part.output_tile] * (part.scale * ((part.drift_gain if self.drift_compensation else 1.0)
-                                                               / (self.voltage_v * span)))
-            if part.repeated_outputs:          # row chunks of one block in one group: partial sums add
-                np.add.at(y, (slice(None), part.outputs), out)
-            else:
-                y[:, part.outputs] += out
+            factor = stack.scale / full_scale
+            if self.drift_compensation:
+                factor = factor * np.array([p.drift_gain for p in stack.parts])[:, None]
+            kernels.add_outputs(currents, top, stack.output_tile, factor, stack.outputs, y)
         self.stats.seconds += time.perf_counter() - t0
         return torch.from_numpy(y).to(x.dtype).reshape(*x.shape[:-1], -1)
 

@@ -164,7 +164,8 @@ def digital_logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.
 def finetune(model: nn.Module, executor: CrossbarExecutor, train_x: torch.Tensor, train_y: torch.Tensor,
              val_x: torch.Tensor, val_y: torch.Tensor, *, groups: Iterable[str] = DEFAULT_GROUPS, epochs: int = 5,
              lr: float = 1e-2, batch_size: int = 32, seed: int = 0, target: str = "labels",
-             columns_of: Iterable[str] | None = None,
+             columns_of: Iterable[str] | None = None, select_best: bool = True,
+             checkpoints: Iterable[int] = (), on_checkpoint: Callable[[int], None] | None = None,
              on_batch: Callable[[int, int], None] | None = None,
              on_epoch: Callable[[EpochRecord], None] | None = None) -> FinetuneResult:
     """Fine-tune ``groups`` of ``model`` (deployed through ``executor``) on ``train_x``, every forward pass
@@ -173,7 +174,12 @@ def finetune(model: nn.Module, executor: CrossbarExecutor, train_x: torch.Tensor
 
     ``target``: ``labels``, cross-entropy against ``train_y``; ``digital``, the squared distance of the
     array's logits from the digital model's (as it was before fine-tuning) on the same sequences, which
-    needs no labels and asks the array to do what the trained model does."""
+    needs no labels and asks the array to do what the trained model does.
+
+    ``select_best=False`` streams no validation sequences and keeps the last parameters: every array pass
+    is then a training pass. ``on_checkpoint(passes)`` is called before training (0) and when the training
+    passes reach each of ``checkpoints`` (a batch is cut short to land on it exactly), with the model set to
+    its current parameters: a learning curve against array passes."""
     from .nn.matvec import digital_matvec, set_matvec
 
     if target not in ("labels", "digital"):
@@ -181,7 +187,7 @@ def finetune(model: nn.Module, executor: CrossbarExecutor, train_x: torch.Tensor
     model.eval()            # no dropout: the array's outputs are what is being fitted
     # The digital model as it is now: the teacher of the ``digital`` target, on training and validation
     teacher = digital_logits(model, train_x, batch_size) if target == "digital" else None
-    val_teacher = digital_logits(model, val_x, batch_size) if target == "digital" else None
+    val_teacher = digital_logits(model, val_x, batch_size) if target == "digital" and select_best else None
 
     params = trainable(model, executor, groups, columns_of)
     flat = [p for ps in params.values() for p in ps]
@@ -212,18 +218,35 @@ def finetune(model: nn.Module, executor: CrossbarExecutor, train_x: torch.Tensor
             return accuracy, accuracy
         return accuracy, -float(F.mse_loss(logits, val_teacher.to(logits.dtype)))
 
+    marks = sorted({int(c) for c in checkpoints if c > 0})
+
+    def checkpoint(passes: int) -> None:
+        if on_checkpoint is not None:
+            on_checkpoint(passes)
+            set_matvec(model, matvec)
+
     try:
-        result.start_val_accuracy, best_score = validate()
-        result.best_val_accuracy = result.start_val_accuracy
+        if select_best:
+            result.start_val_accuracy, best_score = validate()
+            result.best_val_accuracy = result.start_val_accuracy
+        else:
+            result.start_val_accuracy = result.best_val_accuracy = float("nan")
         best = snapshot()
+        if marks or on_checkpoint is not None:
+            checkpoint(0)
         passes, t0 = 0, time.perf_counter()
         for epoch in range(1, epochs + 1):
             set_matvec(model, matvec)
             order = torch.randperm(train_x.shape[0], generator=generator)
             losses = []
             steps = -(-len(order) // batch_size)
-            for b, start in enumerate(range(0, len(order), batch_size)):
-                idx = order[start:start + batch_size]
+            start, b = 0, 0
+            while start < len(order):
+                take = batch_size
+                if marks and marks[0] > passes:
+                    take = min(take, marks[0] - passes)
+                idx = order[start:start + take]
+                start += len(idx)
                 logits = stream_logits(model, train_x[idx])
                 loss = (F.cross_entropy(logits, train_y[idx]) if teacher is None
                         else F.mse_loss(logits, teacher[idx].to(logits.dtype)))
@@ -232,14 +255,23 @@ def finetune(model: nn.Module, executor: CrossbarExecutor, train_x: torch.Tensor
                 optimiser.step()
                 losses.append(float(loss.detach()))
                 passes += len(idx)
+                b += 1
                 if on_batch is not None:
-                    on_batch(b + 1, steps)
-            val, score = validate()
+                    on_batch(min(b, steps), steps)
+                while marks and passes >= marks[0]:
+                    marks.pop(0)
+                    checkpoint(passes)
+            if select_best:
+                val, score = validate()
+            else:
+                val, score = float("nan"), 0.0
             record = EpochRecord(epoch, float(np.mean(losses)), val, int(train_x.shape[0]), passes,
                                  executor.stats.transactions, time.perf_counter() - t0)
             result.history.append(record)
-            if score > best_score:
+            if select_best and score > best_score:
                 best_score, result.best_val_accuracy, result.best_epoch, best = score, val, epoch, snapshot()
+            if not select_best:
+                result.best_epoch, best = epoch, snapshot()
             if on_epoch is not None:
                 on_epoch(record)
         with torch.no_grad():

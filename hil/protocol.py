@@ -448,6 +448,18 @@ class InferStep(_Model):
         return self
 
 
+class FinetuneCurve(_Model):
+    """Where to measure a fine-tuning's learning curve: the accuracy of ``split`` (or its first ``samples``)
+    on the array before training and when the training passes reach each share of the training split in
+    ``at`` (0.05: as many sequence passes as 5 % of the training split). Measuring passes are not counted
+    as training passes; with ``split: test`` the curve is a report, never a basis for choosing settings."""
+
+    split: Literal["val", "test"] = "val"
+    at: list[Annotated[float, Field(gt=0, le=1000)]] = Field(min_length=1)
+    samples: int | None = Field(None, ge=1)
+    batch_size: int = Field(512, ge=1, le=65536)
+
+
 class FinetuneStep(_Model):
     """Fine-tune a deployed model on the array's own forward passes (:mod:`hil.finetune`): training
     sequences streamed with every weight product on the array, the loss on the measured outputs, the
@@ -474,6 +486,18 @@ class FinetuneStep(_Model):
     seed: Seed = 0
     checkpoint: Name | None = Field(None, description="name of the fine-tuned checkpoint; default "
                                     "<protocol>.<step>")
+    select: Literal["best_val", "last"] = Field(
+        "best_val", description="keep the epoch best on validation (streamed on the array after each epoch), or "
+                                "the last one (no validation passes: every array pass trains)")
+    curve: FinetuneCurve | None = Field(None, description="accuracy on a split, on the array, as the training "
+                                        "passes reach given shares of the training split")
+
+    @model_validator(mode="after")
+    def _curve_within_training(self):
+        if self.curve is not None and max(self.curve.at) > self.train_fraction * self.epochs + 1e-9:
+            raise ValueError(f"curve.at goes to {max(self.curve.at):g} of the training split, but train_fraction x "
+                             f"epochs gives only {self.train_fraction * self.epochs:g}")
+        return self
 
 
 class MaintainEvaluation(_Model):

@@ -40,6 +40,14 @@ steps:
     name: after
     deployment: deployed
     samples: 30
+  - kind: finetune
+    name: curve
+    deployment: deployed
+    train_fraction: 0.02
+    epochs: 2
+    batch_size: 16
+    select: last
+    curve: {{split: val, at: [0.01, 0.02, 0.04], samples: 20}}
   - kind: maintain
     name: kept
     deployment: deployed
@@ -57,8 +65,8 @@ def test_a_finetune_step_records_its_epochs_checkpoint_and_the_inferences_it_aff
     assert hil.run.main([str(path), "--db", url, "--report-dir", str(tmp_path / "reports")]) == 0
     with Database(url) as db, db.session() as session:
         run = session.scalars(select(Run)).one()
-        assert [s.status for s in run.steps] == ["completed"] * 7
-        tune = session.scalars(select(Finetune)).one()
+        assert [s.status for s in run.steps] == ["completed"] * 8
+        tune, curve = session.scalars(select(Finetune).order_by(Finetune.id)).all()
         n = tune.summary["train_sequences"]
         assert n == round(0.02 * 1259)
         # one array pass per training sequence and epoch; MVMs counted on the array
@@ -71,11 +79,18 @@ def test_a_finetune_step_records_its_epochs_checkpoint_and_the_inferences_it_aff
         before, after, *kept = session.scalars(select(Inference).order_by(Inference.id)).all()
         assert before.finetune_fk is None and after.finetune_fk == tune.id
         assert before.deployment_fk == after.deployment_fk == tune.deployment_fk       # the same cells
+        # the learning curve: measured before training and where the passes reach 1, 2 and 4 % of the
+        # training split, batches cut short to land there; no validation passes with `select: last`
+        points = curve.summary["curve"]["points"]
+        assert [p["sequence_passes"] for p in points] == [0, round(0.01 * 1259), round(0.02 * 1259), 2 * n]
+        assert curve.summary["sequence_passes"] == 2 * n and curve.summary["val_accuracy_after"] is None
+        assert all(h["val_accuracy"] is None for h in curve.history)
+        assert curve.summary["curve"]["sequences"] == 20 and 0 <= points[-1]["accuracy"] <= 1
         # maintenance: checks every 3.5 days, evaluations weekly (the default), drift-compensated
         # (the first now, a little after programming: the evaluations and the fine-tuning took their time)
         assert kept[0].time_s < 3600 and [k.time_s / 86400 for k in kept[1:]] == [7, 14]
         assert all(k.drift_compensation for k in kept)
-        assert all(k.finetune_fk == tune.id and k.split == "val" for k in kept)
+        assert all(k.finetune_fk == curve.id and k.split == "val" for k in kept)
         summary = run.steps[-1].summary
         assert summary["checks"][0]["time_s"] < 3600
         assert [c["time_s"] / 86400 for c in summary["checks"][1:]] == [3.5, 7, 10.5, 14]

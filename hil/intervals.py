@@ -42,6 +42,20 @@ def combination_interval(terms: list[tuple[float, list[float]]]) -> tuple[float,
     return estimate, float(stdtrit(dof, 0.975) * math.sqrt(variance))
 
 
+def ratio_interval(numerators, denominators) -> tuple[float, float]:
+    """Σx/Σy over paired samples (x_i, y_i) and the half-width of its 95 % interval by linearisation
+    (the ratio estimator's delta method: the t-interval of x_i - R y_i, divided by the mean of y)."""
+    from scipy.special import stdtrit
+
+    x, y = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+    ratio = float(x.sum() / y.sum())
+    if x.size < 2:
+        return ratio, float("nan")
+    residual = x - ratio * y
+    half = stdtrit(x.size - 1, 0.975) * residual.std(ddof=1) / math.sqrt(x.size) / abs(float(y.mean()))
+    return ratio, float(half)
+
+
 def verdict(estimate: float, half: float, better: str, worse: str, unit: str = "seed") -> str:
     """How strongly a difference and its interval half-width may be stated: no interval from one
     ``unit``, "no measurable difference" where the interval contains zero, else ``better`` or ``worse``."""
@@ -52,4 +66,4 @@ def verdict(estimate: float, half: float, better: str, worse: str, unit: str = "
     return better if estimate > 0 else worse
 
 
-__all__ = ["combination_interval", "interval", "verdict"]
+__all__ = ["combination_interval", "interval", "ratio_interval", "verdict"]

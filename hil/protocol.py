@@ -505,7 +505,7 @@ class MaintainEvaluation(_Model):
 
     split: Literal["val", "test"] = "val"
     samples: int | None = Field(None, ge=1)
-    every_s: float = Field(7 * 86400.0, gt=0, description="default weekly")
+    every_s: float = Field(7 * 86400.0, gt=0, description="default weekly (and always at the end)")
     batch_size: int = Field(512, ge=1, le=65536)
 
 

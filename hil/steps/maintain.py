@@ -39,6 +39,8 @@ def run_maintain(ctx: RunContext, step: MaintainStep, row: RunStep) -> StepRepor
         if step.evaluate.samples is not None:
             x, y = x[:step.evaluate.samples], y[:step.evaluate.samples]
         evaluations_at = list(np.arange(0.0, end_s + 1e-9, step.evaluate.every_s))
+        if evaluations_at[-1] < end_s - 1e-9:
+            evaluations_at.append(end_s)          # and at the end, whatever the schedule
         set_matvec(dep.model, digital_matvec)
         with torch.no_grad():
             digital_accuracy = float((dep.model(x).argmax(dim=-1).numpy() == y).mean())

@@ -133,22 +133,41 @@ class CrossbarExecutor:
         if missing:
             raise ValueError(f"the mapping has no tiles for layer(s) {', '.join(missing)}: was it made for this model?")
         for name, layer in layers.items():
-            by_group: dict[tuple[int, int], list[Tile]] = {}
-            for tile in mapping.layer_tiles(name):
-                by_group.setdefault((tile.array, tile.group), []).append(tile)
-            parts = [_ArrayPart(a, t) for (a, _), t in sorted(by_group.items())]
-            for part in parts:
-                if part.array not in targets:
-                    targets[part.array] = mapping.targets(part.array)
-                part.worst_current_per_v = np.nan_to_num(
-                    targets[part.array][np.ix_(part.rows, np.r_[part.pos, part.neg])]).sum(axis=0).max()
-                part.adc_range_a = self._adc_range(part)
-            self._parts[id(layer)] = (name, parts)
-            by_layout: dict[tuple, list[_ArrayPart]] = {}
-            for part in parts:
-                by_layout.setdefault(_Stack.layout(part), []).append(part)
-            self._stacks[id(layer)] = [_Stack(same) for same in by_layout.values()]
+            self._build(name, layer, targets)
         self._all_parts = [p for _, parts in self._parts.values() for p in parts]
+
+    def _build(self, name: str, layer: nn.Module, targets: dict[int, np.ndarray]) -> None:
+        """The MVM groups and stacks of one layer, from its tiles in the mapping."""
+        by_group: dict[tuple[int, int], list[Tile]] = {}
+        for tile in self.mapping.layer_tiles(name):
+            by_group.setdefault((tile.array, tile.group), []).append(tile)
+        parts = [_ArrayPart(a, t) for (a, _), t in sorted(by_group.items())]
+        for part in parts:
+            if part.array not in targets:
+                targets[part.array] = self.mapping.targets(part.array)
+            part.worst_current_per_v = np.nan_to_num(
+                targets[part.array][np.ix_(part.rows, np.r_[part.pos, part.neg])]).sum(axis=0).max()
+            part.adc_range_a = self._adc_range(part)
+        self._parts[id(layer)] = (name, parts)
+        by_layout: dict[tuple, list[_ArrayPart]] = {}
+        for part in parts:
+            by_layout.setdefault(_Stack.layout(part), []).append(part)
+        self._stacks[id(layer)] = [_Stack(same) for same in by_layout.values()]
+
+    def refresh_layer(self, layer: nn.Module) -> list[int]:
+        """Rebuild ``layer``'s groups after its tiles were given new weights (:meth:`Mapping.retarget`) and
+        written; takes their drift reference now. Returns their indices in :attr:`groups`."""
+        name = self.layer_name(layer)
+        self._build(name, layer, {})       # same tiles, same groups, in the same places of the order
+        self._all_parts = [p for _, parts in self._parts.values() for p in parts]
+        mine = [i for i, (n, _) in enumerate(self.groups) if n == name]
+        self.reference(mine)
+        return mine
+
+    def run_on_array(self, layer: nn.Module) -> None:
+        """Drive ``layer`` on its cells again (after :meth:`run_digitally`)."""
+        self.layer_name(layer)
+        self._digital.discard(id(layer))
 
     def _adc_range(self, part: _ArrayPart) -> float | None:
         """The finest ADC range that holds the largest current the group's columns can carry (every

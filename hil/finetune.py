@@ -164,7 +164,8 @@ def digital_logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.
 def finetune(model: nn.Module, executor: CrossbarExecutor, train_x: torch.Tensor, train_y: torch.Tensor,
              val_x: torch.Tensor, val_y: torch.Tensor, *, groups: Iterable[str] = DEFAULT_GROUPS, epochs: int = 5,
              lr: float = 1e-2, batch_size: int = 32, seed: int = 0, target: str = "labels",
-             columns_of: Iterable[str] | None = None, select_best: bool = True,
+             columns_of: Iterable[str] | None = None, parameters: list[nn.Parameter] | None = None,
+             select_best: bool = True,
              checkpoints: Iterable[int] = (), on_checkpoint: Callable[[int], None] | None = None,
              on_batch: Callable[[int, int], None] | None = None,
              on_epoch: Callable[[EpochRecord], None] | None = None) -> FinetuneResult:
@@ -176,7 +177,8 @@ def finetune(model: nn.Module, executor: CrossbarExecutor, train_x: torch.Tensor
     array's logits from the digital model's (as it was before fine-tuning) on the same sequences, which
     needs no labels and asks the array to do what the trained model does.
 
-    ``select_best=False`` streams no validation sequences and keeps the last parameters: every array pass
+    ``parameters``, if given, are trained instead of ``groups``. ``select_best=False`` streams no validation
+    sequences and keeps the last parameters: every array pass
     is then a training pass. ``on_checkpoint(passes)`` is called before training (0) and when the training
     passes reach each of ``checkpoints`` (a batch is cut short to land on it exactly), with the model set to
     its current parameters: a learning curve against array passes."""
@@ -189,7 +191,7 @@ def finetune(model: nn.Module, executor: CrossbarExecutor, train_x: torch.Tensor
     teacher = digital_logits(model, train_x, batch_size) if target == "digital" else None
     val_teacher = digital_logits(model, val_x, batch_size) if target == "digital" and select_best else None
 
-    params = trainable(model, executor, groups, columns_of)
+    params = trainable(model, executor, groups, columns_of) if parameters is None else {"given": list(parameters)}
     flat = [p for ps in params.values() for p in ps]
     if not flat:
         raise ValueError(f"nothing to train in group(s) {', '.join(groups)} of this model")

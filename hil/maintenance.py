@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from drivers import WriteVerifySettings, write_verify
+from drivers import WriteVerifySettings
 
 from .executor import CrossbarExecutor
 from .nn.blocks import crossbar_layers, layer_blocks
+from .rewrite import rewrite_tiles
 
 ACTIONS = ("compensate", "rewrite")
 
@@ -106,20 +107,9 @@ class Maintainer:
         return Action(time_s, "compensate", groups, mvms=self.executor.stats.transactions - before)
 
     def _rewrite(self, time_s: float, groups: list[int]) -> Action:
-        ex, mapping = self.executor, self.executor.mapping
-        action = Action(time_s, "rewrite", groups)
-        by_array: dict[int, np.ndarray] = {}
-        for index in groups:
-            part = ex.groups[index][1]
-            targets = by_array.setdefault(part.array, np.full(ex.crossbars[part.array].shape, np.nan))
-            full = mapping.targets(part.array)
-            for tile in part.tiles:
-                cells = np.ix_(tile.rows, np.r_[tile.pos_cols, tile.neg_cols])
-                targets[cells] = full[cells]
-        for array, targets in by_array.items():
-            result = write_verify(ex.crossbars[array], targets, self.settings)
-            action.write_calls += int(sum(result.transactions.values()))
-            action.cells += int(np.isfinite(targets).sum())
+        ex = self.executor
+        cost = rewrite_tiles(ex, [tile for index in groups for tile in ex.groups[index][1].tiles], self.settings)
+        action = Action(time_s, "rewrite", groups, write_calls=cost.write_calls, cells=cost.cells)
         before = ex.stats.transactions
         ex.reference(groups)
         action.mvms = ex.stats.transactions - before

@@ -114,6 +114,33 @@ class Mapping:
     def span_s(self) -> float:
         return self.g_hi_s - self.g_lo_s
 
+    def retarget(self, name: str, blocks: list[Block]) -> list[Tile]:
+        """Give layer ``name``'s tiles new weights from ``blocks`` (the layer's blocks after its weights
+        changed; same block structure), where they sit: scales and conductance targets recomputed around
+        the arrays' stuck devices. Returns the layer's tiles (their cells must be written again)."""
+        g = (self.g_lo_s, self.g_hi_s, self.g_min_s, self.g_max_s)
+        tiles = self.layer_tiles(name)
+        if not tiles:
+            raise MappingError(f"the mapping has no layer {name!r}")
+        for tile in tiles:
+            if tile.block >= len(blocks):
+                raise MappingError(f"layer {name!r} now has {len(blocks)} blocks; tile of block {tile.block} has none")
+            block = blocks[tile.block]
+            where_in = {int(i): k for k, i in enumerate(block.inputs)}
+            where_out = {int(o): j for j, o in enumerate(block.outputs)}
+            try:
+                rows = [where_in[int(i)] for i in tile.inputs]
+                cols = [where_out[int(o)] for o in tile.outputs]
+            except KeyError:
+                raise MappingError(f"layer {name!r}: block {tile.block} no longer has the inputs and outputs "
+                                   "its tile was placed for") from None
+            tile.weight = block.weight[np.ix_(cols, rows)]
+            tile.input_gain = None if block.input_gain is None else block.input_gain[rows]
+            tile.scale = np.abs(tile.weight).max(axis=1) if tile.weight.size else np.zeros(len(cols))
+            stuck_pos, stuck_neg = self.arrays[tile.array].stuck_pairs(tile.rows, tile.pos_cols, tile.neg_cols)
+            tile.target_pos_s, tile.target_neg_s = pair_targets(tile.weight, tile.scale, *g, stuck_pos, stuck_neg)
+        return tiles
+
     def layer_tiles(self, name: str) -> list[Tile]:
         return [t for t in self.tiles if t.layer == name]
 

@@ -491,6 +491,17 @@ class FinetuneStep(_Model):
                                 "the last one (no validation passes: every array pass trains)")
     curve: FinetuneCurve | None = Field(None, description="accuracy on a split, on the array, as the training "
                                         "passes reach given shares of the training split")
+    progressive: bool = Field(False, description="program the layers one at a time: train everything after each "
+                              "layer on its measured outputs, then write the next layer's cells with its new "
+                              "weights (rewrites every layer but the first; `groups`, `target` and `select` do "
+                              "not apply, `epochs` is per layer)")
+
+    @model_validator(mode="after")
+    def _progressive_alone(self):
+        if self.progressive and (self.curve is not None or self.target != "labels"):
+            raise ValueError("a progressive fine-tuning takes neither a curve nor the digital target: run a "
+                             "plain finetune step after it for those")
+        return self
 
     @model_validator(mode="after")
     def _curve_within_training(self):

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 import hil.run
 from db import Database
-from db.models import Checkpoint, Finetune, Inference, Run
+from db.models import Checkpoint, Deployment, Finetune, Inference, Run
 from hil.protocol import Protocol
 
 from test_loop_protocols import CALIBRATE
@@ -106,3 +106,37 @@ def test_reprogramming_a_finetuned_deployment_is_refused_before_the_run():
     import yaml
     with pytest.raises(ValidationError, match="fine-tuned"):
         Protocol.model_validate(yaml.safe_load(text))
+
+
+def test_a_progressive_finetune_rewrites_the_layers_after_the_first_and_records_a_new_deployment(tmp_path):
+    text = PROTOCOL.split("  - kind: infer\n    name: before")[0] + """  - kind: finetune
+    name: layered
+    deployment: deployed
+    progressive: true
+    train_fraction: 0.02
+    epochs: 1
+    batch_size: 16
+    val_samples: 20
+  - kind: infer
+    name: after
+    deployment: deployed
+    samples: 20
+"""
+    path = tmp_path / "p.yaml"
+    path.write_text(text, encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    assert hil.run.main([str(path), "--db", url, "--report-dir", str(tmp_path / "reports")]) == 0
+    with Database(url) as db, db.session() as session:
+        run = session.scalars(select(Run)).one()
+        assert [s.status for s in run.steps] == ["completed"] * 5
+        tune = session.scalars(select(Finetune)).one()
+        layers = [h["written"] for h in tune.history]
+        # mGRADE, one block: the encoder stays; the taps, minGRU, MLP and decoder are written in order
+        assert layers == ["blocks.0.conv.taps", "blocks.0.rnn.linear", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2",
+                          "decoder"]
+        n = tune.summary["train_sequences"]
+        assert tune.summary["sequence_passes"] == 5 * n and tune.summary["cells_rewritten"] > 0
+        new = session.get(Deployment, tune.summary["rewritten_deployment_id"])
+        assert new.checkpoint_fk == tune.checkpoint_fk and new.summary["progressive_from_deployment_id"] == tune.deployment_fk
+        after = session.scalars(select(Inference)).one()
+        assert after.deployment_fk == new.id and after.finetune_fk == tune.id

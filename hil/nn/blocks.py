@@ -37,6 +37,15 @@ def crossbar_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if callable(getattr(m, "crossbar_blocks", None))}
 
 
+def array_parameters(layer: nn.Module) -> list[nn.Parameter]:
+    """The parameters a layer's crossbar blocks are made from: what its cells hold once programmed (its
+    bias is added digitally and is not among them). A layer that computes another module's product (the
+    S4D recurrence, from its S4D layer) names that module ``_layer``."""
+    source = getattr(layer, "_layer", None)
+    named = list(layer.named_parameters()) + (list(source.named_parameters()) if source is not None else [])
+    return [p for name, p in named if name.rsplit(".", 1)[-1] != "bias"]
+
+
 def layer_blocks(layer: nn.Module) -> tuple[int, int, list[Block]]:
     """(in_features, out_features, blocks) of a layer's product as the array holds it: quantised as
     trained, without training noise (the layer is evaluated in eval mode and restored)."""
@@ -49,4 +58,4 @@ def layer_blocks(layer: nn.Module) -> tuple[int, int, list[Block]]:
         layer.train(was_training)
 
 
-__all__ = ["Block", "as_numpy", "crossbar_layers", "layer_blocks"]
+__all__ = ["Block", "array_parameters", "as_numpy", "crossbar_layers", "layer_blocks"]

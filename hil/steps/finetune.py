@@ -7,15 +7,17 @@ from __future__ import annotations
 import io
 import math
 
+import numpy as np
 import torch
 
 from db import records
 from db.models import RunStep
 
 from ..context import RunContext, StepReport
-from ..deployment import Deployed
+from ..deployment import Deployed, crossbars_of, tile_records
 from ..finetune import digital_logits, finetune, logits_on_array
 from ..nn.tasks import load_task
+from ..progressive import progressive
 from ..protocol import FinetuneStep
 from ..version import code_version
 
@@ -33,8 +35,11 @@ def run_finetune(ctx: RunContext, step: FinetuneStep, row: RunStep) -> StepRepor
     val_x, val_y = data.val.x, data.val.y
     if step.val_samples is not None:
         val_x, val_y = val_x[:step.val_samples], val_y[:step.val_samples]
+    if step.progressive:
+        return _run_progressive(ctx, step, row, dep, data, pick, val_x, val_y)
     mvms_before = dep.executor.stats.transactions
-    curve, on_checkpoint, marks = [], None, ()
+    curve, marks = [], ()
+    on_checkpoint = None
     if step.curve is not None:
         split = getattr(data, step.curve.split)
         cx, cy = split.x[:step.curve.samples], split.y[:step.curve.samples]
@@ -68,27 +73,7 @@ def run_finetune(ctx: RunContext, step: FinetuneStep, row: RunStep) -> StepRepor
     if step.curve is not None:
         summary["curve"] = {"split": step.curve.split, "sequences": int(cx.shape[0]), "digital_accuracy": digital,
                             "points": curve}
-    state = io.BytesIO()
-    torch.save(dep.model.state_dict(), state)
-    corrections = None
-    if dep.executor.corrections is not None:
-        buffer = io.BytesIO()
-        torch.save(dep.executor.corrections.state_dict(), buffer)
-        corrections = buffer.getvalue()
-    name = step.checkpoint or f"{ctx.protocol.name}.{step.name}"
-    with ctx.db.session() as session:
-        base = records.get_checkpoint(session, dep.checkpoint_id)
-        config = {**base.config, "finetuned_from_checkpoint_id": dep.checkpoint_id,
-                  "finetuned_on_deployment_id": dep.deployment_id, "readout_digital": "readout" in step.groups}
-        checkpoint = records.add_checkpoint(session, name=name, model_kind=base.model_kind, task=base.task,
-                                            config=config, state=state.getvalue(), code_version=code_version(),
-                                            metrics=summary, run=ctx.run, step=row, noise_model_id=dep.noise_model_id)
-        record = records.add_finetune(session, run=ctx.run, step=row, deployment_id=dep.deployment_id,
-                                      base_checkpoint_id=dep.checkpoint_id, checkpoint_id=checkpoint.id,
-                                      groups=step.groups, history=history, summary=summary, corrections=corrections)
-        dep.finetune_id = record.id
-        summary.update(checkpoint_id=checkpoint.id, finetune_id=record.id)
-    ctx.checkpoints[step.name] = summary["checkpoint_id"]
+    _store(ctx, step, row, dep, summary, history, groups=step.groups, readout_digital="readout" in step.groups)
 
     if step.select == "best_val":
         before, after = 100 * result.start_val_accuracy, 100 * result.best_val_accuracy
@@ -104,4 +89,88 @@ def run_finetune(ctx: RunContext, step: FinetuneStep, row: RunStep) -> StepRepor
         iterations=f"{len(result.history)}/{step.epochs} epochs",
         detail=(f"{dep.checkpoint_name}: {outcome}; {summary['sequence_passes']:,} sequence passes, "
                 f"{summary['mvms']:,} MVMs; groups {', '.join(step.groups)}; no cell rewritten"),
+        summary=summary)
+
+
+def _store(ctx: RunContext, step: FinetuneStep, row: RunStep, dep: Deployed, summary: dict, history: list,
+           *, groups: list[str], readout_digital: bool, deployment: dict | None = None) -> None:
+    """The fine-tuned checkpoint and the record linking it to its deployment (a new deployment row first, if
+    cells were written: ``deployment`` holds its summary and tiles)."""
+    state = io.BytesIO()
+    torch.save(dep.model.state_dict(), state)
+    corrections = None
+    if dep.executor.corrections is not None:
+        buffer = io.BytesIO()
+        torch.save(dep.executor.corrections.state_dict(), buffer)
+        corrections = buffer.getvalue()
+    name = step.checkpoint or f"{ctx.protocol.name}.{step.name}"
+    with ctx.db.session() as session:
+        base = records.get_checkpoint(session, dep.checkpoint_id)
+        config = {**base.config, "finetuned_from_checkpoint_id": dep.checkpoint_id,
+                  "finetuned_on_deployment_id": dep.deployment_id, "readout_digital": readout_digital}
+        checkpoint = records.add_checkpoint(session, name=name, model_kind=base.model_kind, task=base.task,
+                                            config=config, state=state.getvalue(), code_version=code_version(),
+                                            metrics=summary, run=ctx.run, step=row, noise_model_id=dep.noise_model_id)
+        if deployment is not None:
+            # the cells now hold the fine-tuned weights: a deployment of the new checkpoint, tile by tile
+            new = records.add_deployment(session, run=ctx.run, step=row, crossbar_array=ctx.array,
+                                         mapping=dep.mapping.to_bytes(), checkpoint_id=checkpoint.id,
+                                         noise_model_id=dep.noise_model_id,
+                                         summary={**deployment["summary"], "checkpoint_id": checkpoint.id},
+                                         tiles=deployment["tiles"])
+            summary["rewritten_deployment_id"] = new.id
+        record = records.add_finetune(session, run=ctx.run, step=row, deployment_id=dep.deployment_id,
+                                      base_checkpoint_id=dep.checkpoint_id, checkpoint_id=checkpoint.id,
+                                      groups=groups, history=history, summary=summary, corrections=corrections)
+        dep.finetune_id = record.id
+        if deployment is not None:
+            dep.deployment_id, dep.checkpoint_id = new.id, checkpoint.id
+            dep.checkpoint_name = name
+        summary.update(checkpoint_id=checkpoint.id, finetune_id=record.id)
+    ctx.checkpoints[step.name] = summary["checkpoint_id"]
+
+
+def _run_progressive(ctx: RunContext, step: FinetuneStep, row: RunStep, dep: Deployed, data, pick, val_x,
+                     val_y) -> StepReport:
+    executor, n_train = dep.executor, data.train.x.shape[0]
+
+    def val_accuracy() -> float:
+        logits = logits_on_array(dep.model, executor, val_x, step.batch_size)
+        return float((logits.argmax(-1) == val_y).double().mean())
+
+    before = val_accuracy()
+    stages_total = len(dep.mapping.layers) - 1
+    with ctx.progress.training(stages_total, label=f"progressive fine-tuning of {dep.checkpoint_name}") as stages_bar:
+        stages = progressive(dep.model, executor, dep.settings, data.train.x[pick], data.train.y[pick],
+                             epochs=step.epochs, lr=step.lr, batch_size=step.batch_size, seed=step.seed,
+                             on_batch=stages_bar.batch,
+                             on_stage=lambda s: ctx.progress.event(
+                                 f"{step.name}: {s.written} written with weights trained on the measured outputs "
+                                 f"up to {s.on_array} (changed {100 * s.weight_change:.1f}% rms, {s.cells:,} cells)"))
+        stages_bar.update(stages_total)
+    after = val_accuracy()
+    xbars = crossbars_of(ctx, dep.mapping)
+    achieved = [x.read(voltage_v=dep.settings.read_voltage_v) for x in xbars]
+    success = [np.abs(a - dep.mapping.targets(i)) <= dep.settings.tolerance_s for i, a in enumerate(achieved)]
+    tiles = tile_records(dep.mapping, achieved, success)
+    ctx.wait(0.0)
+    dep.programmed_at_s = ctx.xbar.now()
+    history = [{**vars(s)} for s in stages]
+    passes = sum(s.sequence_passes for s in stages)
+    cells = sum(s.cells for s in stages)
+    summary = {"deployment_id": dep.deployment_id, "base_checkpoint_id": dep.checkpoint_id, "progressive": True,
+               "train_sequences": len(pick), "train_share": len(pick) / n_train, "sequence_passes": passes,
+               "mvms": sum(s.mvms for s in stages), "cells_rewritten": cells,
+               "write_calls": sum(s.write_calls for s in stages), "val_samples": int(val_x.shape[0]),
+               "val_accuracy_before": before, "val_accuracy_after": after}
+    deployment = {"summary": {"progressive_from_deployment_id": dep.deployment_id, "tiles": len(dep.mapping.tiles),
+                              "cells_rewritten": cells, "weight_rms_error": float(np.sqrt(np.mean(
+                                  [t["weight_rms_error"] ** 2 for t in tiles])))}, "tiles": tiles}
+    _store(ctx, step, row, dep, summary, history, groups=["progressive"], readout_digital=False, deployment=deployment)
+    return StepReport(
+        cells=f"{cells:,} cells rewritten",
+        iterations=f"{len(stages)} stages x {step.epochs} epochs",
+        detail=(f"{dep.checkpoint_name}: validation on the array {100 * before:.2f}% -> {100 * after:.2f}% "
+                f"({100 * (after - before):+.2f} points, {int(val_x.shape[0])} sequences); {passes:,} sequence "
+                f"passes over {len(stages)} layers, {cells:,} cells rewritten"),
         summary=summary)

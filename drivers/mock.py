@@ -379,7 +379,7 @@ class SoftwareCrossbar(Crossbar):
         step = batch * self._mvm_time
         if self._g_mvm is not None and self._clock + n * step - self._t_noise < self._noise_corr:
             self._clock += n * step          # the whole stack inside the current window
-            windows = [self._g_mvm]
+            windows = [self._g_mvm] * n
         else:
             windows = []
             for _ in range(n):
@@ -423,8 +423,9 @@ class SoftwareCrossbar(Crossbar):
         return out
 
     def _gather(self, windows: list, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """(P, K, C): part p's cells in the read-noise window it was driven in."""
-        n = len(windows)
+        """(P, K, C): part p's cells in the read-noise window ``windows[p]`` it was driven in."""
+        n = len(rows)
+        assert len(windows) == n
         flat = rows[:, :, None] * self.shape[1] + cols[:, None, :]
         g = np.empty(flat.shape, np.float32)
         p = 0

@@ -135,6 +135,7 @@ class FinetuneResult:
     best_epoch: int = 0                 # 0: the deployment as it was (no epoch improved on it)
     best_val_accuracy: float = 0.0
     start_val_accuracy: float = 0.0
+    skipped_batches: int = 0            # batches undone because the array's outputs went non-finite
 
 
 def stream_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -236,7 +237,7 @@ def finetune(model: nn.Module, executor: CrossbarExecutor, train_x: torch.Tensor
         best = snapshot()
         if marks or on_checkpoint is not None:
             checkpoint(0)
-        passes, t0 = 0, time.perf_counter()
+        passes, failures, t0 = 0, 0, time.perf_counter()
         for epoch in range(1, epochs + 1):
             set_matvec(model, matvec)
             order = torch.randperm(train_x.shape[0], generator=generator)
@@ -249,13 +250,28 @@ def finetune(model: nn.Module, executor: CrossbarExecutor, train_x: torch.Tensor
                     take = min(take, marks[0] - passes)
                 idx = order[start:start + take]
                 start += len(idx)
-                logits = stream_logits(model, train_x[idx])
-                loss = (F.cross_entropy(logits, train_y[idx]) if teacher is None
-                        else F.mse_loss(logits, teacher[idx].to(logits.dtype)))
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                losses.append(float(loss.detach()))
+                good = snapshot()
+                try:
+                    logits = stream_logits(model, train_x[idx])
+                    loss = (F.cross_entropy(logits, train_y[idx]) if teacher is None
+                            else F.mse_loss(logits, teacher[idx].to(logits.dtype)))
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"the loss is {float(loss)}")
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+                    losses.append(float(loss.detach()))
+                    failures = 0
+                except FloatingPointError as exc:
+                    # a step that took the state off the array's range: back to the parameters before it
+                    with torch.no_grad():
+                        for p, g in zip(flat, good):
+                            p.copy_(g)
+                    failures += 1
+                    result.skipped_batches += 1
+                    if failures >= 3:
+                        raise FloatingPointError(f"fine-tuning diverged: three batches in a row went non-finite "
+                                                 f"on the array (last: {exc}); lower lr") from exc
                 passes += len(idx)
                 b += 1
                 if on_batch is not None:
@@ -267,7 +283,7 @@ def finetune(model: nn.Module, executor: CrossbarExecutor, train_x: torch.Tensor
                 val, score = validate()
             else:
                 val, score = float("nan"), 0.0
-            record = EpochRecord(epoch, float(np.mean(losses)), val, int(train_x.shape[0]), passes,
+            record = EpochRecord(epoch, float(np.mean(losses)) if losses else float("nan"), val, int(train_x.shape[0]), passes,
                                  executor.stats.transactions, time.perf_counter() - t0)
             result.history.append(record)
             if select_best and score > best_score:

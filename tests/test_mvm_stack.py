@@ -109,3 +109,24 @@ def test_a_stack_is_checked_before_anything_reaches_the_array():
     with pytest.raises(LimitViolation, match=r"rows \(P, K\)"):
         xbar.mvm_stack(rows, cols, v[:, :, :3])
     assert xbar.now() == before and xbar.transactions["mvm"] == 0
+
+
+@pytest.mark.parametrize("family", ["pcm", "vcm"])
+def test_every_family_gives_a_stack_the_currents_of_its_mvms(family):
+    """The other families keep their own read physics (telegraph noise, a frozen MVM matrix): a stack on
+    one chip and single MVMs on its twin agree to within that noise."""
+    from drivers.families import PCMConfig, VCMConfig
+
+    config = PCMConfig() if family == "pcm" else VCMConfig()
+    chips = [SoftwareCrossbar(48, 40, config=config, seed=3).open() for _ in range(2)]
+    for chip in chips:
+        truth = chip.truth
+        chip.program_exactly(0.5 * (truth.g_min_s + truth.g_max_s))
+    rng = np.random.default_rng(4)
+    rows = np.stack([np.arange(8 * p, 8 * p + 8) for p in range(5)])        # disjoint parts
+    cols = np.stack([np.arange(8 * p, 8 * p + 8) for p in range(5)])
+    v = rng.uniform(0.05, 0.2, (5, 2, 8)).astype(np.float32)
+    for _ in range(2):            # the second time inside the read-noise window the first one opened
+        want = _one_by_one(chips[0], rows, cols, v, [None] * 5)
+        got = chips[1].mvm_stack(rows, cols, v)
+    assert np.all(np.abs(got - want) <= 0.1 * np.abs(want).max())

@@ -62,14 +62,14 @@ def run_finetune(ctx: RunContext, step: FinetuneStep, row: RunStep) -> StepRepor
                           on_epoch=lambda r: epochs.epoch_done(r.epoch - 1, train_loss=r.train_loss,
                                                                val_accuracy=r.val_accuracy, seconds=r.seconds))
 
-    history = [{**vars(h), "mvms": h.mvms - mvms_before, "val_accuracy": _number(h.val_accuracy)}
-               for h in result.history]
+    history = [{**vars(h), "mvms": h.mvms - mvms_before, "val_accuracy": _number(h.val_accuracy),
+                "train_loss": _number(h.train_loss)} for h in result.history]
     summary = {"deployment_id": dep.deployment_id, "base_checkpoint_id": dep.checkpoint_id, "groups": step.groups,
                "target": step.target, "train_sequences": n, "train_share": n / n_train,
                "sequence_passes": history[-1]["sequence_passes"], "mvms": history[-1]["mvms"],
                "val_samples": int(val_x.shape[0]), "val_accuracy_before": _number(result.start_val_accuracy),
                "val_accuracy_after": _number(result.best_val_accuracy), "best_epoch": result.best_epoch,
-               "select": step.select}
+               "select": step.select, "skipped_batches": result.skipped_batches}
     if step.curve is not None:
         summary["curve"] = {"split": step.curve.split, "sequences": int(cx.shape[0]), "digital_accuracy": digital,
                             "points": curve}

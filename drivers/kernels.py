@@ -63,3 +63,27 @@ def fluctuated(scaled: np.ndarray, sigma: np.ndarray, pool: np.ndarray, starts: 
         for i in range(n):
             f = ff[p, i]
             of[p, i] = sigma[f] * pool[s + f] + scaled[f]
+
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def stack_matmul(a: np.ndarray, g: np.ndarray, out: np.ndarray) -> None:
+    """out[p] = a[p] @ g[p] for (P, B, K) and (P, K, C), on one thread: the products of a stack are small,
+    and a threaded BLAS spends more waking its threads than multiplying (rows at 0 V are skipped)."""
+    n_parts, batch, k_rows = a.shape
+    cols = g.shape[2]
+    for p in range(n_parts):
+        for b in range(batch):
+            if cols < 8:                      # few columns: a dot product per column
+                for c in range(cols):
+                    acc = np.float32(0.0)
+                    for k in range(k_rows):
+                        acc += a[p, b, k] * g[p, k, c]
+                    out[p, b, c] = acc
+                continue
+            for c in range(cols):
+                out[p, b, c] = 0.0
+            for k in range(k_rows):
+                x = a[p, b, k]
+                if x != 0.0:
+                    for c in range(cols):
+                        out[p, b, c] += x * g[p, k, c]

@@ -403,7 +403,8 @@ class SoftwareCrossbar(Crossbar):
             drive *= v
         else:
             drive = v
-        acc = np.matmul(drive, g)
+        acc = np.empty((n, batch, g.shape[2]), np.float32)
+        kernels.stack_matmul(drive, g, acc)
         noise = self._output_noise_codes(acc.size)
         out = np.empty_like(acc)
         if self._adc_levels is not None:

@@ -74,7 +74,7 @@ class _Stack:
         self.parts = parts
         self.array = first.array
         self.inputs = np.stack([p.inputs for p in parts])                 # (P, K) layer input per row
-        self.gain = np.stack([p.gain for p in parts])
+        self.inv_gain = 1.0 / np.stack([p.gain for p in parts])
         self.rows = np.stack([p.rows for p in parts])
         self.cols = np.stack([np.r_[p.pos, p.neg] for p in parts])        # (P, 2M): positive, then negative
         self.starts, self.input_tile, self.output_tile = first.starts, first.input_tile, first.output_tile
@@ -282,7 +282,7 @@ class CrossbarExecutor:
             n = len(stack.parts)
             volts = np.empty((n, batch, stack.rows.shape[1]), np.float32)
             top = np.empty((n, batch, len(stack.starts)))
-            if not kernels.row_voltages(flat, stack.inputs, stack.gain, stack.input_tile, len(stack.starts),
+            if not kernels.row_voltages(flat, stack.inputs, stack.inv_gain, stack.input_tile, len(stack.starts),
                                         self.voltage_v, volts, top):
                 raise FloatingPointError(f"layer {name!r} received non-finite inputs: the model's state has "
                                          "diverged on the array")

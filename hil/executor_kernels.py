@@ -34,32 +34,34 @@ def predistort(v, kappa, ohmic_gain, limit) -> None:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def row_voltages(x, inputs, gain, input_tile, n_tiles, full_v, volts, top) -> bool:
-    """For each group p and sample b: the inputs ``x[b, inputs[p]] / gain[p]``, each tile's scaled so that
+def row_voltages(x, inputs, inv_gain, input_tile, n_tiles, full_v, volts, top) -> bool:
+    """For each group p and sample b: the inputs ``x[b, inputs[p]] * inv_gain[p]``, each tile's scaled so that
     its largest magnitude sits at ``full_v`` (that magnitude, or 1 for an all-zero tile, into
     ``top[p, b, tile]``), into ``volts[p, b]``. False if any voltage is not finite."""
     n_groups, k_rows = inputs.shape
     batch = x.shape[0]
     finite = True
-    inv = np.empty(n_tiles)
+    scale = np.empty(n_tiles)
+    row = np.empty(k_rows)
     for p in range(n_groups):
         for b in range(batch):
             for t in range(n_tiles):
                 top[p, b, t] = 0.0
             for k in range(k_rows):
-                a = abs(x[b, inputs[p, k]] / gain[p, k])
+                u = x[b, inputs[p, k]] * inv_gain[p, k]
+                row[k] = u
+                a = abs(u)
                 t = input_tile[k]
-                if not a <= top[p, b, t]:          # NaN propagates into the tile's scale
+                if a > top[p, b, t] or np.isnan(a):   # a NaN stays: nothing compares greater
                     top[p, b, t] = a
             for t in range(n_tiles):
                 if top[p, b, t] == 0.0:
                     top[p, b, t] = 1.0
-                inv[t] = full_v / top[p, b, t]
-            for k in range(k_rows):
-                u = x[b, inputs[p, k]] / gain[p, k] * inv[input_tile[k]]
-                if not np.isfinite(u):
+                if not np.isfinite(top[p, b, t]):    # a NaN or an infinite input
                     finite = False
-                volts[p, b, k] = u
+                scale[t] = full_v / top[p, b, t]
+            for k in range(k_rows):
+                volts[p, b, k] = row[k] * scale[input_tile[k]]
     return finite
 
 

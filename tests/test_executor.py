@@ -286,3 +286,16 @@ def test_deploy_warns_of_stuck_devices_far_above_the_window_inside_mvm_groups():
     stuck[0, 0] = 2e-3                                    # a shorted filament, 20x the window's top
     note = shorted_note(map_model(model, [ArraySlot("a0", 64, 64, stuck)], noise_model()))
     assert note.startswith("warning: 1 stuck device(s)") and "2000 uS against 100 uS" in note
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_input_is_refused_before_any_mvm(bad):
+    model = mgrade_model()
+    mapping, xbars = deploy_ideal(model)
+    executor = CrossbarExecutor(model, mapping, xbars)
+    x = torch.randn(3, model.decoder.in_features, dtype=torch.float64)
+    x[1, 2] = bad
+    before = sum(xb.transactions["mvm"] for xb in xbars)
+    with pytest.raises(FloatingPointError, match="decoder.*non-finite"):
+        executor.product(model.decoder, x)
+    assert sum(xb.transactions["mvm"] for xb in xbars) == before

@@ -4,8 +4,10 @@ it, cheapest first.
 A check drives every crossbar layer with ``probes`` random input vectors (uniform in [-1, 1]) and compares
 what the array returns with what the layer's blocks say it should (:func:`layer_matrix`, from the same
 ``crossbar_blocks`` the mapping programmed): each group's error is the rms difference over its outputs
-relative to the rms of the expected outputs. Read noise is part of it, so a bound must sit above what a
-freshly programmed group shows (:attr:`Maintainer.baseline`).
+relative to the rms of the expected outputs. Read noise and the group's own programming error are part of
+it and no action removes them, so a group is out of bound when its error has grown by more than ``bound``
+beyond what it showed when it was last written (:attr:`Maintainer.baseline`, the first check's errors,
+renewed for a group at each rewrite).
 
 Actions, cheapest first:
 
@@ -120,15 +122,19 @@ class Maintainer:
         each; record what was done."""
         errors = self.errors()
         if self.baseline is None:
-            self.baseline = errors
+            self.baseline = list(errors)
         record = Check(time_s, errors, list(errors))
         for kind in self.actions:
-            out = [i for i, e in enumerate(errors) if e > self.bound]
+            out = [i for i, e in enumerate(errors) if e > self.baseline[i] + self.bound]
             if not out:
                 break
             action = self._compensate(time_s, out) if kind == "compensate" else self._rewrite(time_s, out)
             record.actions.append(action)
             errors = self.errors()
+            if kind == "rewrite":
+                # a group written again has a programming error of its own: the new floor it is held to
+                for i in out:
+                    self.baseline[i] = errors[i]
         record.errors = errors
         return record
 

@@ -523,15 +523,17 @@ class MaintainEvaluation(_Model):
 class MaintainStep(_Model):
     """Keep a deployment accurate over time (:mod:`hil.maintenance`): every ``every_s`` for ``days`` (the
     instrument's clock: virtual on the mock, real on a bench) probe each MVM group with random inputs
-    against what it should compute; where a group's relative error passes ``bound``, re-compensate drift,
-    then write its cells again if that was not enough. Every action is recorded with its cost."""
+    against what it should compute; where a group's relative error has grown by more than ``bound`` since it
+    was last written, re-compensate drift, then write its cells again if that was not enough. Every action is
+    recorded with its cost."""
 
     kind: Literal["maintain"] = "maintain"
     name: Name | None = None
     deployment: Name = Field(description="a deploy step earlier in this protocol")
     days: float = Field(30.0, gt=0, le=3650)
     every_s: float = Field(86400.0, gt=0, description="time between checks")
-    bound: float = Field(0.05, gt=0, le=10, description="a group's relative rms error that calls for action")
+    bound: float = Field(0.05, gt=0, le=10, description="how far a group's relative rms error may grow beyond its "
+                         "error when it was last written before it calls for action")
     probes: int = Field(16, ge=1, le=4096, description="random input vectors per check and layer")
     actions: list[Literal["compensate", "rewrite"]] = Field(default_factory=lambda: ["compensate", "rewrite"],
                                                             min_length=1, description="tried in this order")

@@ -14,6 +14,12 @@ product's gradient). Only digital parameters move, so no cell is rewritten:
 
 What the array does to a read (its read noise) differs between passes and cannot be learnt; static
 error (each cell's programming error, faults, drift since programming) can.
+
+S4D's C and D are not digital here: the mapping folds them into the output row of each channel's block of
+the recurrence (y_k = c_r x_k + D u_k, :class:`~hil.nn.s4d.S4DRecurrence`), and the output projection is a
+crossbar layer of its own. Their digital counterparts are the ``columns`` corrections of those outputs (a
+gain and an offset per channel's y and per projected output) and, for the projection, its bias; training
+C and D themselves would change what the cells hold (:mod:`hil.progressive` does that, writing them).
 """
 
 from __future__ import annotations

@@ -97,6 +97,12 @@ def summarise(runs: list[dict], model: str) -> dict | None:
             "sequences": done[0]["sequences"]}
 
 
+def shares_of(runs: dict) -> list[float]:
+    run = next(iter(runs.values()))
+    model = next(m for m in MODELS if m in run)
+    return [p["share"] for p in run[model]["points"]][1:]
+
+
 def table(results: dict, families: list[str], split: str) -> list[str]:
     lines = ["| condition | model | chips | digital (%) | array before (%) | gap (points) | passes (share of training "
              "split) | array after (%) | recovered (points) | recovered share of the gap |",
@@ -159,6 +165,8 @@ def main() -> int:
                         help="fine-tuning settings for both finetune steps (YAML values), e.g. lr=0.003 groups=[bias]")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "finetune_recovery.json")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "finetune_recovery.md")
+    parser.add_argument("--dev", type=Path, default=ROOT / "docs" / "finetune_recovery_dev.json",
+                        help="runs on the validation split, listed under the test table (--split val --results this)")
     parser.add_argument("--table-only", action="store_true", help="write the table from the results file; run nothing")
     parser.add_argument("--no-splice", action="store_true", help="leave docs/results.md alone")
     args = parser.parse_args()
@@ -195,6 +203,22 @@ def main() -> int:
              "share of training passes. Means over chips ± 95 % t-interval half-widths; the recovered share is "
              "mean gain / mean gap, with a linearised 95 % interval. Measuring passes are not counted.",
              "", f"![recovered share of the gap]({png.name})", ""] + table(results, families, args.split)
+    dev = {k: r for k, r in (results_file.load(args.dev) or {}).items() if r.get("status") == "completed"}
+    if dev and args.split == "test":
+        lines += ["", "Settings tried before, on the validation split (so that the test split above ran once): "
+                  f"`{args.dev.relative_to(ROOT) if args.dev.is_relative_to(ROOT) else args.dev}`, recovered share "
+                  "of the gap at each share of training passes.", "",
+                  "| settings | chip | model | " + " | ".join(f"{100 * s:.0f} %" for s in shares_of(dev)) + " |",
+                  "|---|---|---|" + "---:|" * len(shares_of(dev))]
+        for key, run in sorted(dev.items()):
+            _, _, family, chip = key.split("/")
+            for model, label in MODELS.items():
+                if model not in run:
+                    continue
+                s = summarise([run], model)
+                cells = [f"{100 * s['gained'][0, j] / s['gap'][0]:.0f} %" for j in range(1, len(s["shares"]))]
+                lines.append(f"| {json.dumps(run['settings']) if run['settings'] else 'protocol defaults'} | "
+                             f"{family} {chip} | {label} | " + " | ".join(cells) + " |")
     failed = [f"{k}: {r['status']} {r.get('error') or ''}"[:120] for k, r in results.items() if r["status"] != "completed"]
     if failed:
         lines += ["", "Runs that did not complete: " + "; ".join(failed)]

@@ -55,5 +55,6 @@ def test_splice_without_markers_names_them_and_changes_nothing(tmp_path: Path):
 def test_every_generated_section_of_the_results_has_its_markers():
     """The scripts that rewrite docs/results.md find their sections there."""
     text = (Path(__file__).resolve().parent.parent / "docs" / "results.md").read_text(encoding="utf-8")
-    for marker in ("train_tables", "memory_sweep", "families_loop", "families_loop_s4d"):
+    for marker in ("train_tables", "memory_sweep", "families_loop", "families_loop_s4d", "finetune_recovery",
+                   "maintenance_30days"):
         assert text.count(f"<!-- {marker}: start -->") == 1 and text.count(f"<!-- {marker}: end -->") == 1

@@ -16,10 +16,8 @@ gives means over chips with 95 % t-intervals, on the test split (359 sequences: 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from db import Database, records  # noqa: E402
 from db.models import Run  # noqa: E402
 from hil import results_file  # noqa: E402
+from protocol_runs import run_protocol  # noqa: E402
 from hil.intervals import interval, verdict  # noqa: E402
 
 # Per protocol: its results file, its report, the section of docs/results.md it rewrites, and its model.
@@ -84,11 +83,7 @@ def run_one(protocol_name: str, family: str, chip: int, work: Path) -> dict:
     and after a day with drift compensation."""
     path = work / f"{protocol_name}_{family}_{chip}.yaml"
     path.write_text(variant(protocol_name, FAMILIES[family], chip), encoding="utf-8")
-    url = f"sqlite:///{work / f'{family}_{chip}.db'}"
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "hil.run", str(path), "--db", url,
-                           "--report-dir", str(work / "reports")], cwd=ROOT, capture_output=True, text=True)
-    print(f"{family} chip {chip}: exit {proc.returncode} in {time.perf_counter() - t0:.0f} s", flush=True)
+    url = run_protocol(path, work, f"{family}_{chip}")
     with Database(url) as db, db.session() as session:
         run = session.query(Run).one()
         inferences = records.run_inferences(session, run.id)

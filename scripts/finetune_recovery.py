@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from db import Database  # noqa: E402
 from db.models import Finetune, Run  # noqa: E402
 from hil import results_file  # noqa: E402
+from protocol_runs import run_protocol  # noqa: E402
 from hil.intervals import interval, ratio_interval  # noqa: E402
 
 FAMILIES = {"rram": {}, "pcm": {"family": "pcm"}, "vcm": {"family": "vcm"},
@@ -62,11 +62,8 @@ def settings_key(settings: dict) -> str:
 def run_one(family: str, chip: int, split: str, settings: dict, work: Path) -> dict:
     path = work / f"{family}_{chip}.yaml"
     path.write_text(protocol_text(FAMILIES[family], chip, split, settings), encoding="utf-8")
-    url = f"sqlite:///{work / f'{family}_{chip}.db'}"
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "hil.run", str(path), "--db", url,
-                           "--report-dir", str(work / "reports")], cwd=ROOT, capture_output=True, text=True)
-    print(f"{family} chip {chip}: exit {proc.returncode} in {time.perf_counter() - t0:.0f} s", flush=True)
+    url = run_protocol(path, work, f"{family}_{chip}")
     with Database(url) as db, db.session() as session:
         run = session.query(Run).one()
         out = {"status": run.status, "error": run.error, "seconds": time.perf_counter() - t0}

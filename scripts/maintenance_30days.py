@@ -13,7 +13,6 @@ rewritten in the week before.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,17 +26,15 @@ sys.path.insert(0, str(ROOT))
 from db import Database  # noqa: E402
 from db.models import Run  # noqa: E402
 from hil import results_file  # noqa: E402
+from protocol_runs import run_protocol  # noqa: E402
 from hil.intervals import interval, verdict  # noqa: E402
 
 PROTOCOL = ROOT / "protocols" / "maintain_30days.yaml"
 
 
 def run_one(seed: int, work: Path) -> dict:
-    url = f"sqlite:///{work / f'maintain_{seed}.db'}"
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "hil.run", str(PROTOCOL), "--db", url, "--seed", str(seed),
-                           "--report-dir", str(work / "reports")], cwd=ROOT, capture_output=True, text=True)
-    print(f"programming {seed}: exit {proc.returncode} in {time.perf_counter() - t0:.0f} s", flush=True)
+    url = run_protocol(PROTOCOL, work, f"maintain_{seed}", "--seed", str(seed))
     with Database(url) as db, db.session() as session:
         run = session.query(Run).one()
         out = {"status": run.status, "error": run.error, "seconds": time.perf_counter() - t0}

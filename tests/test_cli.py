@@ -4,14 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from sqlalchemy import func, select
 
 import drivers.mock
 import hil.run
 from db import Database
-from db.models import DeviceResult, Measurement, Run, RunStep
+from db.models import DeviceResult, Measurement, Run
 from db.records import load_measurement_array
 from drivers import SoftwareCrossbar
 

@@ -2,7 +2,6 @@
 cells are rewritten, and a disturbed group found, rewritten alone, and restored."""
 
 import numpy as np
-import torch
 
 from drivers import SoftwareCrossbar, WriteVerifySettings
 from drivers.device_model import DeviceConfig

@@ -110,7 +110,6 @@ class VCMCrossbar(FamilyCrossbar):
         return g
 
     def _programmed(self, r, c, g_new) -> None:
-        cfg = self.config
         self._g_prog[r, c] = g_new
         self._t_prog[r, c] = self._clock
         self._relax_s[r, c] = self._rng.standard_normal(len(g_new))

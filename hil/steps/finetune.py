@@ -39,26 +39,27 @@ def run_finetune(ctx: RunContext, step: FinetuneStep, row: RunStep) -> StepRepor
         return _run_progressive(ctx, step, row, dep, data, pick, val_x, val_y)
     mvms_before = dep.executor.stats.transactions
     curve, marks = [], ()
-    on_checkpoint = None
     if step.curve is not None:
         split = getattr(data, step.curve.split)
         cx, cy = split.x[:step.curve.samples], split.y[:step.curve.samples]
         digital = float((digital_logits(dep.model, cx, step.curve.batch_size).argmax(-1) == cy).double().mean())
         marks = [round(share * n_train) for share in step.curve.at]
 
-        def on_checkpoint(passes: int) -> None:
-            logits = logits_on_array(dep.model, dep.executor, cx, step.curve.batch_size)
-            accuracy = float((logits.argmax(-1) == cy).double().mean())
-            curve.append({"sequence_passes": passes, "share": passes / n_train, "accuracy": accuracy})
-            ctx.progress.event(f"{step.name}: {passes} sequence passes ({100 * passes / n_train:.1f}% of the training "
-                               f"split), {step.curve.split} accuracy on the array {100 * accuracy:.2f}% (digital "
-                               f"{100 * digital:.2f}%)")
+    def measure(passes: int) -> None:
+        """A point of the learning curve: the split's accuracy on the array now."""
+        logits = logits_on_array(dep.model, dep.executor, cx, step.curve.batch_size)
+        accuracy = float((logits.argmax(-1) == cy).double().mean())
+        curve.append({"sequence_passes": passes, "share": passes / n_train, "accuracy": accuracy})
+        ctx.progress.event(f"{step.name}: {passes} sequence passes ({100 * passes / n_train:.1f}% of the training "
+                           f"split), {step.curve.split} accuracy on the array {100 * accuracy:.2f}% (digital "
+                           f"{100 * digital:.2f}%)")
 
     with ctx.progress.training(step.epochs, label=f"fine-tuning {dep.checkpoint_name} on the array") as epochs:
         result = finetune(dep.model, dep.executor, data.train.x[pick], data.train.y[pick], val_x, val_y,
                           groups=step.groups, epochs=step.epochs, lr=step.lr, batch_size=step.batch_size,
                           seed=step.seed, target=step.target, select_best=step.select == "best_val",
-                          checkpoints=marks, on_checkpoint=on_checkpoint, on_batch=epochs.batch,
+                          checkpoints=marks, on_checkpoint=measure if step.curve is not None else None,
+                          on_batch=epochs.batch,
                           on_epoch=lambda r: epochs.epoch_done(r.epoch - 1, train_loss=r.train_loss,
                                                                val_accuracy=r.val_accuracy, seconds=r.seconds))
 

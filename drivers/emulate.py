@@ -6,11 +6,12 @@ serves the array-controller board protocol (serial_board.md) on TCP port 7000 an
 prints the resource string to give the real driver (``socket://127.0.0.1:7000``):
 ``python -m hil.run protocols/calibrate.yaml --backend serial --resource socket://127.0.0.1:7000``.
 
-    python -m drivers.emulate smu --port 5025 [same options]
+    python -m drivers.emulate smu --port 5025 [same options, --load-ohms 10000]
 
 serves an SMU + switch-matrix bench speaking TSP (visa_bench.md, tsp_emulator.py) on a raw
 socket and prints the VISA resource to use (``TCPIP::127.0.0.1::5025::SOCKET``) with
-``--backend visa``.
+``--backend visa``, or for any Keithley 2600 client. Direct source and measure commands see
+``--load-ohms`` across each channel's terminals.
 
 Every command received is logged (JSON lines, with the largest voltage, current and
 pulse width it asked for) before it is checked, so a test can assert that nothing
@@ -36,7 +37,7 @@ from .device_model import DeviceConfig
 from .errors import LimitViolation
 from .faults import Faults, FaultyServer
 from .mock import SoftwareCrossbar
-from .tsp_emulator import TspInstrument, TspServer
+from .tsp_emulator import DEFAULT_LOAD_OHMS, TspInstrument, TspServer
 
 _REPLY_CACHE = 64
 
@@ -191,13 +192,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drop", type=float, default=0.0, help="probability a reply is lost")
     parser.add_argument("--garble", type=float, default=0.0, help="probability a reply is corrupted")
     parser.add_argument("--disconnect-after", type=int, help="drop the connection after this many commands")
+    parser.add_argument("--load-ohms", type=float, default=DEFAULT_LOAD_OHMS,
+                        help="smu: the resistor across each channel's terminals that direct source/measure "
+                             "commands see (default %(default)g)")
     args = parser.parse_args(argv)
+    if not args.load_ohms > 0:
+        parser.error("--load-ohms must be a positive resistance")
     # Its own array id, so that runs through an emulator are not filed with the in-process mock's.
     xbar = SoftwareCrossbar(args.rows, args.cols, config=DeviceConfig(), seed=args.seed,
                             array_id=args.array_id or f"{args.kind}-emulator-{args.rows}x{args.cols}-seed{args.seed}")
     faults = Faults(args.latency_s, args.drop, args.garble, args.disconnect_after, args.seed)
     if args.kind == "smu":
-        instrument = TspInstrument(xbar, log=args.log)
+        instrument = TspInstrument(xbar, log=args.log, load_ohms=args.load_ohms)
         server = TspServer(instrument, args.port, faults=faults)
         address, what, backend, close = server.resource, "SMU + switch-matrix bench (TSP)", "visa", instrument.close
     else:

@@ -44,18 +44,19 @@ def test_a_bad_chunk_gets_no_reply_and_an_error_queue_entry():
     inst = TspInstrument(SoftwareCrossbar(8, 8, seed=1))
     assert len(inst.handle("*IDN?")[0].split(",")) == 4
     assert inst.handle("smua.source.limiti = 1e-4") == []
-    assert inst.handle("print(smua.source.limiti)") == ["0.0001"]
+    assert inst.handle("print(smua.source.limiti)") == ["1.00000e-04"]
     bad = ["smua.source.limiti =", "print(1,", "smua.source.bogus = 1", "frobnicate()", "hil.time(5)", "x y z"]
     for chunk in bad:
         assert inst.handle(chunk) == [], chunk
-    assert inst.handle("print(errorqueue.count)") == [str(len(bad))]
+    assert inst.handle("print(errorqueue.count)") == [f"{len(bad)}.00000e+00"]
     code, message, severity, _ = inst.handle("print(errorqueue.next())")[0].split("\t")
-    assert code == "-285" and "Syntax error" in message and severity == "20"
-    assert inst.handle("errorqueue.clear()") == [] and inst.handle("print(errorqueue.count)") == ["0"]
-    # a script that is not the driver's is stored but cannot run here, and hil stays undefined
-    for line in ["loadscript other", "print('hello')", "endscript", "other.run()", "hil.time(6)"]:
+    assert float(code) == -285 and "Syntax error" in message and float(severity) == 20
+    assert inst.handle("errorqueue.clear()") == [] and inst.handle("print(errorqueue.count)") == ["0.00000e+00"]
+    # a script that is not the driver's runs as plain statements; hil stays undefined
+    for line in ["loadscript other", "print('hello')", "endscript"]:
         assert inst.handle(line) == []
-    assert inst.handle("print(errorqueue.count)") == ["2"]
+    assert inst.handle("other.run()") == ["hello"] and inst.handle("hil.time(6)") == []
+    assert inst.handle("print(errorqueue.count)") == ["1.00000e+00"] and inst.internal_errors == []
     # moving relays with the source live is counted (the driver never does it)
     for line in ["smua.source.limiti = 1e-4", "smua.source.output = smua.OUTPUT_ON", "smua.source.levelv = 0.2",
                  'node[2].channel.exclusiveclose("1A01,1B02")']:
@@ -79,7 +80,7 @@ def test_the_script_answers_framed_replies_and_executes_a_resent_call_once():
     # the script's own limits: refused, nothing applied
     refused = inst.handle("hil.pulse(43, 0.001, {2}, {3}, 2.6, 1e-05)")
     assert _unframe(refused[0])[1:] == ("ERR", "LIMIT amplitude 2.6000000000000001 V")
-    assert inst.executed["pulse"] == 1 and inst.handle("print(errorqueue.count)") == ["0"]
+    assert inst.executed["pulse"] == 1 and inst.handle("print(errorqueue.count)") == ["0.00000e+00"]
     assert _unframe(inst.handle('hil.mvm(44, 1, nil, "AAA")')[0])[1] == "ERR"
 
 
@@ -145,7 +146,7 @@ def test_identity_limits_and_converters_come_from_the_instrument(bench):
     ref = SoftwareCrossbar(16, 16, seed=3)
     configured = SafetyLimits(compliance_current_a=5e-4, max_pulse_width_s=1e-4)
     with VisaBenchCrossbar(server.resource, 16, 16, limits=configured) as x:
-        assert x.identity.backend == "visa" and x.identity.model == "2602B-EMU"
+        assert x.identity.backend == "visa" and x.identity.model == "2636B"
         assert x.identity.array_id == "mock-16x16-seed3" and server.resource in x.identity.instrument_id
         assert x.limits == SafetyLimits(max_read_voltage_v=0.2, max_write_voltage_v=2.0, compliance_current_a=5e-4,
                                         min_pulse_width_s=1e-7, max_pulse_width_s=1e-4)
@@ -223,7 +224,7 @@ def test_compliance_is_set_on_the_instrument_before_the_output_goes_on(bench):
     inst = server.instrument
     # left with the output relay open, nothing connected, nothing ever switched live
     for ch in ("smua", "smub"):
-        assert inst.smu[f"{ch}.source.output"] == 0 and inst.smu[f"{ch}.source.offmode"] == 1
+        assert inst.smu[f"{ch}.source.output"] == 0 and inst.smu[f"{ch}.source.offmode"] == 2     # OUTPUT_HIGH_Z
     assert inst.closed_channels == "" and inst.hot_switches == 0
 
 

@@ -81,8 +81,9 @@ def fmt(values, scale: float = 100.0) -> str:
     return f"{scale * mean:.2f}" if np.isnan(half) else f"{scale * mean:.2f} ± {scale * half:.2f}"
 
 
-def summarise(runs: list[dict], model: str) -> dict | None:
-    done = [r[model] for r in runs if model in r]
+def summarise(runs: list[dict], model: str | None) -> dict | None:
+    """Means over the runs' fine-tunings of ``model`` (None: of every model, each chip and model a unit)."""
+    done = [r[m] for r in runs for m in MODELS if m in r and (model is None or m == model)]
     if not done:
         return None
     shares = [p["share"] for p in done[0]["points"]]
@@ -101,12 +102,13 @@ def shares_of(runs: dict) -> list[float]:
 
 
 def table(results: dict, families: list[str], split: str) -> list[str]:
-    lines = ["| condition | model | chips | digital (%) | array before (%) | gap (points) | passes (share of training "
+    lines = ["| condition | model | fine-tunings | digital (%) | array before (%) | gap (points) | passes (share of training "
              "split) | array after (%) | recovered (points) | recovered share of the gap |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for family in families:
-        runs = [r for key, r in sorted(results.items()) if key.split("/")[0] == family]
-        for model, label in MODELS.items():
+    groups = [(family, [r for key, r in sorted(results.items()) if key.split("/")[0] == family]) for family in families]
+    groups.append(("all of them", list(results.values())))
+    for family, runs in groups:
+        for model, label in [*MODELS.items(), (None, "both")]:
             s = summarise(runs, model)
             if s is None:
                 continue
@@ -197,8 +199,9 @@ def main() -> int:
              "= chip). Each model is fine-tuned from its deployment (biases, LayerNorms, a gain and offset per "
              "crossbar output unless the settings say otherwise; no cell rewritten; the last epoch kept, so every "
              f"array pass trains); the {args.split} split ({n_seq} sequences) runs on the array before and at each "
-             "share of training passes. Means over chips ± 95 % t-interval half-widths; the recovered share is "
-             "mean gain / mean gap, with a linearised 95 % interval. Measuring passes are not counted.",
+             "share of training passes. Means over fine-tunings (one per chip for a model, one per chip and model "
+             "for both) ± 95 % t-interval half-widths; the recovered share is mean gain / mean gap, with a "
+             "linearised 95 % interval. Measuring passes are not counted.",
              "", f"![recovered share of the gap]({png.name})", ""] + table(results, families, args.split)
     dev = {k: r for k, r in (results_file.load(args.dev) or {}).items() if r.get("status") == "completed"}
     if dev and args.split == "test":

@@ -145,6 +145,8 @@ def figure(results: dict, families: list[str], path: Path) -> None:
         ax.axhline(75, color="grey", lw=0.8, ls="--")
         ax.axhline(90, color="grey", lw=0.8, ls=":")
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(0, 25)
+        ax.set_xticks([0, 1, 2, 5, 10, 20], ["0", "1", "2", "5", "10", "20"])
         ax.set_xlabel("training passes on the array (% of training split)")
         ax.set_title(family)
         ax.grid(alpha=0.3)

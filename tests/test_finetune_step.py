@@ -5,12 +5,11 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import select
 
-import hil.run
 from db import Database
 from db.models import Checkpoint, Deployment, Finetune, Inference, Run
 from hil.protocol import Protocol
 
-from test_loop_protocols import CALIBRATE
+from test_loop_protocols import CALIBRATE, run_text
 
 PROTOCOL = f"""name: small_finetune
 array: {{rows: 128, cols: 128}}
@@ -59,10 +58,7 @@ steps:
 
 
 def test_a_finetune_step_records_its_epochs_checkpoint_and_the_inferences_it_affects(tmp_path):
-    path = tmp_path / "p.yaml"
-    path.write_text(PROTOCOL, encoding="utf-8")
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    assert hil.run.main([str(path), "--db", url, "--report-dir", str(tmp_path / "reports")]) == 0
+    url = run_text(tmp_path, PROTOCOL)
     with Database(url) as db, db.session() as session:
         run = session.scalars(select(Run)).one()
         assert [s.status for s in run.steps] == ["completed"] * 8
@@ -122,10 +118,7 @@ def test_a_progressive_finetune_rewrites_the_layers_after_the_first_and_records_
     deployment: deployed
     samples: 20
 """
-    path = tmp_path / "p.yaml"
-    path.write_text(text, encoding="utf-8")
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    assert hil.run.main([str(path), "--db", url, "--report-dir", str(tmp_path / "reports")]) == 0
+    url = run_text(tmp_path, text)
     with Database(url) as db, db.session() as session:
         run = session.scalars(select(Run)).one()
         assert [s.status for s in run.steps] == ["completed"] * 5

@@ -24,6 +24,16 @@ CALIBRATE = """  - kind: calibrate
 """
 
 
+def run_text(tmp_path, text: str) -> str:
+    """Run a protocol given as text with its own database and reports under ``tmp_path``; it must exit 0.
+    Returns the database URL."""
+    path = tmp_path / "p.yaml"
+    path.write_text(text, encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    assert hil.run.main([str(path), "--db", url, "--report-dir", str(tmp_path / "reports")]) == 0
+    return url
+
+
 def loop_protocol(model: str) -> str:
     return f"""name: small_loop
 array: {{rows: 128, cols: 128}}
@@ -88,10 +98,7 @@ def stored_programming(session, deployment):
                                    "{kind: mgrade, d_model: 8, n_layers: 1, max_delay: 4, taps: 2}"],
                          ids=["s4d", "mgrade"])
 def test_small_loop_deploys_and_infers_on_the_array(tmp_path, model):
-    path = tmp_path / "loop.yaml"
-    path.write_text(loop_protocol(model), encoding="utf-8")
-    url = f"sqlite:///{tmp_path / 'loop.db'}"
-    assert hil.run.main([str(path), "--db", url, "--report-dir", str(tmp_path / "reports")]) == 0
+    url = run_text(tmp_path, loop_protocol(model))
     with Database.open(url) as db, db.session() as s:
         run = s.scalars(select(Run)).one()
         assert [st.status for st in run.steps] == ["completed"] * 8

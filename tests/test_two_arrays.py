@@ -3,11 +3,10 @@ their clocks kept together."""
 
 from sqlalchemy import select
 
-import hil.run
 from db import Database
 from db.models import CrossbarArray, DeploymentTile, Inference, Measurement, Run
 
-from test_loop_protocols import CALIBRATE
+from test_loop_protocols import CALIBRATE, run_text
 
 PROTOCOL = f"""name: two_small_arrays
 array: {{rows: 40, cols: 40, name: chip-A}}
@@ -34,10 +33,7 @@ steps:
 
 
 def test_a_model_larger_than_one_array_runs_over_two(tmp_path):
-    path = tmp_path / "p.yaml"
-    path.write_text(PROTOCOL, encoding="utf-8")
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    assert hil.run.main([str(path), "--db", url, "--report-dir", str(tmp_path / "reports")]) == 0
+    url = run_text(tmp_path, PROTOCOL)
     with Database(url) as db, db.session() as session:
         run = session.scalars(select(Run)).one()
         assert run.status == "completed", run.error

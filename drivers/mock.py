@@ -340,33 +340,42 @@ class SoftwareCrossbar(Crossbar):
             # converted and summed.
             v = np.ascontiguousarray(v[:, active])
             drive = np.empty_like(v)
-        if self._dac_lsb is not None:
-            # The driver's read-voltage limit never exceeds the DAC range, so codes need no clipping.
-            kernels.dac_drive(v, self._dac_scale, self._kappa_code, drive)
-        elif self._kappa:
-            np.multiply(v, v, out=drive)
-            drive *= self._kappa_code
-            drive += np.float32(1.0)
-            drive *= v
-        else:
-            drive = v
+        drive = self._drive(v, drive)
         # _g_mvm is pre-scaled to ADC codes per input code, so the product is already in ADC codes.
         g_mvm = self._mvm_matrix()
         np.matmul(drive, g_mvm[active] if sparse else g_mvm, out=acc)
         out = np.empty_like(acc)      # a fresh array for the caller: the buffers are reused
-        noise = self._output_noise_codes(acc.size)
+        gain = 1.0 if adc_range_a is None else self.adc_range_a / adc_range_a
+        return self._convert(acc, self._output_noise_codes(acc.size), gain, out)
+
+    def _drive(self, v: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """What the rows see for input voltages ``v``: DAC codes through the I-V nonlinearity (into ``out``)."""
+        if self._dac_lsb is not None:
+            # The driver's read-voltage limit never exceeds the DAC range, so codes need no clipping.
+            kernels.dac_drive(v, self._dac_scale, self._kappa_code, out)
+            return out
+        if self._kappa:
+            np.multiply(v, v, out=out)
+            out *= self._kappa_code
+            out += np.float32(1.0)
+            out *= v
+            return out
+        return v
+
+    def _convert(self, acc: np.ndarray, noise: np.ndarray, gain: float, out: np.ndarray) -> np.ndarray:
+        """Column sums ``acc`` (ADC codes at unit gain) plus output ``noise``, read at ``gain``, in amperes."""
+        if self._adc_levels is None:
+            acc += noise.reshape(acc.shape)
+            np.multiply(acc, self._adc_lsb32, out=out)
+            return out
         lsb = self._adc_lsb32
-        if adc_range_a is not None and self._adc_levels is not None:
+        if gain != 1:
             # A higher gain: the same codes span a smaller current, output noise included.
-            gain = np.float32(self.adc_range_a / adc_range_a)
+            gain = np.float32(gain)
             acc *= gain
             noise = noise * gain
             lsb = np.float32(self._adc_lsb / gain)
-        if self._adc_levels is not None:
-            kernels.adc_convert(acc, noise, self._adc_levels32, lsb, out)
-            return out
-        acc += noise.reshape(acc.shape)
-        np.multiply(acc, self._adc_lsb32, out=out)
+        kernels.adc_convert(acc, noise, self._adc_levels32, lsb, out)
         return out
 
     def _mvm_stack(self, rows, cols, v, adc_ranges):
@@ -393,34 +402,15 @@ class SoftwareCrossbar(Crossbar):
             g = windows[0].gathered(rows, cols)
         else:
             g = self._gather(windows, rows, cols)
-        if self._dac_lsb is not None:
-            drive = np.empty_like(v)
-            kernels.dac_drive(v, self._dac_scale, self._kappa_code, drive)
-        elif self._kappa:
-            drive = v * v
-            drive *= self._kappa_code
-            drive += np.float32(1.0)
-            drive *= v
-        else:
-            drive = v
+        drive = self._drive(v, np.empty_like(v))
         acc = np.empty((n, batch, g.shape[2]), np.float32)
         kernels.stack_matmul(drive, g, acc)
         noise = self._output_noise_codes(acc.size)
         out = np.empty_like(acc)
-        if self._adc_levels is not None:
-            gains = np.array([1.0 if r is None else self.adc_range_a / r for r in adc_ranges], np.float32)
-            if (gains == gains[0]).all():      # one range for the whole stack: the single-MVM kernel
-                lsb = self._adc_lsb32
-                if gains[0] != 1:
-                    acc *= gains[0]
-                    noise = noise * gains[0]
-                    lsb = np.float32(self._adc_lsb / gains[0])
-                kernels.adc_convert(acc, noise, self._adc_levels32, lsb, out)
-            else:
-                kernels.adc_convert_parts(acc, noise, gains, self._adc_levels32, self._adc_lsb32, out)
-        else:
-            acc += noise.reshape(acc.shape)
-            np.multiply(acc, self._adc_lsb32, out=out)
+        gains = np.array([1.0 if r is None else self.adc_range_a / r for r in adc_ranges], np.float32)
+        if self._adc_levels is None or (gains == gains[0]).all():    # one range for the whole stack
+            return self._convert(acc, noise, float(gains[0]), out)
+        kernels.adc_convert_parts(acc, noise, gains, self._adc_levels32, self._adc_lsb32, out)
         return out
 
     def _gather(self, windows: list, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

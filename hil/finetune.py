@@ -240,9 +240,8 @@ def finetune(model: nn.Module, executor: CrossbarExecutor, train_x: torch.Tensor
             result.best_val_accuracy = result.start_val_accuracy
         else:
             result.start_val_accuracy = result.best_val_accuracy = float("nan")
-        best = snapshot()
-        if marks or on_checkpoint is not None:
-            checkpoint(0)
+        best = before_step = snapshot()
+        checkpoint(0)
         passes, failures, t0 = 0, 0, time.perf_counter()
         for epoch in range(1, epochs + 1):
             set_matvec(model, matvec)
@@ -256,7 +255,6 @@ def finetune(model: nn.Module, executor: CrossbarExecutor, train_x: torch.Tensor
                     take = min(take, marks[0] - passes)
                 idx = order[start:start + take]
                 start += len(idx)
-                good = snapshot()
                 try:
                     logits = stream_logits(model, train_x[idx])
                     loss = (F.cross_entropy(logits, train_y[idx]) if teacher is None
@@ -265,13 +263,14 @@ def finetune(model: nn.Module, executor: CrossbarExecutor, train_x: torch.Tensor
                         raise FloatingPointError(f"the loss is {float(loss)}")
                     optimiser.zero_grad()
                     loss.backward()
+                    before_step = snapshot()
                     optimiser.step()
                     losses.append(float(loss.detach()))
                     failures = 0
                 except FloatingPointError as exc:
-                    # a step that took the state off the array's range: back to the parameters before it
+                    # the last step took the state off the array's range: back to the parameters before it
                     with torch.no_grad():
-                        for p, g in zip(flat, good):
+                        for p, g in zip(flat, before_step):
                             p.copy_(g)
                     failures += 1
                     result.skipped_batches += 1

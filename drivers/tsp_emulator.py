@@ -275,7 +275,9 @@ _LEX = re.compile(r"""
 """, re.S | re.X)
 _NUM = r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 # A table of number literals, as the driver sends indices and levels: read whole, straight into an array.
-_NUMERIC_TABLE = re.compile(rf"\{{\s*(?:{_NUM}\s*(?:,\s*{_NUM}\s*)*,?\s*)?\}}")
+# The body is first checked with a character class (linear, no backtracking over thousands of numbers) and
+# then split; anything else, or a body a number literal does not fill, goes through the general lexer.
+_NUMERIC_CHARS = re.compile(r"[-+.,\deE \t\r\n]*")
 _ESCAPE = re.compile(r"\\(\d{1,3}|.)", re.S)
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f", "v": "\v", "\n": "\n"}
 
@@ -286,14 +288,34 @@ def _unescape(body: str) -> str:
     return _ESCAPE.sub(lambda m: chr(int(m[1])) if m[1].isdigit() else _ESCAPES.get(m[1], m[1]), body)
 
 
+def _numeric_table(text: str, pos: int) -> np.ndarray | None:
+    """The numbers of the table constructor of number literals at ``text[pos]`` (a ``{``), else None."""
+    end = text.find("}", pos)
+    if end < 0 or _NUMERIC_CHARS.fullmatch(text, pos + 1, end) is None:
+        return None
+    body = text[pos + 1:end]
+    if body.count("+") != body.count("e+") + body.count("E+"):
+        return None                          # a unary plus: Lua's syntax error, from the general lexer
+    if not body.strip():
+        return np.zeros(0)
+    expected = body.count(",") + (0 if body.rstrip().endswith(",") else 1)   # Lua allows a trailing separator
+    try:
+        # within these characters, what strtod reads is what a Lua number literal is; anything else
+        # ("1,,2", "- 5", "1e") stops it short, and the general lexer says what Lua would say
+        values = np.fromstring(body, sep=",")
+    except ValueError:
+        return None
+    return values if values.size == expected else None
+
+
 def _lex(text: str) -> list[_Tok]:
     tokens, pos, line = [], 0, 1
     while pos < len(text):
-        if text[pos] == "{" and (table := _NUMERIC_TABLE.match(text, pos)):
-            body = table.group()[1:-1].replace(",", " ").split()
-            tokens.append(_Tok("value", np.array(body, dtype=np.float64), "{", line))
-            line += table.group().count("\n")
-            pos = table.end()
+        if text[pos] == "{" and (values := _numeric_table(text, pos)) is not None:
+            end = text.index("}", pos) + 1
+            tokens.append(_Tok("value", values, "{", line))
+            line += text.count("\n", pos, end)
+            pos = end
             continue
         m = _LEX.match(text, pos)
         kind, s = m.lastgroup, m.group()

@@ -200,8 +200,9 @@ class VisaBenchCrossbar(Crossbar):
 
     def _pulse(self, rows, cols, amplitude_v, width_s, compliance_a):
         n = len(rows)
-        payload = self._operate("pulse", repr(float(compliance_a)), _ints(rows), _ints(cols), _floats(amplitude_v),
-                                _floats(width_s), extra_timeout_s=n * self._cell_time_s + float(width_s.sum()))
+        payload = self._operate("pulse", repr(float(compliance_a)), _ints(rows), _ints(cols),
+                                _floats(amplitude_v, "amplitude"), _floats(width_s, "width"),
+                                extra_timeout_s=n * self._cell_time_s + float(width_s.sum()))
         if payload.strip() != str(n):
             raise InstrumentIOError(self._name, "hil.pulse",
                                     f"the instrument applied {payload!r} pulses, {n} were sent")
@@ -368,15 +369,50 @@ def _unframe(line: str) -> tuple[int, str, str] | None:
 
 
 def _ints(idx: np.ndarray) -> str:
-    return "{" + ",".join(map(str, np.asarray(idx).tolist())) + "}"
+    return _table(np.asarray(idx, dtype=np.int64), 0)
 
 
-def _floats(values: np.ndarray) -> str:
-    """A Lua number when every cell gets the same value, else a table (repr: exact doubles)."""
-    v = np.asarray(values, dtype=np.float64)
+# Table entries of amplitudes (V) and widths (s) are sent in fixed point at these decimals: 1 nV and 1 ps,
+# three orders below the finest source resolution (5 uV) and timer resolution (1 us) of a 2600B, so the
+# instrument applies what it would have applied from the exact doubles.
+_DECIMALS = {"amplitude": 9, "width": 12}
+
+
+def _floats(values: np.ndarray, kind: str) -> str:
+    """A Lua number when every cell gets the same value (repr: the exact double), else a table in fixed
+    point, each entry rounded to the nearest step of ``_DECIMALS[kind]`` that is not larger in magnitude
+    (so no entry exceeds a limit the value itself respected)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
     if v.size and np.all(v == v[0]):
         return repr(float(v[0]))
-    return "{" + ",".join(map(repr, v.tolist())) + "}"
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"non-finite {kind} in a pulse batch")
+    decimals = _DECIMALS[kind]
+    scale = 10.0 ** decimals
+    q = np.rint(v * scale).astype(np.int64)
+    q -= np.sign(q) * (np.abs(q / scale) > np.abs(v))
+    return _table(q, decimals)
+
+
+def _table(q: np.ndarray, decimals: int) -> str:
+    """A Lua table constructor of the integers ``q`` shown with ``decimals`` decimal places, built as one
+    array of characters: every entry zero-padded to the same width (Lua reads "-007.50" as -7.5), which
+    costs a few bytes per entry and spares a Python-level format of each of thousands of numbers."""
+    if q.size == 0:
+        return "{}"
+    mag = np.abs(q)
+    width = max(len(str(int(mag.max()))), decimals + 1)        # at least one digit before the point
+    powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
+    chars = np.empty((q.size, width + 2 + (decimals > 0)), dtype=np.uint8)
+    chars[:, 0] = np.where(q < 0, ord("-"), ord(" "))
+    digits = (mag[:, None] // powers) % 10 + ord("0")
+    point = width - decimals
+    chars[:, 1:1 + point] = digits[:, :point]
+    if decimals:
+        chars[:, 1 + point] = ord(".")
+        chars[:, 2 + point:-1] = digits[:, point:]
+    chars[:, -1] = ord(",")
+    return "{" + chars.tobytes()[:-1].decode("ascii") + "}"
 
 
 def _singles(payload: str, shape: tuple[int, int], name: str, command: str) -> np.ndarray:

@@ -14,9 +14,9 @@ import pytest
 import hil.run
 from drivers import CrossbarError, InstrumentIOError, LimitViolation, SafetyLimits, SoftwareCrossbar
 from drivers.faults import Faults
-from drivers.tsp_emulator import BenchProfile, TspInstrument, TspServer, frame, unsingles
+from drivers.tsp_emulator import BenchProfile, TspInstrument, TspServer, _numeric_table, frame, unsingles
 from drivers.tsp_script import HIL_SCRIPT, SCRIPT_NAME
-from drivers.visa_bench import VisaBenchCrossbar, _unframe
+from drivers.visa_bench import VisaBenchCrossbar, _floats, _ints, _unframe
 from tests.bench_helpers import assert_same_device, calibrate_on_mock_and_bench, emulators
 from tests.test_calibrate_step import SMALL_CALIBRATION
 
@@ -138,6 +138,34 @@ def test_the_tsp_script_itself_runs_under_lua():
     assert _unframe(call("hil.pulse(11, 0.0002, {0}, {3}, 2.6, 1e-06)")[0])[1:] == \
         ("ERR", "LIMIT amplitude 2.6000000000000001 V")
     assert len(env[b"pulses"]) == 3
+
+
+def test_request_tables_read_in_real_lua_as_the_values_sent():
+    """The driver's tables (fixed point, zero-padded) evaluated by a real Lua: indices exact, amplitudes
+    within 1 nV and widths within 1 ps of what was asked, never larger in magnitude; the emulator's fast
+    reading of number tables gives Lua's values, and leaves what is not a plain list to the general lexer."""
+    lupa = pytest.importorskip("lupa.lua51")
+    lua = lupa.LuaRuntime(unpack_returned_tuples=True)
+    rng = np.random.default_rng(4)
+
+    def in_lua(text):
+        t = lua.execute("return " + text)
+        return np.array([t[k + 1] for k in range(len(t))], dtype=np.float64)
+
+    idx = rng.integers(0, 4096, 500)
+    assert np.array_equal(in_lua(_ints(idx)), idx) and _ints(np.zeros(0, int)) == "{}"
+    for kind, values, step in (("amplitude", rng.uniform(-5, 5, 2000), 1e-9),
+                               ("amplitude", np.array([2.5, -2.5, 2.4999999999, 1e-12, -0.0]), 1e-9),
+                               ("width", rng.uniform(1e-7, 1e-3, 2000), 1e-12)):
+        text = _floats(values, kind)
+        got = in_lua(text)
+        assert np.all(np.abs(got - values) <= step * (1 + 1e-6)) and np.all(np.abs(got) <= np.abs(values))
+        assert np.array_equal(_numeric_table(text, 0), got)
+    assert _floats(np.full(7, 1.9), "amplitude") == "1.9"
+    for text in ("{}", "{1,2,}", "{ -1.5e-3 , 2 }", "{1e+5,2E-3}", "{.5,-.5,5.}", "{007, 010}"):
+        assert np.array_equal(_numeric_table(text, 0), in_lua(text)), text
+    for text in ("{+1}", "{1,,2}", "{- 5}", "{1-2}", "{,}", "{1 2}", "{1e}"):
+        assert _numeric_table(text, 0) is None, text
 
 
 # ---------------------------------------------------------------- the driver, through pyvisa-py

@@ -25,9 +25,9 @@ from rich.console import Console
 from rich.table import Table
 
 from drivers import CrossbarError, SoftwareCrossbar, WriteVerifySettings, write_verify
-from drivers.faults import Faults
+from drivers.emulators.faults import Faults
 from drivers.interface import Crossbar, CrossbarIdentity
-from drivers.tsp_emulator import TspInstrument, TspServer
+from drivers.emulators.keithley2600 import TspInstrument, TspServer
 from drivers.visa_bench import VisaBenchCrossbar
 
 ROWS = COLS = 64

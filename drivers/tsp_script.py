@@ -3,7 +3,7 @@
 It runs on a Keithley 2600B (TSP, a Lua 5.0 dialect: no ``#`` or ``%`` operators) and
 drives the switch matrix on TSP-Link node 2. One call of a ``hil`` function does a whole
 batch (a slice read, a pulse batch, an MVM) and answers with one line, so one batch is one
-VISA transaction. The emulator (tsp_emulator.py) checks that the script it is sent is this
+VISA transaction. The emulator (emulators/keithley2600.py) checks that the script it is sent is this
 text and then carries out the same functions natively over the software crossbar.
 """
 

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers import CrossbarError, SafetyLimits, SoftwareCrossbar
-from drivers.emulate import BoardEmulator, BoardServer
+from drivers.emulators.serial_board import BoardEmulator, BoardServer
 from drivers.serial_board import SerialBoardCrossbar
-from drivers.tsp_emulator import TspInstrument, TspServer
+from drivers.emulators.keithley2600 import TspInstrument, TspServer
 from drivers.visa_bench import VisaBenchCrossbar
 
 ROWS = COLS = 8

@@ -12,7 +12,7 @@ import hil.run
 from db import Database
 from db.models import Measurement, Run
 from drivers import SoftwareCrossbar
-from drivers.emulate import BoardEmulator, BoardServer, Faults
+from drivers.emulators.serial_board import BoardEmulator, BoardServer, Faults
 
 PROTOCOL = """name: faulty_bench
 array: {rows: 8, cols: 8}

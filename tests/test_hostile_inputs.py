@@ -291,7 +291,7 @@ def test_bad_labels_on_the_command_line_are_refused(tmp_path, capsys, args, mess
 def test_a_step_beyond_a_boards_own_limits_fails_before_the_first_step(tmp_path):
     """A serial board reports its hard limits only when opened: checked then, before any step runs."""
     from drivers import SafetyLimits
-    from drivers.emulate import BoardEmulator, BoardServer
+    from drivers.emulators.serial_board import BoardEmulator, BoardServer
     from tests.bench_helpers import emulators
 
     path = protocol(tmp_path, step="  - kind: program\n    pattern: {kind: checkerboard, g_low_s: 1.0e-5, "

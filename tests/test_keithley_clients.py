@@ -1,4 +1,4 @@
-"""The emulated 2636B (tsp_emulator.py) against what was not written here: pymeasure's Keithley2600
+"""The emulated 2636B (emulators/keithley2600.py) against what was not written here: pymeasure's Keithley2600
 driver runs a bench session through pyvisa-py unchanged; the emulator's replies are checked against
 the examples of the Series 2600B reference manual; and the project's VISA driver (visa_bench.py) reads
 replies as the instrument gives them, its own TSP script running under a real Lua."""
@@ -14,7 +14,7 @@ from pymeasure.instruments.keithley import Keithley2600
 from pyvisa import constants as vc
 
 from drivers import CrossbarError, SoftwareCrossbar
-from drivers.tsp_emulator import TspInstrument, TspServer
+from drivers.emulators.keithley2600 import TspInstrument, TspServer
 from drivers.tsp_script import HIL_SCRIPT
 from drivers.visa_bench import VisaBenchCrossbar
 from tests.bench_helpers import emulators

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 import hil.run
 from db import Database
-from drivers.emulate import BoardEmulator, BoardServer, Faults
+from drivers.emulators.serial_board import BoardEmulator, BoardServer, Faults
 from drivers.mock import SoftwareCrossbar
 from db.models import Measurement, Run
 

@@ -227,7 +227,7 @@ def test_another_process_follows_a_long_measurement_and_ctrl_c_names_the_step(tm
     path = _write(tmp_path, "long", LONG)
     db_file = tmp_path / "long.db"
     url = f"sqlite:///{db_file}"
-    from drivers.emulate import BoardEmulator, BoardServer, Faults
+    from drivers.emulators.serial_board import BoardEmulator, BoardServer, Faults
     from drivers.mock import SoftwareCrossbar
     server = BoardServer(BoardEmulator(SoftwareCrossbar(64, 64, seed=1)), faults=Faults(latency_s=0.4)).start()
     proc = _start([str(path), "--db", url, "--backend", "serial", "--resource", server.url], tmp_path / "run.log",

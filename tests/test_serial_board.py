@@ -12,7 +12,7 @@ from db import Database
 from db.models import Run
 from drivers import InstrumentIOError, LimitViolation, SafetyLimits, SoftwareCrossbar
 from drivers import board_protocol as bp
-from drivers.emulate import BoardEmulator, BoardServer, Faults
+from drivers.emulators.serial_board import BoardEmulator, BoardServer, Faults
 from drivers.serial_board import SerialBoardCrossbar
 from tests.bench_helpers import assert_same_device, calibrate_on_mock_and_bench, emulators
 

@@ -13,8 +13,8 @@ import pytest
 
 import hil.run
 from drivers import CrossbarError, InstrumentIOError, LimitViolation, SafetyLimits, SoftwareCrossbar
-from drivers.faults import Faults
-from drivers.tsp_emulator import BenchProfile, TspInstrument, TspServer, _numeric_table, frame, unsingles
+from drivers.emulators.faults import Faults
+from drivers.emulators.keithley2600 import BenchProfile, TspInstrument, TspServer, _numeric_table, frame, unsingles
 from drivers.tsp_script import HIL_SCRIPT, SCRIPT_NAME
 from drivers.visa_bench import VisaBenchCrossbar, _floats, _ints, _unframe
 from tests.bench_helpers import assert_same_device, calibrate_on_mock_and_bench, emulators

@@ -47,10 +47,10 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .errors import CrossbarError, LimitViolation
+from ..errors import CrossbarError, LimitViolation
+from ..mock import SoftwareCrossbar
+from ..tsp_script import HIL_SCRIPT
 from .faults import Faults, FaultyServer
-from .mock import SoftwareCrossbar
-from .tsp_script import HIL_SCRIPT
 
 _MEMORY = 64
 SYNTAX_ERROR, RUNTIME_ERROR = -285, -286

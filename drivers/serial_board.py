@@ -6,24 +6,24 @@
 Crossbar interface against the configured limits, which :meth:`_open` tightens to
 the board's own hard limits; the board checks them a third time.
 
-Transport faults are retried: a late, lost or garbled reply makes the driver resend
-the same sequence number (the board executes each number once, so a resent pulse is
-not applied twice), with exponential back-off, at most ``retries`` times; then the
-command fails with :class:`InstrumentTimeout` or :class:`InstrumentIOError`.
+Transport faults are retried (transport.py): a late, lost or garbled reply makes the
+driver resend the same sequence number (the board executes each number once, so a
+resent pulse is not applied twice), with exponential back-off, at most ``retries``
+times; then the command fails with :class:`InstrumentTimeout` or :class:`InstrumentIOError`.
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 import serial
 
 from . import board_protocol as bp
-from .errors import CrossbarError, InstrumentIOError, InstrumentTimeout, LimitViolation
+from .errors import CrossbarError, InstrumentIOError, LimitViolation
 from .interface import ConverterSpec, Crossbar, CrossbarIdentity
 from .limits import SafetyLimits
+from .transport import Answer, Calls, Link
 
 
 class SerialBoardCrossbar(Crossbar):
@@ -32,21 +32,23 @@ class SerialBoardCrossbar(Crossbar):
         super().__init__(CrossbarIdentity(backend="serial", instrument_id=f"serial-board:{url}", array_id=url,
                                           rows=rows, cols=cols), limits or SafetyLimits())
         self.url = url
-        self.timeout_s = timeout_s
-        self.retries = retries
-        self.backoff_s = backoff_s
         self.baudrate = baudrate
-        self.retried = 0               # resends so far (faults survived)
         self._port: serial.SerialBase | None = None
-        # a random start, so that replies a board remembers from an earlier session never answer this one's
-        self._seq = int.from_bytes(os.urandom(4), "little") % (bp.MAX_SEQ // 2)
-        self._buffer = bytearray()
+        # FRAME: the board got the request damaged; BUSY: it could not take it yet. Both ask for it again.
+        self._calls = Calls(lambda: self._name, _PortLink(self), _answer, max_id=bp.MAX_SEQ, timeout_s=timeout_s,
+                            retries=retries, backoff_s=backoff_s, resend_codes=frozenset({"FRAME", "BUSY"}),
+                            error=self._board_error)
         self._converters = ConverterSpec()
+
+    @property
+    def retried(self) -> int:
+        """Resends so far (faults survived)."""
+        return self._calls.retried
 
     # ------------------------------------------------------------- life cycle
     def _open(self) -> None:
         try:
-            self._port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=self.timeout_s)
+            self._port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=self._calls.timeout_s)
         except (serial.SerialException, ValueError) as exc:
             raise InstrumentIOError(self._name, "open", f"cannot open {self.url!r}: {exc}") from exc
         try:
@@ -111,79 +113,70 @@ class SerialBoardCrossbar(Crossbar):
         name = body.split(" ", 1)[0]
         if self._port is None:
             raise InstrumentIOError(self._name, name, "the port is closed")
+        return self._calls.call(name, lambda seq: bp.frame(seq, body), extra_timeout_s=extra_timeout_s)
+
+    def _board_error(self, command: str, answer: Answer) -> CrossbarError:
+        if answer.code == "LIMIT":
+            return LimitViolation(self._name, command, f"the board refused: {answer.text}")
+        if answer.code == "FAULT":
+            return InstrumentIOError(self._name, command, f"the board reports a fault: {answer.text}")
+        return CrossbarError(self._name, command, f"the board answered {answer.code} {answer.text}".rstrip())
+
+
+class _PortLink(Link):
+    """The driver's serial port (any pyserial URL) as lines."""
+
+    def __init__(self, driver: SerialBoardCrossbar):
+        self.driver = driver
+        self._buffer = bytearray()
+
+    def send(self, data: bytes, command: str) -> None:
         try:
-            return self._exchange(name, body, extra_timeout_s)
+            self.driver._port.write(data)
         except (serial.SerialException, OSError) as exc:
-            raise InstrumentIOError(self._name, name, f"connection lost: {exc}") from exc
+            raise InstrumentIOError(self.driver._name, command, f"connection lost: {exc}") from exc
 
-    def _exchange(self, name: str, body: str, extra_timeout_s: float) -> str:
-        self._seq = self._seq % bp.MAX_SEQ + 1
-        seq = self._seq
-        message = bp.frame(seq, body)
-        last = "no reply"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.retried += 1
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-                self._port.reset_input_buffer()
-                self._buffer.clear()
-            self._port.write(message)
-            reply = self._reply(seq, self.timeout_s + extra_timeout_s)
-            if reply is None:
-                last = f"no reply within {self.timeout_s + extra_timeout_s:g} s"
-                continue
-            if reply.startswith("OK"):
-                return reply[2:].strip()
-            code, _, text = reply[4:].partition(" ") if reply.startswith("ERR ") else ("?", "", reply)
-            if code in ("FRAME", "BUSY"):
-                last = f"board answered {code} {text}"
-                continue
-            if code == "LIMIT":
-                raise LimitViolation(self._name, name, f"the board refused: {text}")
-            if code == "FAULT":
-                raise InstrumentIOError(self._name, name, f"the board reports a fault: {text}")
-            raise CrossbarError(self._name, name, f"the board answered {reply!r}")
-        cls = InstrumentTimeout if last.startswith("no reply") else InstrumentIOError
-        raise cls(self._name, name, f"{last}, after {self.retries + 1} attempts")
+    def discard_input(self) -> None:
+        self.driver._port.reset_input_buffer()
+        self._buffer.clear()
 
-    def _reply(self, seq: int, timeout_s: float) -> str | None:
-        """The body of the reply to ``seq``; None if none arrives in time (stale replies to earlier
-        numbers and garbled lines are skipped)."""
+    def readline(self, timeout_s: float, command: str) -> bytes | None:
+        """Read in chunks (pyserial's readline takes one byte per call, far too slow for a megabyte of
+        base64)."""
+        port = self.driver._port
         deadline = time.monotonic() + timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            line = self._readline(remaining)
-            if line is None:
-                return None
-            try:
-                got, body = bp.parse(line)
-            except bp.FrameError:
-                continue
-            if got == seq:
-                return body
-
-
-    def _readline(self, timeout_s: float) -> bytes | None:
-        """One line from the port, read in chunks (pyserial's readline takes one byte per call,
-        far too slow for a megabyte of base64); None on timeout."""
-        deadline = time.monotonic() + timeout_s
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            # block for the first byte, then take whatever has arrived without waiting (in_waiting is
-            # only 0 or 1 on pyserial's socket:// ports, so it cannot size the read)
-            self._port.timeout = remaining
-            first = self._port.read(1)
-            if not first:
-                return None
-            self._port.timeout = 0
-            self._buffer += first + self._port.read(1 << 20)
+        try:
+            while b"\n" not in self._buffer:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                # block for the first byte, then take whatever has arrived without waiting (in_waiting is
+                # only 0 or 1 on pyserial's socket:// ports, so it cannot size the read)
+                port.timeout = remaining
+                first = port.read(1)
+                if not first:
+                    return None
+                port.timeout = 0
+                self._buffer += first + port.read(1 << 20)
+        except (serial.SerialException, OSError) as exc:
+            raise InstrumentIOError(self.driver._name, command, f"connection lost: {exc}") from exc
         line, _, rest = bytes(self._buffer).partition(b"\n")
         self._buffer = bytearray(rest)
         return line + b"\n"
+
+
+def _answer(line: bytes) -> Answer | None:
+    """A board reply line as an Answer ("OK <payload>" or "ERR <code> <text>"); None if it fails its CRC."""
+    try:
+        seq, body = bp.parse(line)
+    except bp.FrameError:
+        return None
+    if body.startswith("OK"):
+        return Answer(seq, "", body[2:].strip())
+    if body.startswith("ERR "):
+        code, _, text = body[4:].partition(" ")
+        return Answer(seq, code, text)
+    return Answer(seq, "?", body)
 
 
 def _converters(text: str) -> ConverterSpec:

@@ -7,7 +7,7 @@ the ``hil`` TSP script (tsp_script.py), so that a whole slice read, pulse batch 
 transaction. Limits are checked twice before a chunk is sent: by the Crossbar interface against the
 configured limits, which :meth:`_open` tightens to the bench profile's; the script checks them again.
 
-Transport faults are retried: a late, lost or garbled reply makes the driver resend the same call
+Transport faults are retried (transport.py): a late, lost or garbled reply makes the driver resend the same call
 id (the script executes each id once, so a resent pulse is not applied twice), with exponential
 back-off, at most ``retries`` times. After a timeout the instrument's error queue is read: a chunk
 the instrument rejected is reported with its error instead of being resent.
@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import socket
-import time
 import zlib
 
 import numpy as np
@@ -30,10 +28,10 @@ from pyvisa import constants as vc
 from .errors import CrossbarError, InstrumentIOError, InstrumentTimeout, LimitViolation, NotConnected
 from .interface import ConverterSpec, Crossbar, CrossbarIdentity
 from .limits import SafetyLimits
+from .transport import GARBLED, Answer, Calls, Link
 from .tsp_script import HIL_SCRIPT, SCRIPT_NAME
 
 MAX_ID = 2 ** 31 - 1
-_GARBLED = object()
 SMUS = ("smua", "smub")    # A drives word lines; B holds a bit line at 0 V and measures its current
 # Leaves the array disconnected and both sources at 0 V with their outputs off; needs no script.
 _IDLE = (*(f"{ch}.source.levelv = 0" for ch in SMUS), 'node[2].channel.open("allslots")',
@@ -52,25 +50,30 @@ class VisaBenchCrossbar(Crossbar):
         super().__init__(CrossbarIdentity(backend="visa", instrument_id=f"visa-bench:{resource}", array_id=resource,
                                           rows=rows, cols=cols), limits or SafetyLimits())
         self.resource = resource
-        self.timeout_s = timeout_s
-        self.retries = retries
-        self.backoff_s = backoff_s
         self.visa_library = visa_library
-        self.retried = 0               # resends so far (faults survived)
-        self.exchanges = 0             # calls that waited for a reply, resends included
         self._inst = None
-        # a random start, so that replies the script remembers from an earlier session never answer this one's
-        self._id = int.from_bytes(os.urandom(4), "little") % (MAX_ID // 2)
+        self._calls = Calls(lambda: self._name, _VisaLink(self), _answer, max_id=MAX_ID, timeout_s=timeout_s,
+                            retries=retries, backoff_s=backoff_s)
         self._converters = ConverterSpec()
         self._cell_time_s = 0.0
         self._suspect = False          # an I/O error was seen: closing may not reach the instrument
+
+    @property
+    def retried(self) -> int:
+        """Resends so far (faults survived)."""
+        return self._calls.retried
+
+    @property
+    def exchanges(self) -> int:
+        """Messages that waited for a reply, resends included."""
+        return self._calls.exchanges
 
     # ------------------------------------------------------------- life cycle
     def _open(self) -> None:
         try:
             rm = pyvisa.ResourceManager(self.visa_library)
             self._inst = rm.open_resource(self.resource, read_termination="\n", write_termination="\n",
-                                          timeout=int(self.timeout_s * 1000))
+                                          timeout=int(self._calls.timeout_s * 1000))
         except Exception as exc:       # pyvisa-py reports a refused connection as a bare Exception
             self._release()
             raise InstrumentIOError(self._name, "open", f"cannot open {self.resource!r}: {exc}") from exc
@@ -245,16 +248,18 @@ class VisaBenchCrossbar(Crossbar):
 
     def _identify(self) -> list[str]:
         """*IDN? fields; the reply is unframed, so it is taken once two in a row agree."""
+        calls = self._calls
         previous, last = None, "no reply"
-        for attempt in range(self.retries + 2):
+        for attempt in range(calls.retries + 2):
             if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                calls.back_off(attempt)
             self._send(["*IDN?"], "*IDN?")
-            self.exchanges += 1
-            line = self._readline(self.timeout_s, "*IDN?")
-            if line is None:
-                last = f"no reply within {self.timeout_s:g} s"
+            calls.exchanges += 1
+            raw = calls.link.readline(calls.timeout_s, "*IDN?")
+            if raw is None:
+                last = f"no reply within {calls.timeout_s:g} s"
                 continue
+            line = raw.decode("ascii", "replace").rstrip("\r\n")
             fields = [x.strip() for x in line.split(",")]
             if len(fields) != 4:
                 last = f"not an identity: {line[:80]!r}"
@@ -262,43 +267,22 @@ class VisaBenchCrossbar(Crossbar):
                 return fields
             previous = line
         cls = InstrumentTimeout if last.startswith("no reply") else InstrumentIOError
-        raise cls(self._name, "*IDN?", f"{last}, after {self.retries + 2} attempts")
+        raise cls(self._name, "*IDN?", f"{last}, after {calls.retries + 2} attempts")
 
     # -------------------------------------------------------------- transport
     def _call(self, fn: str, *args: str, extra_timeout_s: float = 0.0) -> str:
         """Call ``hil.<fn>`` and return the payload of its OK reply; resend on faults, raise on errors."""
-        command = f"hil.{fn}"
-        self._id = self._id % MAX_ID + 1
-        call_id = self._id
-        line = f"hil.{fn}({call_id}{''.join(', ' + a for a in args)})"
-        timeout = self.timeout_s + extra_timeout_s
-        last = "no reply"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.retried += 1
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            self._send([line], command)
-            self.exchanges += 1
-            got = self._await(call_id, timeout, command)
-            if got is None:
-                last = f"no reply within {timeout:g} s"
-                queued = self._error_queue(command)
-                if queued:
-                    raise CrossbarError(self._name, command, f"no reply; the instrument's error queue holds: "
-                                                             f"{'; '.join(queued)}")
-                continue
-            if got is _GARBLED:
-                last = "garbled reply (checksum mismatch)"
-                continue
-            status, payload = got
-            if status == "OK":
-                return payload
-            code, _, text = payload.partition(" ")
-            if code == "LIMIT":
-                raise LimitViolation(self._name, command, f"the instrument refused: {text}")
-            raise CrossbarError(self._name, command, f"the instrument answered {status} {payload}")
-        cls = InstrumentTimeout if last.startswith("no reply") else InstrumentIOError
-        raise cls(self._name, command, f"{last}, after {self.retries + 1} attempts")
+        tail = "".join(", " + a for a in args)
+        return self._calls.call(f"hil.{fn}", lambda call_id: f"hil.{fn}({call_id}{tail})\n".encode("ascii"),
+                                extra_timeout_s=extra_timeout_s, on_silence=self._silence)
+
+    def _silence(self, command: str) -> None:
+        """After a silent wait: a chunk the instrument rejected (a syntax or run-time error gets no reply)
+        is reported with its error instead of being resent."""
+        queued = self._error_queue(command)
+        if queued:
+            raise CrossbarError(self._name, command, f"no reply; the instrument's error queue holds: "
+                                                     f"{'; '.join(queued)}")
 
     def _error_queue(self, command: str, *, confirm: bool = False) -> list[str]:
         """The entries of the instrument's error queue, drained in one framed call. Without ``confirm``
@@ -306,55 +290,60 @@ class VisaBenchCrossbar(Crossbar):
         it, the call is retried like any other and must be answered."""
         if confirm:
             return self._call("errors").split("|")[1:]
-        self._id = self._id % MAX_ID + 1
-        call_id = self._id
-        self._send([f"hil.errors({call_id})"], command)
-        self.exchanges += 1
-        got = self._await(call_id, self.timeout_s, command)
-        if got is None or got is _GARBLED or got[0] != "OK":
+        calls = self._calls
+        call_id = calls.next_id()
+        got = calls.exchange(f"hil.errors({call_id})\n".encode("ascii"), call_id, calls.timeout_s, command)
+        if got is None or got is GARBLED or not got.ok:
             return []
-        return got[1].split("|")[1:]
-
-    def _await(self, call_id: int, timeout_s: float, command: str):
-        """(status, payload) of the reply to ``call_id``; None if none arrives in time; _GARBLED if a
-        corrupted line arrives (stale replies to earlier ids are skipped)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            line = self._readline(remaining, command)
-            if line is None:
-                return None
-            parsed = _unframe(line)
-            if parsed is None:
-                return _GARBLED
-            if parsed[0] == call_id:
-                return parsed[1:]
+        return got.text.split("|")[1:]
 
     def _send(self, lines: list[str], command: str) -> None:
-        if self._inst is None:
-            raise NotConnected(self._name, command, "the instrument is not open")
-        try:
-            self._inst.write_raw(("\n".join(lines) + "\n").encode("ascii"))
-        except (pyvisa.errors.Error, OSError) as exc:
-            self._suspect = True
-            raise InstrumentIOError(self._name, command, f"connection lost: {exc}") from exc
+        """Chunks that get no reply (settings, the script's upload)."""
+        self._calls.link.send(("\n".join(lines) + "\n").encode("ascii"), command)
 
-    def _readline(self, timeout_s: float, command: str) -> str | None:
-        """One line from the instrument, without its newline; None on timeout."""
+
+class _VisaLink(Link):
+    """The driver's VISA session as lines; an I/O error marks the driver suspect (closing may not reach
+    the instrument)."""
+
+    def __init__(self, driver: VisaBenchCrossbar):
+        self.driver = driver
+
+    def send(self, data: bytes, command: str) -> None:
+        d = self.driver
+        if d._inst is None:
+            raise NotConnected(d._name, command, "the instrument is not open")
         try:
-            self._inst.timeout = max(1, int(timeout_s * 1000))
-            raw = self._inst.read_raw()
+            d._inst.write_raw(data)
+        except (pyvisa.errors.Error, OSError) as exc:
+            d._suspect = True
+            raise InstrumentIOError(d._name, command, f"connection lost: {exc}") from exc
+
+    def readline(self, timeout_s: float, command: str) -> bytes | None:
+        d = self.driver
+        try:
+            d._inst.timeout = max(1, int(timeout_s * 1000))
+            return d._inst.read_raw()
         except pyvisa.errors.VisaIOError as exc:
             if exc.error_code == vc.StatusCode.error_timeout:
                 return None
-            self._suspect = True
-            raise InstrumentIOError(self._name, command, f"connection lost: {exc}") from exc
+            d._suspect = True
+            raise InstrumentIOError(d._name, command, f"connection lost: {exc}") from exc
         except (pyvisa.errors.Error, OSError) as exc:
-            self._suspect = True
-            raise InstrumentIOError(self._name, command, f"connection lost: {exc}") from exc
-        return raw.decode("ascii", "replace").rstrip("\r\n")
+            d._suspect = True
+            raise InstrumentIOError(d._name, command, f"connection lost: {exc}") from exc
+
+
+def _answer(raw: bytes) -> Answer | None:
+    """A framed reply line as an Answer (an ERR payload is "<code> <text>"); None if its checksum fails."""
+    parsed = _unframe(raw.decode("ascii", "replace").rstrip("\r\n"))
+    if parsed is None:
+        return None
+    call_id, status, payload = parsed
+    if status == "OK":
+        return Answer(call_id, "", payload)
+    code, _, text = payload.partition(" ")
+    return Answer(call_id, code or status, text)
 
 
 def _unframe(line: str) -> tuple[int, str, str] | None:

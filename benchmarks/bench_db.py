@@ -34,7 +34,7 @@ from rich.table import Table
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from db import Database, history, records
+from db import Database, history, records, runs
 from db.errors import mask_url
 
 ROWS = COLS = 64
@@ -68,9 +68,9 @@ def write_calibration(db: Database) -> dict[str, float]:
     t_all = time.perf_counter()
     with db.session() as session:
         crossbar = _bench_array(session)
-        run = records.start_run(session, protocol_name="calibrate", protocol_path=None, protocol_text="bench",
-                                backend="mock", seed=0, code_version="bench", crossbar_array=crossbar)
-        step = records.start_step(session, run, 0, "calibrate", "calibrate")
+        run = runs.start_run(session, protocol_name="calibrate", protocol_path=None, protocol_text="bench",
+                             backend="mock", seed=0, code_version="bench", crossbar_array=crossbar)
+        step = runs.start_step(session, run, 0, "calibrate", "calibrate")
         t = time.perf_counter()
         records.add_measurement(session, run, step, "reads", "conductance", "S", reads, crossbar_array=crossbar)
         times["measurement blob (50x64x64 float32)"] = time.perf_counter() - t
@@ -82,8 +82,8 @@ def write_calibration(db: Database) -> dict[str, float]:
         records.add_noise_model(session, crossbar, params, schema_version=1, run=run, step=step,
                                 source_runs=[run.id])
         times["30 array_stats + noise model"] = time.perf_counter() - t
-        records.finish_step(session, step, "completed")
-        records.finish_run(session, run, "completed")
+        runs.finish_step(session, step, "completed")
+        runs.finish_run(session, run, "completed")
         t = time.perf_counter()
     times["commit"] = time.perf_counter() - t
     times["one calibration, total"] = time.perf_counter() - t_all
@@ -98,16 +98,16 @@ def build_history(db: Database) -> tuple[float, int]:
     for i in range(HISTORY_RUNS):
         with db.session() as session:
             crossbar = _bench_array(session)
-            run = records.start_run(session, protocol_name="calibrate", protocol_path=None, protocol_text="bench",
-                                    backend="mock", seed=i, code_version="bench", crossbar_array=crossbar)
-            step = records.start_step(session, run, 0, "calibrate", "calibrate")
+            run = runs.start_run(session, protocol_name="calibrate", protocol_path=None, protocol_text="bench",
+                                 backend="mock", seed=i, code_version="bench", crossbar_array=crossbar)
+            step = runs.start_step(session, run, 0, "calibrate", "calibrate")
             records.add_array_stats(session, run, step, crossbar,
                                     {"yield": 0.99 - 1e-5 * i, "read_noise_relative": 0.012, "stuck_fraction": 0.01,
                                      "window_ratio": 8.0 + rng.normal(0, 0.1)}, units={"yield": "1"})
             if i % DEVICE_STATS_EVERY == 0:
                 device_rows += records.add_device_stats(session, run, step, crossbar, _device_stats(rng))
-            records.finish_step(session, step, "completed")
-            records.finish_run(session, run, "completed")
+            runs.finish_step(session, step, "completed")
+            runs.finish_run(session, run, "completed")
             run.started_at = step.started_at = T0 + timedelta(hours=i)
     return time.perf_counter() - t0, device_rows
 

@@ -1,8 +1,9 @@
 """Run database: schema, engine and sessions, migrations, array blobs, and the record API.
 
 ``Database(url)`` (or ``Database.open(url)``) gives a database at the current schema
-(SQLite ``hil.db`` unless a URL or ``HIL_DB_URL`` says otherwise); ``db.records`` writes
-runs and their results.
+(SQLite ``hil.db`` unless a URL or ``HIL_DB_URL`` says otherwise). ``db.runs`` opens and closes
+runs and their steps, ``db.liveness`` finds runs whose process is gone, ``db.resume`` reopens
+them, and ``db.records`` stores what they measured and made.
 """
 
 from db.arrays import decode_array, encode_array, summarize

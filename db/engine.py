@@ -32,7 +32,7 @@ from sqlalchemy.pool import StaticPool
 
 from db.errors import DatabaseError, DatabaseMissing, mask_url
 from db.migrate import checked_revisions, head_revisions, upgrade_to_head
-from db.records import mark_orphaned_runs
+from db.liveness import mark_orphaned_runs
 
 DEFAULT_URL = "sqlite:///hil.db"
 ENV_VAR = "HIL_DB_URL"

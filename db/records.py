@@ -1,36 +1,38 @@
-"""Writing a run's provenance and results: the calls the run engine makes.
+"""The measurement store: instruments and arrays, and what a run measured and made (measurements,
+per-device results and statistics, noise models, checkpoints, deployments, inferences, fine-tunes).
 
 Every function takes the caller's ``Session`` and flushes, so new rows have their ids
 at once, but never commits: the caller decides what one transaction covers.
 Objects from an earlier, closed session may be passed back in; they are re-attached.
+
+A run's own lifecycle is in :mod:`db.runs`, the check of its owning process in
+:mod:`db.liveness`, and resuming it in :mod:`db.resume`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
-import os
-import socket
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Table, insert, or_, select, update
+from sqlalchemy import Table, insert, or_, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.arrays import decode_array, encode_array, summarize
-from db.models import (COMPLETED, FAILED, FINAL_STATUSES, INTERRUPTED, RUNNING, ArrayStat, Base, Checkpoint, CrossbarArray, Deployment,
-                       DeploymentTile, DeviceResult, DeviceStat, Finetune, Inference, Instrument, Measurement,
-                       NoiseModelRecord, Run, RunStep)
+from db.jsonable import jsonable as _jsonable
+from db.models import (COMPLETED, ArrayStat, Base, Checkpoint, CrossbarArray, Deployment, DeploymentTile,
+                       DeviceResult, DeviceStat, Finetune, Inference, Instrument, Measurement, NoiseModelRecord, Run,
+                       RunStep)
 from db.timestamps import utcnow
+from db import runs as _runs
 
-
-def protocol_hash(protocol_text: str) -> str:
-    """sha256 (hex) of the protocol text as UTF-8, to find runs of the same protocol."""
-    return hashlib.sha256(protocol_text.encode("utf-8")).hexdigest()
+# The run lifecycle lived here before it had a module of its own; these names stay importable from here
+# for code written against that layout. New code imports them from db.runs.
+start_run, finish_run, start_step, finish_step = _runs.start_run, _runs.finish_run, _runs.start_step, _runs.finish_step
+latest_attempts, array_id_of = _runs.latest_attempts, _runs.array_id_of
 
 
 def get_or_create_instrument(session: Session, backend: str, instrument_id: str, model: str,
@@ -98,144 +100,6 @@ def _insert_unless_present(session: Session, entity: type[Base], unique: tuple[s
             session.execute(insert(entity).values(values))
     except IntegrityError:
         pass  # the other one's row is there now, which is all that was wanted
-
-
-def start_run(session: Session, *, protocol_name: str, protocol_path: str | None, protocol_text: str,
-              backend: str, seed: int | None, code_version: str, options: dict[str, Any] | None = None,
-              crossbar_array: CrossbarArray | None = None, operator: str | None = None,
-              notes: str | None = None) -> Run:
-    """A new run in status "running", started now."""
-    run = Run(protocol_name=protocol_name, protocol_path=protocol_path, protocol_text=protocol_text,
-              protocol_hash=protocol_hash(protocol_text), backend=backend,
-              seed=None if seed is None else int(seed), status=RUNNING, code_version=code_version,
-              started_at=utcnow(), options=_jsonable(options),
-              array_fk=None if crossbar_array is None else crossbar_array.id,
-              owner_host=socket.gethostname(), owner_pid=os.getpid(), operator=operator, notes=notes)
-    session.add(run)
-    session.flush()
-    return run
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True                  # someone else's process: it exists
-    return True
-
-
-def mark_orphaned_runs(session: Session) -> list[int]:
-    """Runs still "running" whose process (on this host) no longer exists: a process killed
-    mid-run could not close them. They, and their running steps, become "interrupted"; what
-    they measured stays. Runs of other hosts cannot be checked and are left alone. Returns
-    the ids marked."""
-    host = socket.gethostname()
-    marked = []
-    for run in session.scalars(select(Run).where(Run.status == RUNNING, Run.owner_host == host)):
-        if run.owner_pid is None or _alive(run.owner_pid):
-            continue
-        cause = f"the process running it (pid {run.owner_pid} on {host}) ended without closing it"
-        for step in run.steps:
-            if step.status == RUNNING:
-                step.status, step.error, step.finished_at = INTERRUPTED, cause, utcnow()
-        finish_run(session, run, INTERRUPTED, cause)
-        marked.append(run.id)
-    return marked
-
-
-def finish_run(session: Session, run: Run, status: str, error: str | None = None) -> None:
-    """Close ``run`` with a final ``status`` ("completed", "failed" or "interrupted")."""
-    _check_final(status)
-    session.add(run)
-    run.status = status
-    run.error = error
-    run.finished_at = utcnow()
-    session.flush()
-
-
-def set_run_progress(session: Session, run_id: int, *, step_index: int | None, step_name: str | None,
-                     progress: Mapping[str, Any] | None) -> None:
-    """Record where run ``run_id`` is: the step running (``step_index`` 0-based, ``step_name``) and a small
-    JSON-able ``progress`` of it; None clears them.
-
-    One UPDATE of these columns alone, by id: it never writes back other columns of a ``Run`` object
-    another session holds, and costs the same however often a long step reports.
-    """
-    session.execute(update(Run).where(Run.id == int(run_id)).values(
-        current_step_index=None if step_index is None else int(step_index), current_step=step_name,
-        progress=None if progress is None else _jsonable(dict(progress))))
-
-
-class ResumeRefused(Exception):
-    """The run cannot be resumed (unknown, still running or already completed); nothing was changed."""
-
-
-def check_resumable(run: Run) -> None:
-    """Raise :class:`ResumeRefused` unless ``run`` failed or was interrupted."""
-    if run.status == COMPLETED:
-        raise ResumeRefused(f"run {run.id} completed: there is nothing to resume")
-    if run.status == RUNNING:
-        raise ResumeRefused(f"run {run.id} is still running (pid {run.owner_pid} on {run.owner_host}); "
-                            "stop that process first")
-    if run.status not in (FAILED, INTERRUPTED):
-        raise ResumeRefused(f"run {run.id} has status {run.status!r}")
-
-
-def resume_run(session: Session, run_id: int, options: dict[str, Any] | None = None) -> Run:
-    """Reopen a failed or interrupted run: back to "running", owned by this process, with the
-    status and error it had (and the backend ``options`` of this session) appended to ``run.resumes``.
-    Its steps and data are untouched."""
-    run = session.get(Run, int(run_id))
-    if run is None:
-        raise ResumeRefused(f"there is no run {run_id} in this database")
-    check_resumable(run)
-    entry = {"at": utcnow().isoformat(), "host": socket.gethostname(), "pid": os.getpid(),
-             "previous_status": run.status, "previous_error": run.error, "options": _jsonable(options)}
-    run.resumes = [*(run.resumes or []), entry]
-    run.status, run.error, run.finished_at = RUNNING, None, None
-    run.owner_host, run.owner_pid = socket.gethostname(), os.getpid()
-    session.flush()
-    return run
-
-
-def array_id_of(session: Session, run: Run) -> str | None:
-    """The id of the array ``run`` measured (None if it never reached one), without loading it into ``run``."""
-    if run.array_fk is None:
-        return None
-    return session.scalar(select(CrossbarArray.array_id).where(CrossbarArray.id == run.array_fk))
-
-
-def latest_attempts(session: Session, run: Run) -> dict[int, RunStep]:
-    """The last attempt at each step index of ``run``."""
-    out: dict[int, RunStep] = {}
-    for step in session.scalars(select(RunStep).where(RunStep.run_fk == run.id)
-                                .order_by(RunStep.index, RunStep.attempt)):
-        out[step.index] = step
-    return out
-
-
-def start_step(session: Session, run: Run, index: int, name: str, kind: str, attempt: int = 1) -> RunStep:
-    """A new step of ``run`` in status "running"; ``index`` is its position in the protocol,
-    ``attempt`` counts its runs (more than one only in a resumed run)."""
-    step = RunStep(run_fk=run.id, index=int(index), name=name, kind=kind, status=RUNNING, started_at=utcnow(),
-                   attempt=int(attempt))
-    session.add(step)
-    session.flush()
-    return step
-
-
-def finish_step(session: Session, step: RunStep, status: str, error: str | None = None,
-                summary: dict[str, Any] | None = None) -> None:
-    """Close ``step`` with a final ``status`` and an optional JSON-able ``summary``."""
-    _check_final(status)
-    session.add(step)
-    step.status = status
-    step.error = error
-    step.summary = _jsonable(summary)
-    step.finished_at = utcnow()
-    session.flush()
 
 
 def add_measurement(session: Session, run: Run, step: RunStep | None, name: str, kind: str, unit: str,
@@ -488,11 +352,6 @@ def _dtype_label(dtype: np.dtype) -> str:
     return label if len(label) <= 64 else dtype.str
 
 
-def _check_final(status: str) -> None:
-    if status not in FINAL_STATUSES:
-        raise ValueError(f"final status must be one of {', '.join(FINAL_STATUSES)}, not {status!r}")
-
-
 def _check_shape(name: str, a: np.ndarray, shape: tuple[int, int]) -> None:
     if a.shape != shape:
         raise ValueError(f"{name} has shape {a.shape}, the array is {shape[0]}x{shape[1]}")
@@ -506,23 +365,6 @@ def _float_grid(name: str, values: np.ndarray, shape: tuple[int, int]) -> np.nda
 
 def _nullable(a: np.ndarray) -> list[float | None]:
     return [None if v != v else v for v in a.ravel().tolist()]  # v != v only for NaN
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` made fit for a JSON column: numpy scalars and arrays become plain Python,
-    and NaN and infinities become ``None``, since JSON has no spelling for them (SQLite
-    would accept Python's non-standard ``NaN``, PostgreSQL refuses it)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def latest_device_map(session: Session, array_id: str, quantities: Sequence[str]) -> tuple[dict[str, np.ndarray], int]:

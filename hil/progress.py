@@ -26,7 +26,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy.exc import SQLAlchemyError
 
-from db import Database, records
+from db import Database, runs
 from db.models import COMPLETED
 from db.timestamps import utcnow
 
@@ -346,7 +346,7 @@ class RunProgress:
             return
         try:
             with self.db.session() as session:
-                records.set_run_progress(session, self.run_id, step_index=index, step_name=name, progress=state)
+                runs.set_run_progress(session, self.run_id, step_index=index, step_name=name, progress=state)
         except SQLAlchemyError as exc:
             # Progress is for people watching; a busy or unreachable database must not fail the measurement,
             # whose own writes will report the problem if it persists.

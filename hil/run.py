@@ -150,8 +150,9 @@ def _run(args: argparse.Namespace, err: Console) -> tuple[RunOutcome, str]:
             raise BadInput(str(exc)) from None
     # Imported only once the input is known to be good: the database layer and the run engine take
     # most of a second to load, which a refused protocol or --help should not wait for.
-    from db import Database, DatabaseError, DatabaseMissing, records
+    from db import Database, DatabaseError, DatabaseMissing
     from db.errors import mask_url
+    from db.resume import ResumeRefused
 
     from .progress import log_file_handler
     from .runner import execute
@@ -170,7 +171,7 @@ def _run(args: argparse.Namespace, err: Console) -> tuple[RunOutcome, str]:
                 check_within(loaded, xbar.limits, f"the {backend} backend's")
                 extras = _extra_arrays(loaded, backend, seed, options)
                 check_memory(loaded, budget)
-            except (ResumeError, records.ResumeRefused, ProtocolError, BackendError) as exc:
+            except (ResumeError, ResumeRefused, ProtocolError, BackendError) as exc:
                 raise BadInput(f"--resume {args.resume}: {exc}") from None
         try:
             log_handler = log_file_handler(args.log) if args.log else None
@@ -180,7 +181,7 @@ def _run(args: argparse.Namespace, err: Console) -> tuple[RunOutcome, str]:
             outcome = execute(loaded, xbar, db, backend=backend, seed=options.get("seed"), options=options,
                               console=err, report_dir=Path(args.report_dir), resume_run_id=args.resume,
                               log_handler=log_handler, extra_crossbars=extras)
-        except records.ResumeRefused as exc:
+        except ResumeRefused as exc:
             raise BadInput(str(exc)) from None
         finally:
             if log_handler is not None:
@@ -227,14 +228,14 @@ class ResumeError(Exception):
 
 def _resumable(db: Database, args) -> tuple[LoadedProtocol, str, str | None, int | None]:
     """The stored protocol, backend, resource and seed of the run to resume, checked against the arguments."""
-    from db import records
     from db.models import Run
+    from db.resume import check_resumable
 
     with db.session() as session:
         run = session.get(Run, args.resume)
         if run is None:
             raise ResumeError(f"there is no run {args.resume} in this database")
-        records.check_resumable(run)
+        check_resumable(run)
         text, path, backend, seed = run.protocol_text, run.protocol_path, run.backend, run.seed
         stored_resource = (run.options or {}).get("resource")
     if args.protocol is not None:

@@ -25,7 +25,7 @@ import numpy as np
 from rich.console import Console
 
 from db import Database
-from db import records
+from db import records, resume, runs
 from drivers import Crossbar
 
 from .context import RunContext, StepReport
@@ -70,7 +70,7 @@ def execute(loaded: LoadedProtocol, xbar: Crossbar, db: Database, *, backend: st
             extra_crossbars: dict[str, Crossbar] | None = None) -> RunOutcome:
     """Run every step of ``loaded`` on ``xbar``; returns the outcome, never raises for a run failure.
     ``resume_run_id``: continue that failed or interrupted run (``loaded`` must be its protocol) instead
-    of starting a new one; raises :class:`db.records.ResumeRefused` if it cannot be resumed.
+    of starting a new one; raises :class:`db.resume.ResumeRefused` if it cannot be resumed.
     Progress goes to ``console`` (bars on a terminal, plain lines elsewhere), to ``log_handler`` if given
     (see :func:`hil.progress.log_file_handler`) and to the run's row in ``db``."""
     console = console or Console(stderr=True)
@@ -79,17 +79,17 @@ def execute(loaded: LoadedProtocol, xbar: Crossbar, db: Database, *, backend: st
     previous: dict[int, tuple[str, int, dict]] = {}     # step index -> (status, attempt, summary)
     with db.session() as session:
         if resume_run_id is None:
-            run = records.start_run(session, protocol_name=protocol.name, protocol_path=str(loaded.path),
-                                    protocol_text=loaded.text, backend=backend, seed=seed,
-                                    code_version=code_version(), options=options,
-                                    operator=(options or {}).get("operator") or protocol.operator,
-                                    notes=(options or {}).get("notes") or protocol.notes)
+            run = runs.start_run(session, protocol_name=protocol.name, protocol_path=str(loaded.path),
+                                 protocol_text=loaded.text, backend=backend, seed=seed,
+                                 code_version=code_version(), options=options,
+                                 operator=(options or {}).get("operator") or protocol.operator,
+                                 notes=(options or {}).get("notes") or protocol.notes)
             expected_array = None
         else:
-            run = records.resume_run(session, resume_run_id, options)
+            run = resume.resume_run(session, resume_run_id, options)
             previous = {i: (row.status, row.attempt, row.summary or {})
-                        for i, row in records.latest_attempts(session, run).items()}
-            expected_array = records.array_id_of(session, run)
+                        for i, row in runs.latest_attempts(session, run).items()}
+            expected_array = runs.array_id_of(session, run)
     # A resumed run draws fresh random patterns, reproducibly: from its seed and the number of resumes.
     rng = np.random.default_rng(seed if resume_run_id is None else [seed or 0, len(run.resumes or [])])
     outcome = RunOutcome(run_id=run.id, status="running", error=None, seconds=0.0, protocol_name=protocol.name)
@@ -98,7 +98,7 @@ def execute(loaded: LoadedProtocol, xbar: Crossbar, db: Database, *, backend: st
         status, error = _run_steps(loaded, xbar, db, run, rng, console, Path(report_dir), previous,
                                    expected_array, progress, outcome, extra_crossbars or {})
         with db.session() as session:
-            records.finish_run(session, run, status, error)
+            runs.finish_run(session, run, status, error)
         outcome.status, outcome.error = status, error
         outcome.seconds = time.perf_counter() - t_start
         progress.run_finished(status, outcome.seconds, error)
@@ -183,7 +183,7 @@ def _to_run_again(steps, previous: dict[int, tuple[str, int, dict]]) -> set[int]
 
 def _run_step(ctx: RunContext, index: int, step, attempt: int = 1) -> StepOutcome:
     with ctx.db.session() as session:
-        row = records.start_step(session, ctx.run, index, step.name, step.kind, attempt)
+        row = runs.start_step(session, ctx.run, index, step.name, step.kind, attempt)
     calls_before = ctx.xbar.total_transactions
     ctx.progress.step_started(index, step.name, step.kind)
     try:
@@ -195,11 +195,11 @@ def _run_step(ctx: RunContext, index: int, step, attempt: int = 1) -> StepOutcom
             error = f"interrupted by the user (KeyboardInterrupt) {ctx.progress.where()}"
         ctx.progress.step_stopped(status, error)
         with ctx.db.session() as session:
-            records.finish_step(session, row, status, error=error)
+            runs.finish_step(session, row, status, error=error)
         raise
     seconds = ctx.progress.step_finished()
     calls = ctx.xbar.total_transactions - calls_before
     report.summary.update(seconds=seconds, instrument_calls=calls)
     with ctx.db.session() as session:
-        records.finish_step(session, row, "completed", summary=report.summary)
+        runs.finish_step(session, row, "completed", summary=report.summary)
     return StepOutcome(index, step.name, step.kind, "completed", seconds, calls, report, attempt=attempt)

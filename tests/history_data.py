@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from db.records import (add_array_stats, add_device_stats, finish_run, finish_step, get_or_create_array,
-                        get_or_create_instrument, start_run, start_step)
+from db.records import add_array_stats, add_device_stats, get_or_create_array, get_or_create_instrument
+from db.runs import finish_run, finish_step, start_run, start_step
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=timezone.utc)
 YIELDS = [0.91, 0.93, 0.92, 0.95, 0.97]

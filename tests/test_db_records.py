@@ -16,8 +16,9 @@ from db import Database
 from db.models import (ArrayStat, CrossbarArray, DeviceResult, DeviceStat, Instrument, Measurement, NoiseModelRecord,
                        Run, RunStep)
 from db.records import (add_array_stats, add_device_results, add_device_stats, add_measurement, add_noise_model,
-                        finish_run, finish_step, get_noise_model, get_or_create_array, get_or_create_instrument,
-                        latest_noise_model, load_measurement_array, start_run, start_step)
+                        get_noise_model, get_or_create_array, get_or_create_instrument, latest_noise_model,
+                        load_measurement_array)
+from db.runs import finish_run, finish_step, start_run, start_step
 
 PROTOCOL = "name: program\nsteps:\n  - kind: program\n    target: ramp\n"
 ROWS = COLS = 64

@@ -15,9 +15,9 @@ from sqlalchemy import select, update
 import hil.history
 from db import Database
 from db.models import DeviceStat, Measurement, Run
-from db.records import (add_array_stats, add_device_stats, add_measurement, add_noise_model, finish_run, finish_step,
-                        get_array, get_or_create_array, get_or_create_instrument, load_measurement_array, start_run,
-                        start_step)
+from db.records import (add_array_stats, add_device_stats, add_measurement, add_noise_model, get_array,
+                        get_or_create_array, get_or_create_instrument, load_measurement_array)
+from db.runs import finish_run, finish_step, start_run, start_step
 from history_data import build_history
 
 LONG_ERROR = ("InstrumentError: serial-board /dev/ttyUSB0: could not open port /dev/ttyUSB0: [Errno 2] No such "

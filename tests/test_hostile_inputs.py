@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 import hil.run
 from db import Database
-from db import records
+from db import records, runs
 from db.models import Measurement, Run, RunStep
 from drivers.mock import SoftwareCrossbar
 from hil.memory import estimate
@@ -236,14 +236,14 @@ def test_latest_noise_model_skips_models_of_unfinished_steps(tmp_path):
     with Database.open(f"sqlite:///{tmp_path / 'x.db'}") as db, db.session() as s:
         instrument = records.get_or_create_instrument(s, "mock", "m", "model", "1")
         array = records.get_or_create_array(s, instrument, "chip-A", 8, 8)
-        run = records.start_run(s, protocol_name="p", protocol_path=None, protocol_text="x", backend="mock",
-                                seed=0, code_version="t")
-        done = records.start_step(s, run, 0, "cal_0", "calibrate")
+        run = runs.start_run(s, protocol_name="p", protocol_path=None, protocol_text="x", backend="mock",
+                             seed=0, code_version="t")
+        done = runs.start_step(s, run, 0, "cal_0", "calibrate")
         good = records.add_noise_model(s, array, {"v": 1}, schema_version=1, run=run, step=done, source_runs=[run.id])
-        records.finish_step(s, done, "completed", summary={})
-        cut = records.start_step(s, run, 1, "cal_1", "calibrate")
+        runs.finish_step(s, done, "completed", summary={})
+        cut = runs.start_step(s, run, 1, "cal_1", "calibrate")
         records.add_noise_model(s, array, {"v": 2}, schema_version=1, run=run, step=cut, source_runs=[run.id])
-        records.finish_step(s, cut, "interrupted", error="KeyboardInterrupt")
+        runs.finish_step(s, cut, "interrupted", error="KeyboardInterrupt")
         assert records.latest_noise_model(s, "chip-A").id == good.id
 
 

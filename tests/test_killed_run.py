@@ -88,9 +88,9 @@ def test_a_run_killed_mid_step_is_marked_interrupted_when_the_database_is_next_o
 
 def test_a_live_run_is_left_running(tmp_path):
     url = f"sqlite:///{tmp_path / 'live.db'}"
-    from db import records
+    from db import runs
     with Database.open(url) as db, db.session() as s:
-        records.start_run(s, protocol_name="p", protocol_path=None, protocol_text="x", backend="mock", seed=0,
-                          code_version="test")
+        runs.start_run(s, protocol_name="p", protocol_path=None, protocol_text="x", backend="mock", seed=0,
+                       code_version="test")
     with Database.open(url) as db, db.session() as s:        # this process is alive: not an orphan
         assert s.scalars(select(Run)).one().status == "running"

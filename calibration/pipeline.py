@@ -230,6 +230,43 @@ def run_calibration(xbar: Crossbar, options: CalibrationOptions, rng: np.random.
     return cal
 
 
+def fit_measured(cal: Calibration) -> Calibration:
+    """What :func:`run_calibration` derives as it measures, for measurements it did not take (imported from
+    a file, or read back from the database): the stuck and unreadable devices from the window, the
+    read-noise law, and the drift law. Nothing is held out. Reads a fit cannot take are counted in
+    ``cal.warnings``; a stage mostly NaN is a warning here, not a failure (a file may cover part of the
+    array only). Returns ``cal``."""
+    if cal.window is not None:
+        cal.stuck_on, cal.stuck_off = cal.window.stuck_on, cal.window.stuck_off
+        cal.unreadable = cal.window.unreadable
+    for stage, quality in _qualities(cal):
+        counts = quality.counts()
+        found = [f"{counts[k]} {k.replace('_', '-')}" for k in KINDS if counts[k]]
+        if found:
+            cal.warn(f"{stage}: devices with {', '.join(found)} reads (of {quality.non_finite.size}), stored as "
+                     f"measured and left out of the fits that cannot use them")
+    cal.read_fit = _fit_read_noise(cal)
+    if cal.drift is not None:
+        usable = cal.fitted if cal.fitted is not None else cal.fit_mask(cal.drift.mean_s.shape[1:])
+        try:
+            cal.drift_fit = fit_drift(cal.drift, usable, cal.read_fit)
+        except ValueError as exc:
+            cal.warn(f"drift not fitted: {exc}")
+    return cal
+
+
+def _qualities(cal: Calibration):
+    if cal.window is not None:
+        yield "window.after_reset", cal.window.low_quality
+        yield "window.after_set", cal.window.high_quality
+    if cal.programming is not None:
+        yield "programming", cal.programming.quality
+    if cal.read_noise is not None:
+        yield "read_noise", cal.read_noise.quality
+    if cal.drift is not None:
+        yield "drift", cal.drift.quality
+
+
 def _fit_read_noise(cal: Calibration) -> ReadNoise | None:
     """The read-noise law, each device taken only where all its reads are finite, positive and below a
     converter's ceiling: a clipped or offset read does not show the device's noise.

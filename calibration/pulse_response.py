@@ -18,6 +18,7 @@ class PulseResponseMeasurement:
     reset_curves_s: np.ndarray   # (A, pulses + 1, cells)
     set_cells: np.ndarray        # (A, cells, 2) row, col of each device used
     reset_cells: np.ndarray
+    pulse_width_s: float | None = None    # of every pulse of the trains (None: not recorded)
 
 
 def _read_cells(xbar: Crossbar, cells: np.ndarray, read_voltage_v: float) -> np.ndarray:
@@ -56,4 +57,4 @@ def measure_pulse_response(xbar: Crossbar, options: PulseResponseOptions, read_v
         set_curves.append(_train(xbar, chosen[0, i], -sat, amplitude, options, read_voltage_v))
         reset_curves.append(_train(xbar, chosen[1, i], sat, -amplitude, options, read_voltage_v))
     return PulseResponseMeasurement(np.asarray(options.amplitudes_v), np.stack(set_curves), np.stack(reset_curves),
-                                    chosen[0], chosen[1])
+                                    chosen[0], chosen[1], options.pulse_width_s)

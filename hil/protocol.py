@@ -27,7 +27,7 @@ from drivers.limits import ABSOLUTE_MIN_VOLTAGE_V, SafetyLimits
 
 __all__ = [
     "AnalogTraining", "ArraySpec", "CalibrateStep", "CheckpointRef", "DeployStep", "FinetuneStep", "InferStep",
-    "MaintainStep", "NoiseModelRef", "TaskSpec", "TrainStep", "CheckerboardPattern", "FilePattern", "LevelsPattern", "MockSpec", "Pattern",
+    "MaintainStep", "MeasurementSource", "NoiseModelRef", "SourceFile", "TaskSpec", "TrainStep", "CheckerboardPattern", "FilePattern", "LevelsPattern", "MockSpec", "Pattern",
     "ProgramStep", "Protocol", "RandomPattern", "ReadStep", "Step", "MAX_ARRAY_DIM",
 ]
 
@@ -301,14 +301,103 @@ class ReadStep(_Model):
     repeats: int = Field(1, ge=1, le=10000)
 
 
+_SOURCE_SUFFIXES = (".h5", ".hdf5", ".csv", ".npy")
+_NPY_KINDS = ("reads", "drift", "after_reset", "after_set")
+
+
+class SourceFile(_Model):
+    """One file of measurements taken elsewhere; a .npy file says nothing of what it holds, so its ``kind``
+    is given here (a drift series with its ``times_s`` after programming)."""
+
+    path: str = Field(min_length=1)
+    kind: Literal["reads", "drift", "after_reset", "after_set"] | None = Field(
+        None, description=".npy only: repeated reads (the default), a drift series, or window reads")
+    times_s: list[Annotated[float, Field(gt=0)]] | None = Field(None, min_length=3, max_length=100_000,
+                                                                description="a .npy drift series' times (s)")
+
+    @field_validator("path")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if Path(value).suffix.lower() not in _SOURCE_SUFFIXES:
+            raise PydanticCustomError("file_format", "must name an arc2control HDF5 file (.h5, .hdf5), a .csv or "
+                                                     "a .npy file")
+        return value
+
+    @model_validator(mode="after")
+    def _kind_fits(self):
+        npy = Path(self.path).suffix.lower() == ".npy"
+        if self.kind is not None and not npy:
+            raise ValueError("kind is given to .npy files only: the other formats say what they hold")
+        if (self.kind == "drift") != (self.times_s is not None):
+            raise ValueError("a .npy drift series (kind: drift) needs times_s, and only it takes them")
+        return self
+
+
+class MeasurementSource(_Model):
+    """Measurements taken elsewhere, instead of measuring the array: arc2control HDF5 data files, CSV or
+    .npy files (README, "Measurements from files"). Relative paths are taken from the protocol's directory."""
+
+    file: str | None = Field(None, min_length=1, description="one file")
+    files: list[SourceFile] | None = Field(None, min_length=1, max_length=64,
+                                           description="several files (a path, or {path, kind, times_s})")
+    read_voltage_v: Volts | None = Field(None, description="recorded with conductances given without one")
+    retention_start_s: float | None = Field(None, gt=0, le=1e9, description="time after programming of the first "
+                                            "read of an arc2control retention run (default: one read interval)")
+
+    @field_validator("files", mode="before")
+    @classmethod
+    def _paths(cls, value):
+        # a plain path stands for {path: ...}
+        return [{"path": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _one_way(self):
+        _exactly_one_of(self, ("file", "files"))
+        if self.file is not None:
+            SourceFile(path=self.file)
+        return self
+
+    def entries(self) -> list[SourceFile]:
+        return [SourceFile(path=self.file)] if self.file is not None else list(self.files)
+
+    def read(self, base_dir: Path, shape: tuple[int, int] | None):
+        """The measurements of the files (:func:`calibration.measurement_files.read_measurements`), for an
+        array of ``shape``; MeasurementFileError (a ValueError) names the file and the place of a problem."""
+        from calibration.measurement_files import read_measurements
+
+        entries = self.entries()
+        drift_times = [e.times_s for e in entries if e.times_s is not None]
+        if len(drift_times) > 1:
+            raise ValueError("only one .npy drift series can be given")
+        files = [(p if p.is_absolute() else Path(base_dir) / p, e.kind) for e, p in
+                 ((e, Path(e.path)) for e in entries)]
+        return read_measurements(files, shape=shape, times_s=drift_times[0] if drift_times else None,
+                                 read_voltage_v=self.read_voltage_v, retention_start_s=self.retention_start_s)
+
+
+# What a calibrate step with a source does not take: it measures nothing.
+_MEASURING = ("read_voltage_v", "window", "pulse_response", "programming", "read_noise", "drift", "periphery", "check")
+
+
 class CalibrateStep(CalibrationOptions):
     """Calibrate the array and fit its noise model; each part (window, pulse_response, programming,
-    read_noise, drift, periphery) takes its own options and is skipped when set to null."""
+    read_noise, drift, periphery) takes its own options and is skipped when set to null. With ``source``
+    the measurements come from files instead (nothing is measured) and go through the same fits."""
 
     kind: Literal["calibrate"] = "calibrate"
     name: Name | None = None
     fit: bool = Field(True, description="fit and store a noise model")
     report: bool = Field(True, description="write a Markdown report with figures")
+    source: MeasurementSource | None = Field(None, description="take the measurements from files")
+
+    @model_validator(mode="after")
+    def _source_alone(self):
+        if self.source is not None:
+            given = [k for k in _MEASURING if k in self.model_fields_set]
+            if given:
+                _raise_at("CalibrateStep", [((given[0],), "source_given", "the measurements come from source: "
+                                             "options of measuring do not apply (remove them)", getattr(self, given[0]))])
+        return self
 
 
 def _exactly_one_of(model, names: tuple[str, ...]):
@@ -682,8 +771,8 @@ def _step_references(step):
 def limit_violations(step, limits: SafetyLimits, whose: str = "the safety limit limits."):
     """(field, error type, message, value) for every setting of ``step`` outside ``limits``; ``whose``
     names the limits in the message (the protocol's own, or a backend's)."""
-    if isinstance(step, TrainStep):
-        return      # touches no instrument
+    if isinstance(step, TrainStep) or (isinstance(step, CalibrateStep) and step.source is not None):
+        return      # touches no instrument (a calibration from files measures nothing)
     for field in ("read_voltage_v", "mvm_voltage_v"):
         value = getattr(step, field, None)
         if value is not None and value > limits.max_read_voltage_v:

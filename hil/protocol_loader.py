@@ -13,8 +13,9 @@ hostile input:
 * anchors and aliases are allowed, but the expanded document is bounded in node count and
   nesting depth (the "billion laughs" attack), and self-referencing aliases are refused;
 * duplicate keys are errors, not "last one wins";
-* the result is validated by :class:`hil.protocol.Protocol`, and the files of ``file``
-  patterns are opened once to check that they exist and fit the array.
+* the result is validated by :class:`hil.protocol.Protocol`, the files of ``file``
+  patterns are opened once to check that they exist and fit the array, and the files of a
+  calibrate step's ``source`` are read in full and checked.
 
 Every failure is a :class:`ProtocolError` pointing at the file, line and field to fix.
 """
@@ -199,6 +200,7 @@ def _parse(data: bytes, file: Path) -> LoadedProtocol:
 
     absolute = file.resolve()
     _check_pattern_files(protocol, absolute.parent, builder, root)
+    _check_source_files(protocol, absolute.parent, builder, root)
     return LoadedProtocol(protocol=protocol, path=absolute, text=text, sha256=sha256)
 
 
@@ -641,4 +643,22 @@ def _check_pattern_files(protocol: Protocol, base_dir: Path, builder: _Builder, 
         except (ValueError, OSError) as exc:
             field, node, _ = _locate(("steps", index, "pattern", "path"), builder, root)
             problems.append(_Problem(_line(node), str(exc), field))
+    _raise_all(problems)
+
+
+def _check_source_files(protocol: Protocol, base_dir: Path, builder: _Builder, root: yaml.Node) -> None:
+    """Read the files of every calibrate step's ``source`` in full, so that a bad file is refused now, with
+    the file and the place in it, before anything runs or is recorded."""
+    problems = []
+    shape = (protocol.array.rows, protocol.array.cols)
+    for index, step in enumerate(protocol.steps):
+        source = getattr(step, "source", None)
+        if source is None:
+            continue
+        try:
+            source.read(base_dir, shape)
+        except ValueError as exc:
+            field = "file" if source.file is not None else "files"
+            where, node, _ = _locate(("steps", index, "source", field), builder, root)
+            problems.append(_Problem(_line(node), str(exc), where))
     _raise_all(problems)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from calibration.checks import check_stats, evaluate_checks
-from calibration.pipeline import Calibration, fit_noise_model, run_calibration, stages
+from calibration.pipeline import Calibration, fit_measured, fit_noise_model, run_calibration, stages
+from calibration.raw import device_stats, raw_arrays
 from calibration.report import write_report
-from db import records
-from db.models import RunStep
+from db import Database, records
+from db.models import CrossbarArray, Run, RunStep
 
 from ..context import RunContext, StepReport
 from ..protocol import CalibrateStep
@@ -20,6 +23,8 @@ def restore_calibrate(ctx: RunContext, step: CalibrateStep, summary: dict) -> No
 
 
 def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepReport:
+    if step.source is not None:
+        return _run_from_files(ctx, step, row)
     names = stages(step)
     cal = Calibration(step)
     try:
@@ -37,11 +42,44 @@ def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepRep
         raise
 
     _save_raw(ctx, row, cal)
+    summary: dict = {"stages": names}
+    report = conclude(ctx.db, ctx.run, row, ctx.array, cal, step, rng=ctx.rng, report_dir=ctx.report_dir,
+                      summary=summary)
+    if "noise_model_id" in report.summary:
+        ctx.noise_models[step.name] = report.summary["noise_model_id"]
+    return report
+
+
+def _run_from_files(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepReport:
+    """The step's measurements from its source files, stored with their provenance, then fitted as a
+    live calibration's (hil.measurement_exchange)."""
+    from ..measurement_exchange import describe_import, store_imported
+
     ident = ctx.xbar.identity
-    summary: dict = {"stages": names, "read_quality": cal.read_quality()}
+    imported = step.source.read(ctx.base_dir, (ident.rows, ident.cols))
+    fit_measured(imported.calibration)
+    store_imported(ctx.db, ctx.run, row, ctx.array, imported)
+    summary = describe_import(imported)
+    report = conclude(ctx.db, ctx.run, row, ctx.array, imported.calibration, step, rng=ctx.rng,
+                      report_dir=ctx.report_dir, summary=summary, missing=imported.missing())
+    if "noise_model_id" in report.summary:
+        ctx.noise_models[step.name] = report.summary["noise_model_id"]
+    return report
+
+
+def conclude(db: Database, run: Run, row: RunStep, array: CrossbarArray, cal: Calibration, step: CalibrateStep, *,
+             rng: np.random.Generator, report_dir: Path, summary: dict, missing: list[str] = ()) -> StepReport:
+    """Fit and store the noise model of ``cal`` (its raw arrays already stored with ``row``), evaluate the
+    predictive check if there was one, store the per-array statistics and write the report. ``summary``
+    starts the step's summary; ``missing`` says which measurements were not there to fit (a calibration
+    from files). Raises ValueError when no noise model can be fitted and ``step.fit`` asks for one."""
+    rows, cols = array.rows, array.cols
+    summary["read_quality"] = cal.read_quality()
     if cal.levels is not None:
         summary["programming_levels"] = {"g_low_s": cal.levels.g_low_s, "g_high_s": cal.levels.g_high_s,
                                          "source": cal.levels.source}
+    for line in missing:
+        cal.warn(line)
     report = StepReport(detail="")
     model = None
     checks = []
@@ -49,22 +87,19 @@ def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepRep
         summary["holdout"] = {"fraction": step.check.holdout_fraction, "devices": int(cal.holdout.sum())}
     if step.fit:
         try:
-            model = fit_noise_model(cal, array_id=ctx.array.array_id, rows=ident.rows, cols=ident.cols,
-                                    source_runs=[ctx.run.id])
+            model = fit_noise_model(cal, array_id=array.array_id, rows=rows, cols=cols, source_runs=[run.id])
         except ValueError as exc:
             raise ValueError(f"noise model not fitted ({'; '.join(cal.warnings) or 'no warning'}): {exc}") from exc
         if cal.check is not None:
-            checks = evaluate_checks(cal.check, model, step.check, ctx.rng,
-                                     step.drift.times_s if step.drift else None)
+            checks = evaluate_checks(cal.check, model, step.check, rng, step.drift.times_s if step.drift else None)
         stats, units = _array_stats(cal, model)
         for name, value in zip(("values", "units"), check_stats(checks)):
             (stats if name == "values" else units).update(value)
-        with ctx.db.session() as session:
-            stored = records.add_noise_model(session, ctx.array, model.to_json_dict(),
-                                             schema_version=model.schema_version, run=ctx.run, step=row,
-                                             source_runs=[ctx.run.id])
-            records.add_array_stats(session, ctx.run, row, ctx.array, stats, units)
-        ctx.noise_models[step.name] = stored.id
+        with db.session() as session:
+            stored = records.add_noise_model(session, array, model.to_json_dict(),
+                                             schema_version=model.schema_version, run=run, step=row,
+                                             source_runs=[run.id])
+            records.add_array_stats(session, run, row, array, stats, units)
         summary["noise_model_id"] = stored.id
         report.detail = (f"noise model {stored.id}: read noise {model.read.floor_s * 1e6:.3f} µS + "
                          f"{100 * model.read.relative:.2f}%")
@@ -100,8 +135,8 @@ def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepRep
         more = f" (and {len(cal.warnings) - 1} more in the step summary)" if len(cal.warnings) > 1 else ""
         report.detail = "; ".join(filter(None, [report.detail, f"warning: {cal.warnings[0]}{more}"]))
     if step.report and model is not None:
-        out = ctx.report_dir / f"run-{ctx.run.id}-{step.name}"
-        path = write_report(cal, model, out, checks=checks, title=f"Calibration of {ctx.array.array_id} (run {ctx.run.id}, "
+        out = Path(report_dir) / f"run-{run.id}-{step.name}"
+        path = write_report(cal, model, out, checks=checks, title=f"Calibration of {array.array_id} (run {run.id}, "
                                                     f"step {step.name})")
         summary["report"] = str(path)
         report.detail += f"; report {path}"
@@ -109,7 +144,7 @@ def run_calibrate(ctx: RunContext, step: CalibrateStep, row: RunStep) -> StepRep
     return report
 
 
-def _finite_or_nan(values: np.ndarray) -> np.ndarray:
+def finite_or_nan(values: np.ndarray) -> np.ndarray:
     """Per-device statistics as stored: an infinite value estimates nothing, like NaN (stored as NULL)."""
     a = np.asarray(values)
     return np.where(np.isfinite(a), a, np.nan) if a.dtype.kind == "f" else a
@@ -117,62 +152,16 @@ def _finite_or_nan(values: np.ndarray) -> np.ndarray:
 
 def _save_raw(ctx: RunContext, row: RunStep, cal: Calibration) -> None:
     """Every raw array of the calibration, as measured (NaN and infinities included), and the per-device
-    statistics, with the step."""
-    def save(*args, **meta):
+    statistics, with the step; each array in a transaction of its own, so that what was stored before a
+    failure stays."""
+    for raw in raw_arrays(cal):
         # A cell that reads NaN is an observation of that cell: the calibration decides how much it can use.
-        ctx.save(*args, finite=False, **meta)
-
-    devices: dict[str, np.ndarray] = {}
-    if cal.window is not None:
-        save(row, "window.after_reset", "conductance", "S", cal.window.low_reads_s)
-        save(row, "window.after_set", "conductance", "S", cal.window.high_reads_s)
-        devices.update(g_min_s=cal.window.g_min_s, g_max_s=cal.window.g_max_s, stuck_on=cal.stuck_on,
-                       stuck_off=cal.stuck_off, unreadable=cal.window.unreadable)
-    if cal.pulse_response is not None:
-        pr = cal.pulse_response
-        save(row, "pulse_response.set", "conductance", "S", pr.set_curves_s, amplitudes_v=pr.amplitudes_v.tolist())
-        save(row, "pulse_response.reset", "conductance", "S", pr.reset_curves_s,
-             amplitudes_v=(-pr.amplitudes_v).tolist())
-        save(row, "pulse_response.set_cells", "cell_index", "1", pr.set_cells)
-        save(row, "pulse_response.reset_cells", "cell_index", "1", pr.reset_cells)
-    if cal.programming is not None:
-        p = cal.programming
-        save(row, "programming.targets", "target_conductance", "S", p.targets_s, levels_s=p.levels_s.tolist(),
-             level_source=cal.levels.source if cal.levels else None)
-        save(row, "programming.achieved", "conductance", "S", p.achieved_s, reads=p.reads,
-             write_verify=p.write_verify)
-        devices["programming_error_s"] = p.error_s[-1]
-    if cal.read_noise is not None:
-        save(row, "read_noise.reads", "conductance", "S", cal.read_noise.reads_s)
-        devices["read_sigma_s"] = cal.read_noise.std_s
-    if cal.drift is not None:
-        save(row, "drift.mean", "conductance", "S", cal.drift.mean_s, times_s=cal.drift.times_s.tolist(),
-             reads=cal.drift.reads)
-        if cal.drift.var_s is not None:
-            # read noise at each drift time: what the read-noise law's time dependence was chosen from
-            save(row, "drift.variance", "conductance_variance", "S^2", cal.drift.var_s,
-                 times_s=cal.drift.times_s.tolist(), reads=cal.drift.reads)
-        if cal.drift_fit is not None:
-            devices["drift_nu"] = cal.drift_fit.nu
-    if cal.check is not None:
-        c = cal.check
-        save(row, "check.cells", "cell_index", "1", c.cells)
-        save(row, "check.targets", "target_conductance", "S", c.targets_s, levels_s=c.levels_s.tolist())
-        save(row, "check.achieved", "conductance", "S", c.achieved_s, reads=c.programming_reads,
-             write_verify=c.write_verify)
-        if c.reads_s is not None:
-            save(row, "check.reads", "conductance", "S", c.reads_s)
-        if c.drift is not None:
-            save(row, "check.drift", "conductance", "S", c.drift.mean_s, times_s=c.drift.times_s.tolist(),
-                 reads=c.drift.reads)
-    if cal.periphery is not None:
-        save(row, "periphery.zero_input", "current", "A", cal.periphery.zero_outputs_a)
-        save(row, "periphery.sweep", "current", "A", cal.periphery.sweep_outputs_a,
-             sweep_v=cal.periphery.sweep_v.tolist())
+        ctx.save(row, raw.name, raw.kind, raw.unit, raw.values, finite=False, **raw.meta)
+    devices = device_stats(cal)
     if devices:
         with ctx.db.session() as session:
             records.add_device_stats(session, ctx.run, row, ctx.array,
-                                     {k: _finite_or_nan(v) for k, v in devices.items()})
+                                     {k: finite_or_nan(v) for k, v in devices.items()})
 
 
 def _array_stats(cal: Calibration, model) -> tuple[dict[str, float], dict[str, str]]:

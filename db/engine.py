@@ -57,8 +57,10 @@ def resolve_url(url: str | None = None) -> str:
     return os.environ.get(ENV_VAR) or DEFAULT_URL
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, read_only: bool = False) -> Engine:
     """An engine for ``url``; SQLite gets the pragmas above, database servers a connect timeout.
+    With ``read_only`` every connection refuses writes (SQLite ``query_only``, a server's read-only
+    transactions), whatever the role may do: a viewer cannot change what it shows.
 
     A bare ``postgresql://`` URL means psycopg (version 3, installed with this package)
     rather than SQLAlchemy's default of psycopg2. Nothing is created or checked here:
@@ -70,8 +72,8 @@ def make_engine(url: str) -> Engine:
     parsed = _parse(url)
     try:
         if parsed.get_backend_name() != "sqlite":
-            return _server_engine(parsed)
-        return _sqlite_engine(parsed)
+            return _server_engine(parsed, read_only)
+        return _sqlite_engine(parsed, read_only)
     except NoSuchModuleError as exc:
         raise DatabaseError(url, f"unknown kind of database {parsed.drivername!r}") from exc
     except ImportError as exc:
@@ -88,12 +90,14 @@ def _parse(url: str) -> URL:
                                  "postgresql://user:password@host/database)") from exc
 
 
-def _server_engine(url: URL) -> Engine:
+def _server_engine(url: URL, read_only: bool = False) -> Engine:
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
     connect_args: dict[str, Any] = {}
     if url.get_driver_name() in ("psycopg", "psycopg2") and "connect_timeout" not in url.query:
         connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+    if read_only and url.get_backend_name() == "postgresql":
+        connect_args["options"] = "-c default_transaction_read_only=on"
     # A bench process keeps its pool for hours; pre-ping replaces connections the
     # server dropped meanwhile (restart, idle timeout) instead of failing a step.
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
@@ -110,7 +114,7 @@ def sqlite_path(url: URL) -> Path | None:
     return Path(url.database)
 
 
-def _sqlite_engine(url: URL) -> Engine:
+def _sqlite_engine(url: URL, read_only: bool = False) -> Engine:
     if _is_memory(url):
         # Each connection to ":memory:" is a new, empty database; one shared
         # connection makes every session see the same one.
@@ -130,6 +134,8 @@ def _sqlite_engine(url: URL) -> Engine:
             if file_backed and cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
                 _relax_sync(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
+            if read_only:
+                cursor.execute("PRAGMA query_only=ON")
         finally:
             cursor.close()
 
@@ -202,21 +208,25 @@ def check_sqlite_file(url: str, path: Path, *, create_dirs: bool = False, must_e
         raise DatabaseError(url, f"directory {parent} is not writable: cannot create {path.name} there")
 
 
-def _open_engine(url: str, *, create_dirs: bool, must_exist: bool) -> Engine:
-    """An engine on a database at the current schema, created or migrated if need be."""
+def _open_engine(url: str, *, create_dirs: bool, must_exist: bool, read_only: bool = False) -> Engine:
+    """An engine on a database at the current schema, created or migrated if need be (read-only: one
+    already at the current schema, or an error)."""
     parsed = _parse(url)
     path = sqlite_path(parsed)
     if path is not None:
-        check_sqlite_file(url, path, create_dirs=create_dirs, must_exist=must_exist)
-    engine = make_engine(url)
+        check_sqlite_file(url, path, create_dirs=create_dirs, must_exist=must_exist or read_only)
+    engine = make_engine(url, read_only=read_only)
     try:
         # One read decides: at the newest revision (the usual case, and then Alembic is
         # not even imported), to be created or migrated, or not ours and left alone.
         with engine.connect() as connection:
             current = checked_revisions(connection, url)
-            if path is not None:
+            if path is not None and not read_only:
                 _enable_wal(connection)
         if current != head_revisions():
+            if read_only:
+                raise DatabaseError(url, "its schema is not this version's (a reader does not migrate it): "
+                                         "open it once with a writer, such as python -m hil.run")
             upgrade_to_head(engine)
     except DatabaseError:
         engine.dispose()
@@ -244,7 +254,9 @@ class Database:
     file is created in an existing directory, an empty database gets the schema, an older
     one is migrated. ``create_dirs`` also creates a SQLite file's missing directories;
     ``must_exist`` refuses a missing SQLite file instead of creating it (for readers, to
-    whom a new empty database would look like no history). Raises :class:`DatabaseError`,
+    whom a new empty database would look like no history). ``read_only`` opens an existing
+    database at the current schema without writing anything, ever (for viewers; a read-only
+    database role suffices). Raises :class:`DatabaseError`,
     with everything left as it was, for a database that cannot be used.
 
     ``url`` is the resolved URL as given (it may contain a password; ``repr`` masks it).
@@ -253,9 +265,13 @@ class Database:
     engine: Engine
     url: str
 
-    def __init__(self, url: str | None = None, *, create_dirs: bool = False, must_exist: bool = False):
+    def __init__(self, url: str | None = None, *, create_dirs: bool = False, must_exist: bool = False,
+                 read_only: bool = False):
         resolved = resolve_url(url)
-        self._attach(_open_engine(resolved, create_dirs=create_dirs, must_exist=must_exist), resolved)
+        self._attach(_open_engine(resolved, create_dirs=create_dirs, must_exist=must_exist, read_only=read_only),
+                     resolved)
+        if read_only:
+            return
         try:
             # a run whose process was killed is found here, the next time anyone opens the database
             with self.session() as session:
@@ -265,9 +281,10 @@ class Database:
             raise DatabaseError(resolved, _in_context(exc, sqlite_path(make_url(resolved)))) from exc
 
     @classmethod
-    def open(cls, url: str | None = None, *, create_dirs: bool = False, must_exist: bool = False) -> Database:
+    def open(cls, url: str | None = None, *, create_dirs: bool = False, must_exist: bool = False,
+             read_only: bool = False) -> Database:
         """The same as ``Database(url, ...)``."""
-        return cls(url, create_dirs=create_dirs, must_exist=must_exist)
+        return cls(url, create_dirs=create_dirs, must_exist=must_exist, read_only=read_only)
 
     @classmethod
     def from_engine(cls, engine: Engine, url: str | None = None) -> Database:

@@ -14,15 +14,16 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from db.models import (COMPLETED, FINAL_STATUSES, RUNNING, STATUSES, ArrayStat, CrossbarArray, DeviceStat, Instrument, Measurement,
-                       NoiseModelRecord, Run, RunStep)
+from db.models import (COMPLETED, FINAL_STATUSES, RUNNING, STATUSES, ArrayStat, CrossbarArray, Deployment, DeviceStat,
+                       Finetune, Inference, Instrument, Measurement, NoiseModelRecord, Run, RunStep)
 from db.records import get_array, load_measurement_array
 
 if TYPE_CHECKING:
     import pandas
 
-__all__ = ["array_quantities", "array_trend", "calibration_checks", "compare_runs", "count_unopened_runs", "device_history", "get_run",
-           "list_arrays", "list_noise_models", "list_runs", "progress_text", "run_device_stats", "run_measurements",
+__all__ = ["array_inferences", "array_quantities", "array_trend", "calibration_checks", "compare_noise_models", "compare_runs",
+           "count_runs", "count_unopened_runs", "device_history", "get_run", "list_arrays", "list_noise_models",
+           "list_runs", "progress_text", "run_device_stats", "run_finetunes", "run_live", "run_measurements", "run_steps",
            "to_frame"]
 
 
@@ -42,10 +43,10 @@ def list_arrays(session: Session) -> list[dict[str, Any]]:
 
 def list_runs(session: Session, *, status: str | None = None, protocol: str | None = None,
               array_id: str | None = None, since: datetime | None = None, until: datetime | None = None,
-              limit: int | None = None, unopened: bool = True) -> list[dict[str, Any]]:
+              limit: int | None = None, unopened: bool = True, offset: int = 0) -> list[dict[str, Any]]:
     """Runs, newest first, optionally only those with ``status``, of ``protocol`` (its name), on
     ``array_id``, started at or after ``since`` and before ``until`` (naive datetimes are UTC),
-    at most ``limit`` of them. ``duration_s`` is None for a run that has not finished.
+    at most ``limit`` of them after skipping ``offset``. ``duration_s`` is None for a run that has not finished.
     ``unopened=False`` leaves out the runs that ended before reaching an instrument (see
     :func:`count_unopened_runs`)."""
     if limit is not None and limit < 0:
@@ -61,6 +62,8 @@ def list_runs(session: Session, *, status: str | None = None, protocol: str | No
         statement = statement.where(~_unopened())
     if limit is not None:
         statement = statement.limit(limit)
+    if offset:
+        statement = statement.offset(int(offset))
     keys = ("id", "protocol_name", "status", "backend", "array_id", "seed", "started_at", "finished_at",
             "duration_s", "error", "code_version", "progress", "operator", "notes")
     runs = []
@@ -134,6 +137,94 @@ def list_noise_models(session: Session, *, array_id: str | None = None) -> list[
     if array_id is not None:
         statement = statement.where(NoiseModelRecord.array_fk == get_array(session, array_id).id)
     return _rows(session, statement)
+
+
+def compare_noise_models(session: Session, model_a: int, model_b: int) -> list[dict[str, Any]]:
+    """Two stored noise models side by side: one row per parameter (flattened: ``read.floor_s``,
+    ``programming.sigma_s[1]``) with ``a``, ``b``, ``change`` and ``relative_change`` (None where not
+    numbers); provenance keys left out. ``LookupError`` if either is missing."""
+    params = []
+    for model_id in (model_a, model_b):
+        record = session.get(NoiseModelRecord, int(model_id))
+        if record is None:
+            raise LookupError(f"there is no noise model {model_id} in this database")
+        params.append({k: v for k, (v, _) in _flatten(record.params).items()
+                       if k.split(".", 1)[0].split("[", 1)[0] not in _MODEL_PROVENANCE})
+    a, b = params
+    return [{"parameter": key, "a": a.get(key), "b": b.get(key), **_change(a.get(key), b.get(key))}
+            for key in dict.fromkeys([*a, *b])]
+
+
+def count_runs(session: Session, *, status: str | None = None, protocol: str | None = None,
+               array_id: str | None = None) -> int:
+    """How many runs :func:`list_runs` would give with these filters and no limit."""
+    statement = _filter_runs(session, select(func.count(Run.id)).select_from(Run)
+                             .outerjoin(CrossbarArray, Run.array_fk == CrossbarArray.id),
+                             status=status, protocol=protocol, array_id=array_id, since=None, until=None)
+    return int(session.scalar(statement) or 0)
+
+
+def run_live(session: Session, run_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Where each of ``run_ids`` is, for someone watching: ``status``, ``started_at``, ``finished_at``,
+    ``error``, the step running or where it stopped (``step_index`` 0-based, ``step_name``), that step's
+    raw ``progress`` (stage, done, total, unit, epoch, epochs, steps, updated_at) and when its latest
+    attempt started (``step_started_at``). Two queries however many runs."""
+    if not run_ids:
+        return {}
+    ids = [int(i) for i in run_ids]
+    out = {row["id"]: row for row in _rows(session, select(
+        Run.id, Run.status, Run.started_at, Run.finished_at, Run.error, Run.current_step_index.label("step_index"),
+        Run.current_step.label("step_name"), Run.progress).where(Run.id.in_(ids)))}
+    for row in out.values():
+        row["step_started_at"] = None
+    latest = (select(RunStep.run_fk, RunStep.index, func.max(RunStep.attempt).label("attempt"))
+              .where(RunStep.run_fk.in_(ids)).group_by(RunStep.run_fk, RunStep.index).subquery())
+    for r in session.execute(select(RunStep.run_fk, RunStep.index, RunStep.started_at).join(
+            latest, (RunStep.run_fk == latest.c.run_fk) & (RunStep.index == latest.c.index)
+            & (RunStep.attempt == latest.c.attempt))):
+        row = out.get(r.run_fk)
+        if row is not None and row["step_index"] == r.index:
+            row["step_started_at"] = r.started_at
+    return out
+
+
+def run_steps(session: Session, run_id: int) -> list[dict[str, Any]]:
+    """Every attempt at every step of a run, in protocol order: ``index``, ``attempt``, ``name``, ``kind``,
+    ``status``, ``error``, ``started_at``, ``finished_at``, ``duration_s`` (None while running) and the
+    step's ``summary``."""
+    rows = _rows(session, select(RunStep.index, RunStep.attempt, RunStep.name, RunStep.kind, RunStep.status,
+                                 RunStep.error, RunStep.started_at, RunStep.finished_at, RunStep.summary)
+                 .where(RunStep.run_fk == int(run_id)).order_by(RunStep.index, RunStep.attempt))
+    for row in rows:
+        done = row["finished_at"]
+        row["duration_s"] = None if done is None else (done - row["started_at"]).total_seconds()
+    return rows
+
+
+def array_inferences(session: Session, array_id: str) -> list[dict[str, Any]]:
+    """Every evaluation of a model deployed on ``array_id``, oldest first: ``run_id``, ``started_at`` (the
+    run's), ``recorded_at``, ``deployment_id``, ``time_s`` after programming, ``split``, ``samples``,
+    ``digital_accuracy``, ``crossbar_accuracy``, ``drift_compensation`` and ``finetuned`` (whether a
+    fine-tuning was in effect). ``LookupError`` for an unknown array."""
+    array = get_array(session, array_id)
+    rows = _rows(session, select(
+        Inference.run_fk.label("run_id"), Run.started_at, Inference.created_at.label("recorded_at"),
+        Inference.deployment_fk.label("deployment_id"), Inference.time_s, Inference.split, Inference.samples,
+        Inference.digital_accuracy, Inference.crossbar_accuracy, Inference.drift_compensation,
+        Inference.finetune_fk)
+        .join(Deployment, Inference.deployment_fk == Deployment.id).join(Run, Inference.run_fk == Run.id)
+        .where(Deployment.array_fk == array.id).order_by(Inference.created_at, Inference.id))
+    for row in rows:
+        row["finetuned"] = row.pop("finetune_fk") is not None
+    return rows
+
+
+def run_finetunes(session: Session, run_id: int) -> list[dict[str, Any]]:
+    """The fine-tunings of a run: ``id``, ``deployment_id``, ``groups`` trained, per-epoch ``history`` and
+    ``summary``."""
+    return _rows(session, select(Finetune.id, Finetune.deployment_fk.label("deployment_id"), Finetune.groups,
+                                 Finetune.history, Finetune.summary)
+                 .where(Finetune.run_fk == int(run_id)).order_by(Finetune.id))
 
 
 def array_trend(session: Session, array_id: str, quantity: str) -> list[dict[str, Any]]:

@@ -64,7 +64,7 @@ def test_pymeasure_runs_a_bench_session_and_the_current_never_exceeds_the_limit(
         # (pymeasure's measure_nplc property maps its reply onto [0.001, 25] as an index: ask for the number)
         assert k.ask("print(smua.measure.nplc)").strip() == "1.00000e+00"
         a.source_output = "ON"
-        for level in (0.2, 0.5, 1.0, 2.5, -4.0):
+        for level in (0.2, 0.5, 1.0, 2.5, -4.0, 50.0):       # 50 V would drive 5 mA, 50 times the limit
             a.source_voltage = level
             current, voltage = a.current, a.voltage
             if abs(level / LOAD_OHMS) <= limit:             # I = V / R
@@ -84,7 +84,7 @@ def test_pymeasure_runs_a_bench_session_and_the_current_never_exceeds_the_limit(
     assert [(e["channel"], e["compliance_a"]) for e in on] == [("smua", limit)]
     measured = [e for e in entries if e["command"] == "smua.measure.i"]
     assert measured and all(abs(e["current_a"]) <= e["compliance_a"] == limit for e in measured)
-    assert [e["in_compliance"] for e in measured if e["voltage_v"] != 0] == [False, False, False, True, True]
+    assert [e["in_compliance"] for e in measured if e["voltage_v"] != 0] == [False, False, False, True, True, True]
     assert server.instrument.internal_errors == []
 
 

@@ -106,3 +106,25 @@ def finish_step(session: Session, step: RunStep, status: str, error: str | None 
 def _check_final(status: str) -> None:
     if status not in FINAL_STATUSES:
         raise ValueError(f"final status must be one of {', '.join(FINAL_STATUSES)}, not {status!r}")
+
+
+# The key of a run's ``options`` that names the lab queue's job it runs (see hil.lab_queue).
+QUEUE_JOB_OPTION = "queue_job"
+
+
+def run_of_job(session: Session, job_id: int) -> Run | None:
+    """The run started for the queue's job ``job_id`` (the newest, should there be more), or None."""
+    return session.scalars(select(Run).where(Run.options[QUEUE_JOB_OPTION].as_integer() == int(job_id))
+                           .order_by(Run.id.desc()).limit(1)).first()
+
+
+def runs_of_jobs(session: Session, job_ids: list[int]) -> dict[int, tuple[int, str]]:
+    """For each of the queue's jobs that has a run: (run id, run status) of its newest run."""
+    if not job_ids:
+        return {}
+    job = Run.options[QUEUE_JOB_OPTION].as_integer()
+    out: dict[int, tuple[int, str]] = {}
+    for job_id, run_id, status in session.execute(select(job, Run.id, Run.status)
+                                                  .where(job.in_([int(j) for j in job_ids])).order_by(Run.id)):
+        out[int(job_id)] = (run_id, status)
+    return out

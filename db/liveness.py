@@ -39,10 +39,17 @@ def mark_orphaned_runs(session: Session) -> list[int]:
     for run in session.scalars(select(Run).where(Run.status == RUNNING, Run.owner_host == host)):
         if run.owner_pid is None or _alive(run.owner_pid):
             continue
-        cause = f"the process running it (pid {run.owner_pid} on {host}) ended without closing it"
-        for step in run.steps:
-            if step.status == RUNNING:
-                step.status, step.error, step.finished_at = INTERRUPTED, cause, utcnow()
-        finish_run(session, run, INTERRUPTED, cause)
+        mark_interrupted(session, run, f"the process running it (pid {run.owner_pid} on {host}) ended without "
+                                        "closing it")
         marked.append(run.id)
     return marked
+
+
+def mark_interrupted(session: Session, run: Run, cause: str) -> None:
+    """Close a "running" ``run`` whose owner is known to be gone (by whoever knows it: this host's process
+    table above, a lab queue's lease for another host's): it and its running steps become "interrupted"
+    with ``cause``; what they measured stays."""
+    for step in run.steps:
+        if step.status == RUNNING:
+            step.status, step.error, step.finished_at = INTERRUPTED, cause, utcnow()
+    finish_run(session, run, INTERRUPTED, cause)

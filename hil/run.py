@@ -119,8 +119,27 @@ def run_protocol(protocol: str | Path | None = None, **options) -> RunOutcome:
     return outcome
 
 
-def _run(args: argparse.Namespace, err: Console) -> tuple[RunOutcome, str]:
-    """Check everything, then run; (outcome, database URL with its password masked). BadInput if refused."""
+def run_loaded(loaded: LoadedProtocol | None, *, console: Console | None = None,
+               run_options: dict | None = None, **options) -> RunOutcome:
+    """:func:`run_protocol` for a protocol already loaded and validated (from text kept elsewhere, such as
+    a queued job), or, with ``loaded=None`` and ``resume=RUN_ID``, the continuation of that run.
+
+    ``run_options`` are kept in the run's ``options`` beside the backend's (what started it, such as a
+    queue's job); ``console`` receives the progress (default: stderr).
+    """
+    args = build_parser().parse_args([])
+    unknown = sorted(set(options) - set(vars(args)) - {"protocol"})
+    if unknown:
+        raise TypeError(f"run_loaded() got unknown option(s): {', '.join(unknown)}")
+    vars(args).update(options)
+    outcome, _ = _run(args, console or Console(stderr=True), loaded, run_options)
+    return outcome
+
+
+def _run(args: argparse.Namespace, err: Console, loaded: LoadedProtocol | None = None,
+         run_options: dict | None = None) -> tuple[RunOutcome, str]:
+    """Check everything, then run (``loaded``, else the file ``args.protocol``); (outcome, database URL
+    with its password masked). BadInput if refused."""
     # Everything that can be wrong with the input is found before the database or an instrument is touched
     # (a resumed run's protocol is in the database, so there the database comes first).
     if args.seed is not None and (args.resume is not None or not 0 <= args.seed <= MAX_SEED):
@@ -135,17 +154,18 @@ def _run(args: argparse.Namespace, err: Console) -> tuple[RunOutcome, str]:
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     if args.resume is None:
-        if args.protocol is None:
+        if loaded is None and args.protocol is None:
             raise BadInput("give a protocol file (or --resume RUN_ID)")
         try:
-            loaded = load_protocol(args.protocol)
+            loaded = loaded or load_protocol(args.protocol)
             xbar, options = make_backend(args.backend or "mock", loaded.protocol, args.seed, args.resource)
             check_within(loaded, xbar.limits, f"the {args.backend or 'mock'} backend's")
             extras = _extra_arrays(loaded, args.backend or "mock", args.seed, options)
             check_memory(loaded, budget)
             options.update(labels)
+            options.update(run_options or {})
         except BackendError as exc:
-            raise BadInput(f"{args.protocol}: {exc}") from None
+            raise BadInput(f"{args.protocol or loaded.path}: {exc}") from None
         except ProtocolError as exc:
             raise BadInput(str(exc)) from None
     # Imported only once the input is known to be good: the database layer and the run engine take
@@ -171,6 +191,7 @@ def _run(args: argparse.Namespace, err: Console) -> tuple[RunOutcome, str]:
                 check_within(loaded, xbar.limits, f"the {backend} backend's")
                 extras = _extra_arrays(loaded, backend, seed, options)
                 check_memory(loaded, budget)
+                options.update(run_options or {})
             except (ResumeError, ResumeRefused, ProtocolError, BackendError) as exc:
                 raise BadInput(f"--resume {args.resume}: {exc}") from None
         try:

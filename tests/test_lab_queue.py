@@ -8,6 +8,11 @@ completed exactly once, no step runs twice at once, and the records stay whole.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,11 @@ from sqlalchemy.pool import NullPool
 
 import hil.queue
 import hil.submit
+import hil.worker
+from drivers.emulators.serial_board import BoardEmulator, BoardServer
+from drivers.mock import SoftwareCrossbar
+
+ROOT = Path(__file__).resolve().parent.parent
 
 READ = """name: read8
 array: {rows: 8, cols: 8}
@@ -81,11 +91,12 @@ def _sql(url: str, query: str, **params):
 
 # -- refusals that need no server ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("command", ["submit", "queue", "cancel"])
+@pytest.mark.parametrize("command", ["submit", "worker", "queue", "cancel"])
 def test_a_sqlite_url_is_refused_by_the_queue_commands_with_nothing_created(command, tmp_path, capsys):
     protocol = _write(tmp_path, "read.yaml", READ)
     url = f"sqlite:///{tmp_path / 'bench.db'}"
     argv = {"submit": (hil.submit.main, [str(protocol), "--bench", "A", "--db", url]),
+            "worker": (hil.worker.main, ["--bench", "A", "--db", url]),
             "queue": (hil.queue.main, ["--db", url]),
             "cancel": (hil.queue.main, ["cancel", "1", "--db", url])}[command]
     assert argv[0](argv[1]) == 2
@@ -158,3 +169,98 @@ def test_the_listing_masks_the_password(postgres_url, tmp_path, capsys):
     assert hil.queue.main(["--db", wrong]) == 2
     captured = capsys.readouterr()
     assert SECRET not in captured.err + captured.out and "***" in captured.err
+
+
+class _Bench:
+    def __init__(self, name: str, backend: str, resource: str, url: str, log: Path):
+        self.name, self.backend, self.resource, self.url, self.log = name, backend, resource, url, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "hil.worker", "--bench", self.name, "--backend", self.backend, "--resource",
+                 self.resource, "--db", self.url, "--poll", "0.5", "--report-dir", str(self.log.parent / "reports")],
+                stdout=log, stderr=log, env=env, cwd=self.log.parent)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _wait_for(predicate, timeout_s: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_a_run_left_running_by_another_host_is_resumed_once_the_bench_lease_passes(postgres_url, tmp_path):
+    """A bench computer that vanished mid-run: its pid cannot be checked from here, but a worker that holds the
+    bench's lease knows nobody else runs the bench's jobs, so the job goes back to the queue and its run,
+    marked interrupted, is resumed: one run, its finished steps kept."""
+    from db import Database
+    from db.models import Run
+    from db.runs import QUEUE_JOB_OPTION, start_run, start_step
+
+    protocol = _write(tmp_path, "program.yaml", PROGRAM)
+    args = hil.submit.build_parser().parse_args([str(protocol), "--bench", "far", "--db", postgres_url])
+    job_id, _ = hil.submit.submit(args)
+    _sql(postgres_url, "UPDATE procrastinate_jobs SET status = 'doing' WHERE id = :job", job=job_id)
+    with Database(postgres_url) as db, db.session() as s:       # what the vanished computer had written
+        run = start_run(s, protocol_name="program8", protocol_path=str(protocol), protocol_text=PROGRAM,
+                        backend="serial", seed=None, code_version="t",
+                        options={QUEUE_JOB_OPTION: job_id, "bench": "far"})
+        run.owner_host, run.owner_pid = "bench-pc-that-vanished", 4242
+        start_step(s, run, 0, "before", "read")
+        run_id = run.id
+    server = BoardServer(BoardEmulator(SoftwareCrossbar(8, 8, seed=5))).start()
+    bench = _Bench("far", "serial", server.url, postgres_url, tmp_path / "far.log")
+    try:
+        bench.start()
+        _wait_for(lambda: _sql(postgres_url, "SELECT status::text FROM procrastinate_jobs WHERE id = :job",
+                               job=job_id)[0][0] == "succeeded", what="the job to complete")
+    finally:
+        bench.stop()
+        server.stop()
+    with Database(postgres_url) as db, db.session() as s:
+        runs = s.query(Run).all()
+        assert [r.id for r in runs] == [run_id] and runs[0].status == "completed"
+        (resume,) = runs[0].resumes
+        assert resume["previous_status"] == "interrupted"
+        assert "bench-pc-that-vanished" in resume["previous_error"] and "lease passed" in resume["previous_error"]
+        first = [st for st in runs[0].steps if st.index == 0]
+        assert [st.status for st in first] == ["interrupted", "completed"]
+
+
+def test_a_second_worker_of_a_bench_waits_for_the_first(postgres_url, tmp_path):
+    server = BoardServer(BoardEmulator(SoftwareCrossbar(8, 8, seed=6))).start()
+    first = _Bench("twice", "serial", server.url, postgres_url, tmp_path / "first.log")
+    second = _Bench("twice", "serial", server.url, postgres_url, tmp_path / "second.log")
+    try:
+        first.start()
+        _wait_for(lambda: "waiting for runs" in first.log.read_text(), what="the first worker")
+        second.start()
+        _wait_for(lambda: "holds its lease" in second.log.read_text(), what="the second worker to wait")
+        assert "hil.worker twice@" in second.log.read_text()       # who holds it, by name
+        protocol = _write(tmp_path, "read.yaml", READ)
+        hil.submit.main([str(protocol), "--bench", "twice", "--db", postgres_url])
+        _wait_for(lambda: "run 1 completed" in first.log.read_text(), what="the first worker's run")
+        first.kill()
+        _wait_for(lambda: "waiting for runs" in second.log.read_text(), what="the second worker to take over")
+        assert "run " not in second.log.read_text().split("waiting for runs")[0]
+    finally:
+        first.stop()
+        second.stop()
+        server.stop()

@@ -9,10 +9,12 @@ completed exactly once, no step runs twice at once, and the records stay whole.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,8 @@ from sqlalchemy.pool import NullPool
 import hil.queue
 import hil.submit
 import hil.worker
+from drivers.emulators.faults import Faults
+from drivers.emulators.keithley2600 import TspInstrument, TspServer
 from drivers.emulators.serial_board import BoardEmulator, BoardServer
 from drivers.mock import SoftwareCrossbar
 
@@ -264,3 +268,120 @@ def test_a_second_worker_of_a_bench_waits_for_the_first(postgres_url, tmp_path):
         first.stop()
         second.stop()
         server.stop()
+
+
+# -- many benches, workers killed -------------------------------------------------------------------------------
+
+N_RUNS = 30
+KILLS = 7
+
+
+def _running_run_on(url: str, bench: str) -> bool:
+    rows = _sql(url, "SELECT count(*) FROM runs WHERE status = 'running' AND "
+                     "CAST(options AS jsonb) ->> 'bench' = :bench", bench=bench)
+    return rows[0][0] > 0
+
+
+def _unfinished_jobs(url: str) -> int:
+    return _sql(url, "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')")[0][0]
+
+
+def test_thirty_runs_on_three_benches_with_workers_killed_complete_exactly_once(postgres_url, tmp_path):
+    rng = random.Random(20)
+    # Added latency makes each run last a second or two on the emulated instruments, long enough to be killed in.
+    servers = [BoardServer(BoardEmulator(SoftwareCrossbar(8, 8, seed=1)), faults=Faults(latency_s=0.02)).start(),
+               BoardServer(BoardEmulator(SoftwareCrossbar(8, 8, seed=2)), faults=Faults(latency_s=0.02)).start(),
+               TspServer(TspInstrument(SoftwareCrossbar(8, 8, seed=3)), faults=Faults(latency_s=0.02)).start()]
+    benches = [_Bench("serial-1", "serial", servers[0].url, postgres_url, tmp_path / "serial-1.log"),
+               _Bench("serial-2", "serial", servers[1].url, postgres_url, tmp_path / "serial-2.log"),
+               _Bench("smu-1", "visa", servers[2].resource, postgres_url, tmp_path / "smu-1.log")]
+    protocols = [_write(tmp_path, f"{name}.yaml", content)
+                 for name, content in (("read", READ), ("program", PROGRAM), ("checker", CHECKER))]
+    submitted: dict[int, tuple[str, str]] = {}
+    for i in range(N_RUNS):
+        bench, protocol = benches[i % 3].name, protocols[rng.randrange(3)]
+        args = hil.submit.build_parser().parse_args([str(protocol), "--bench", bench, "--db", postgres_url,
+                                                     "--priority", str(rng.randrange(3))])
+        job_id, _ = hil.submit.submit(args)
+        submitted[job_id] = (bench, protocol.stem)
+    kills_mid_run = kills = 0
+    try:
+        for bench in benches:
+            bench.start()
+        deadline = time.monotonic() + 150
+        while _unfinished_jobs(postgres_url) and time.monotonic() < deadline:
+            if kills < KILLS:
+                bench = rng.choice(benches)
+                # a random moment, most often while the bench is in the middle of a run
+                wait_until = time.monotonic() + rng.uniform(0.5, 6)
+                while time.monotonic() < wait_until and not (
+                        _running_run_on(postgres_url, bench.name) and rng.random() < 0.3):
+                    time.sleep(0.1)
+                if bench.proc.poll() is None:
+                    kills_mid_run += _running_run_on(postgres_url, bench.name)
+                    bench.kill()
+                    kills += 1
+                    time.sleep(rng.uniform(0, 1))
+                    bench.start()
+            else:
+                time.sleep(0.5)
+        assert not _unfinished_jobs(postgres_url), "the queue did not drain in time"
+    finally:
+        for bench in benches:
+            bench.stop()
+        for server in servers:
+            server.stop()
+    logs = "\n".join(b.log.read_text(errors="replace")[-3000:] for b in benches)
+    assert kills == KILLS and kills_mid_run >= 2, logs
+
+    # every job completed, with exactly one run, completed, on its own bench
+    jobs = dict(_sql(postgres_url, "SELECT id, status::text FROM procrastinate_jobs"))
+    assert jobs == {job_id: "succeeded" for job_id in submitted}, logs
+    runs = _sql(postgres_url, "SELECT id, status, CAST(options AS jsonb) ->> 'queue_job', "
+                              "CAST(options AS jsonb) ->> 'bench', protocol_name, resumes FROM runs")
+    assert len(runs) == N_RUNS
+    by_job = Counter(int(r[2]) for r in runs)
+    assert by_job == Counter(submitted.keys())
+    assert {r[1] for r in runs} == {"completed"}
+    assert {int(r[2]): (r[3], r[4]) for r in runs} == {
+        job: (bench, {"read": "read8", "program": "program8", "checker": "checker8"}[stem])
+        for job, (bench, stem) in submitted.items()}
+    assert sum(1 for r in runs if r[5]) >= 2, "runs killed mid-way were resumed"
+
+    # steps: unique per (run, index, attempt), none left running, the last attempt at each index completed,
+    # an earlier one only interrupted (or completed and run again, as a program step a later read needs)
+    steps = _sql(postgres_url, "SELECT run_fk, index, attempt, kind, status, started_at, finished_at "
+                               "FROM run_steps ORDER BY run_fk, index, attempt")
+    assert len({(s[0], s[1], s[2]) for s in steps}) == len(steps)
+    assert not [s for s in steps if s[4] == "running"]
+    expected_steps = {"read8": 1, "program8": 3, "checker8": 2}
+    protocol_of = {r[0]: r[4] for r in runs}
+    attempts: dict[tuple[int, int], list] = defaultdict(list)
+    for s in steps:
+        attempts[(s[0], s[1])].append(s)
+    for run_id, name in protocol_of.items():
+        indices = sorted(i for (r, i) in attempts if r == run_id)
+        assert indices == list(range(expected_steps[name])), (run_id, indices)
+    for (run_id, index), tries in attempts.items():
+        assert tries[-1][4] == "completed", tries
+        for earlier in tries[:-1]:
+            assert earlier[4] == "interrupted" or (earlier[4] == "completed" and earlier[3] == "program"), tries
+
+    # one bench, one step at a time: no two steps of a bench overlap in time
+    bench_of = {r[0]: r[3] for r in runs}
+    per_bench: dict[str, list] = defaultdict(list)
+    for s in steps:
+        per_bench[bench_of[s[0]]].append(s)
+    for bench, rows in per_bench.items():
+        rows.sort(key=lambda s: s[5])
+        for before, after in zip(rows, rows[1:]):
+            assert after[5] >= before[6], (bench, before, after)
+
+    # the records hang together: every row's run and step exist, and a measurement's step is of its run
+    for table in ("measurements", "device_results"):
+        orphans = _sql(postgres_url, f"SELECT count(*) FROM {table} t LEFT JOIN runs r ON r.id = t.run_fk "
+                                     f"LEFT JOIN run_steps s ON s.id = t.step_fk "
+                                     f"WHERE r.id IS NULL OR (t.step_fk IS NOT NULL AND "
+                                     f"(s.id IS NULL OR s.run_fk <> t.run_fk))")[0][0]
+        assert orphans == 0, table
+    assert _sql(postgres_url, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'")[0][0] == 0

@@ -9,18 +9,26 @@ one pass. Results are identical to the numpy expressions given in the docstrings
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
+
+from .compiled import pick, serial_and_parallel
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def dac_drive(v: np.ndarray, scale: np.float32, kappa: np.float32, out: np.ndarray) -> None:
-    """out = k * (1 + kappa * k**2) with k = rint(v * scale): DAC codes through the I-V nonlinearity."""
+def _dac_drive(v: np.ndarray, scale: np.float32, kappa: np.float32, out: np.ndarray) -> None:
     vf = v.ravel()
     of = out.ravel()
     one = np.float32(1.0)
-    for i in range(vf.size):
+    for i in prange(vf.size):
         k = np.rint(vf[i] * scale)
         of[i] = k * (one + kappa * k * k)
+
+
+_DAC_DRIVE = serial_and_parallel()(_dac_drive)
+
+
+def dac_drive(v: np.ndarray, scale: np.float32, kappa: np.float32, out: np.ndarray) -> None:
+    """out = k * (1 + kappa * k**2) with k = rint(v * scale): DAC codes through the I-V nonlinearity."""
+    pick(_DAC_DRIVE, v.size)(v, scale, kappa, out)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -33,21 +41,25 @@ def adc_convert(x: np.ndarray, noise: np.ndarray, levels: np.float32, lsb: np.fl
         of[i] = min(max(y, -levels), levels) * lsb
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+def _adc_convert_parts(x: np.ndarray, noise: np.ndarray, gains: np.ndarray, levels: np.float32, lsb: np.float32,
+                       out: np.ndarray) -> None:
+    n = x.size // x.shape[0]
+    xf = x.ravel()
+    of = out.ravel()
+    for i in prange(xf.size):
+        g = gains[i // n]
+        y = np.rint(g * xf[i] + g * noise[i])
+        of[i] = min(max(y, -levels), levels) * (lsb / g)
+
+
+_ADC_CONVERT_PARTS = serial_and_parallel()(_adc_convert_parts)
+
+
 def adc_convert_parts(x: np.ndarray, noise: np.ndarray, gains: np.ndarray, levels: np.float32, lsb: np.float32,
                       out: np.ndarray) -> None:
     """adc_convert for a stack of MVMs (parts, batch, cols), part p read at gain ``gains[p]``:
     out = clip(rint(g * x + g * noise), -levels, levels) * lsb / g."""
-    n = x.size // x.shape[0]
-    xf = x.ravel()
-    of = out.ravel()
-    for p in range(x.shape[0]):
-        g = gains[p]
-        step = lsb / g
-        base = p * n
-        for i in range(base, base + n):
-            y = np.rint(g * xf[i] + g * noise[i])
-            of[i] = min(max(y, -levels), levels) * step
+    pick(_ADC_CONVERT_PARTS, x.size)(x, noise, gains, levels, lsb, out)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -65,25 +77,33 @@ def fluctuated(scaled: np.ndarray, sigma: np.ndarray, pool: np.ndarray, starts: 
             of[p, i] = sigma[f] * pool[s + f] + scaled[f]
 
 
-@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def stack_matmul(a: np.ndarray, g: np.ndarray, out: np.ndarray) -> None:
-    """out[p] = a[p] @ g[p] for (P, B, K) and (P, K, C), on one thread: the products of a stack are small,
-    and a threaded BLAS spends more waking its threads than multiplying (rows at 0 V are skipped)."""
+def _stack_matmul(a: np.ndarray, g: np.ndarray, out: np.ndarray) -> None:
     n_parts, batch, k_rows = a.shape
     cols = g.shape[2]
-    for p in range(n_parts):
-        for b in range(batch):
-            if cols < 8:                      # few columns: a dot product per column
-                for c in range(cols):
-                    acc = np.float32(0.0)
-                    for k in range(k_rows):
-                        acc += a[p, b, k] * g[p, k, c]
-                    out[p, b, c] = acc
-                continue
+    for pb in prange(n_parts * batch):
+        p = pb // batch
+        b = pb - p * batch
+        if cols < 8:                          # few columns: a dot product per column
             for c in range(cols):
-                out[p, b, c] = 0.0
-            for k in range(k_rows):
-                x = a[p, b, k]
-                if x != 0.0:
-                    for c in range(cols):
-                        out[p, b, c] += x * g[p, k, c]
+                acc = np.float32(0.0)
+                for k in range(k_rows):
+                    acc += a[p, b, k] * g[p, k, c]
+                out[p, b, c] = acc
+            continue
+        for c in range(cols):
+            out[p, b, c] = 0.0
+        for k in range(k_rows):
+            x = a[p, b, k]
+            if x != 0.0:
+                for c in range(cols):
+                    out[p, b, c] += x * g[p, k, c]
+
+
+_STACK_MATMUL = serial_and_parallel(fastmath=True)(_stack_matmul)
+
+
+def stack_matmul(a: np.ndarray, g: np.ndarray, out: np.ndarray) -> None:
+    """out[p] = a[p] @ g[p] for (P, B, K) and (P, K, C), in compiled loops rather than a BLAS: the products
+    of a stack are small, and a threaded BLAS spends more waking its threads than multiplying (rows at
+    0 V are skipped). Large stacks share the (part, sample) products among the cores."""
+    pick(_STACK_MATMUL, a.shape[0] * a.shape[1] * g.shape[2] * max(a.shape[2] // 8, 1))(a, g, out)

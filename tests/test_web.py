@@ -211,3 +211,27 @@ def test_a_read_only_role_on_postgresql_suffices(postgres_url, tmp_path):
             c.execute(text(f"REVOKE ALL ON SCHEMA public FROM {role}"))
             c.execute(text(f"DROP ROLE {role}"))
         admin.dispose()
+
+
+def test_the_queue_page_says_why_there_is_none_on_sqlite(client):
+    assert "the queue needs PostgreSQL" in page(client, "/queue")
+
+
+def test_the_queue_page_lists_queued_work_with_its_bench(postgres_url, tmp_path):
+    import hil.submit
+
+    protocol = tmp_path / "cal.yaml"
+    protocol.write_text(web_data.CALIBRATION, encoding="utf-8")
+    with Database(postgres_url) as db:
+        client = create_app(db).test_client()
+        assert "nothing has been queued" in page(client, "/queue")
+        for bench, priority in (("bench-A", 0), ("bench-B", 5)):
+            assert hil.submit.main([str(protocol), "--bench", bench, "--priority", str(priority),
+                                    "--db", postgres_url]) == 0
+    with Database(postgres_url, read_only=True) as viewer:
+        html = page(create_app(viewer).test_client(), "/queue/table")
+    rows = re.findall(r'<tr data-job="(\d+)"><td>\d+</td><td>([\w-]+)</td><td>([\w_]+)</td>\s*<td><span class="badge '
+                      r'(\w+)">\w+</span></td><td>(-?\d+)</td>', html)
+    assert [(bench, name, status, int(p)) for _, bench, name, status, p in rows] == [
+        ("bench-B", "web_calibration", "queued", 5), ("bench-A", "web_calibration", "queued", 0)]
+    assert 'data-live="1"' in html

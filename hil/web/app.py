@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, render_template, request, send_from_directory, url_for
+from sqlalchemy.engine import make_url
 
 from db import Database, history, records
 from db.errors import mask_url
@@ -169,6 +170,32 @@ def create_app(db: Database) -> Flask:
                     raise LookupError(f"array {array_id!r} has no noise model {model_id}")
             rows = history.compare_noise_models(session, a, b)
         return render_template("models.html", array_id=array_id, a=a, b=b, rows=rows)
+
+    @app.get("/queue")
+    def queue():
+        return render_template("queue.html", **_queue_context())
+
+    @app.get("/queue/table")
+    def queue_table():
+        return render_template("_queue_table.html", **_queue_context())
+
+    def _queue_context() -> dict[str, Any]:
+        """The lab queue's jobs with their runs; none (and why) on a database that has no queue."""
+        if make_url(db.url).get_backend_name() != "postgresql":
+            return {"work": None, "why": "the queue needs PostgreSQL; this database serves one bench without one"}
+        from hil import lab_queue
+
+        try:
+            work = lab_queue.list_work(db.url) if lab_queue.schema_present(db.url) else None
+        except Exception as exc:            # noqa: BLE001 - shown on the page, credentials removed
+            return {"work": None, "why": lab_queue.describe_error(exc, db.url)}
+        if work is None:
+            return {"work": None, "why": "nothing has been queued in this database yet (python -m hil.submit)"}
+        with db.session() as session:
+            lab_queue.attach_runs(session, work)
+        work.reverse()                       # newest first, as the runs
+        live = any(w.status in ("queued", "running") for w in work)
+        return {"work": work, "why": None, "live": live}
 
     @app.get("/api/runs")
     def api_runs():

@@ -53,10 +53,7 @@ def build(tmp_path: Path) -> dict:
 
         failed = add_failed_run(session, array)
 
-        running = start_run(session, protocol_name="long_training", protocol_path=None,
-                            protocol_text="name: long_training\n", backend="mock", seed=4, code_version="test",
-                            crossbar_array=array)
-        start_step(session, running, 0, "noisy", "train")
+        running = add_running_run(session, array)
         ids = {"loop": loop.id, "failed": failed.id, "running": running.id}
     advance(url, ids["running"], 1)
     return {"url": url, **ids}
@@ -73,6 +70,15 @@ def add_failed_run(session, array=None):
     finish_step(session, step, "failed", FAILURE)
     finish_run(session, failed, "failed", FAILURE)
     return failed
+
+
+def add_running_run(session, array):
+    """A training that has started its first step on ``array``, its process still going."""
+    running = start_run(session, protocol_name="long_training", protocol_path=None,
+                        protocol_text="name: long_training\n", backend="mock", seed=4, code_version="test",
+                        crossbar_array=array)
+    start_step(session, running, 0, "noisy", "train")
+    return running
 
 
 def advance(url: str, run_id: int, epoch: int, epochs: int = 30) -> None:

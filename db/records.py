@@ -27,12 +27,6 @@ from db.models import (COMPLETED, ArrayStat, Base, Checkpoint, CrossbarArray, De
                        DeviceResult, DeviceStat, Finetune, Inference, Instrument, Measurement, NoiseModelRecord, Run,
                        RunStep)
 from db.timestamps import utcnow
-from db import runs as _runs
-
-# The run lifecycle lived here before it had a module of its own; these names stay importable from here
-# for code written against that layout. New code imports them from db.runs.
-start_run, finish_run, start_step, finish_step = _runs.start_run, _runs.finish_run, _runs.start_step, _runs.finish_step
-latest_attempts, array_id_of = _runs.latest_attempts, _runs.array_id_of
 
 
 def get_or_create_instrument(session: Session, backend: str, instrument_id: str, model: str,

@@ -143,6 +143,12 @@ def test_submit_refuses_a_bad_protocol_with_nothing_queued(postgres_url, tmp_pat
     assert hil.submit.main([str(good), "--bench", "no spaces", "--db", postgres_url]) == 2
     assert hil.submit.main([str(good), "--bench", "A", "--priority", "5000", "--db", postgres_url]) == 2
     assert _sql(postgres_url, "SELECT count(*) FROM procrastinate_jobs")[0][0] == 1
+    # several at once: one bad protocol among them refuses them all; good ones are queued in the order given
+    assert hil.submit.main([str(good), str(bad), "--bench", "A", "--db", postgres_url]) == 2
+    assert _sql(postgres_url, "SELECT count(*) FROM procrastinate_jobs")[0][0] == 1
+    capsys.readouterr()
+    assert hil.submit.main([str(good), str(good), "--bench", "A", "--db", postgres_url]) == 0
+    assert capsys.readouterr().out.split("\n")[:2] == ["queued job 2 on bench A", "queued job 3 on bench A"]
 
 
 def test_cancel_takes_a_queued_run_out_and_refuses_a_running_or_finished_one(postgres_url, tmp_path, capsys):
@@ -220,7 +226,7 @@ def test_a_run_left_running_by_another_host_is_resumed_once_the_bench_lease_pass
 
     protocol = _write(tmp_path, "program.yaml", PROGRAM)
     args = hil.submit.build_parser().parse_args([str(protocol), "--bench", "far", "--db", postgres_url])
-    job_id, _ = hil.submit.submit(args)
+    (job_id,), _ = hil.submit.submit(args)
     _sql(postgres_url, "UPDATE procrastinate_jobs SET status = 'doing' WHERE id = :job", job=job_id)
     with Database(postgres_url) as db, db.session() as s:       # what the vanished computer had written
         run = start_run(s, protocol_name="program8", protocol_path=str(protocol), protocol_text=PROGRAM,
@@ -302,7 +308,7 @@ def test_thirty_runs_on_three_benches_with_workers_killed_complete_exactly_once(
         bench, protocol = benches[i % 3].name, protocols[rng.randrange(3)]
         args = hil.submit.build_parser().parse_args([str(protocol), "--bench", bench, "--db", postgres_url,
                                                      "--priority", str(rng.randrange(3))])
-        job_id, _ = hil.submit.submit(args)
+        (job_id,), _ = hil.submit.submit(args)
         submitted[job_id] = (bench, protocol.stem)
     kills_mid_run = kills = 0
     try:

@@ -42,40 +42,9 @@ from drivers.emulators.keithley2600 import TspInstrument, TspServer  # noqa: E40
 from drivers.emulators.serial_board import BoardEmulator, BoardServer  # noqa: E402
 from drivers.mock import SoftwareCrossbar  # noqa: E402
 
-PROTOCOLS = {
-    "read8": """name: read8
-array: {rows: 8, cols: 8}
-steps:
-  - kind: read
-    name: look
-    read_voltage_v: 0.2
-    repeats: 3
-""",
-    "program8": """name: program8
-array: {rows: 8, cols: 8}
-steps:
-  - kind: read
-    name: before
-    read_voltage_v: 0.2
-  - kind: program
-    name: levels
-    pattern: {kind: levels, levels: 4, g_low_s: 5.0e-6, g_high_s: 80.0e-6}
-  - kind: read
-    name: after
-    read_voltage_v: 0.2
-    repeats: 2
-""",
-    "checker8": """name: checker8
-array: {rows: 8, cols: 8}
-steps:
-  - kind: program
-    name: checkerboard
-    pattern: {kind: checkerboard, g_low_s: 5.0e-6, g_high_s: 60.0e-6}
-  - kind: read
-    name: after
-    read_voltage_v: 0.2
-""",
-}
+# the small 8x8 protocols the queue test runs
+PROTOCOLS = {name: (ROOT / "tests" / "data" / "protocols" / f"{name}.yaml").read_text(encoding="utf-8")
+             for name in ("read8", "program8", "checker8")}
 
 
 def _env() -> dict:

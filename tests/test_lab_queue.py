@@ -30,41 +30,14 @@ from drivers.emulators.serial_board import BoardEmulator, BoardServer
 from drivers.mock import SoftwareCrossbar
 
 ROOT = Path(__file__).resolve().parent.parent
+# small 8x8 protocols, shared with benchmarks/bench_queue.py
+SMALL = ROOT / "tests" / "data" / "protocols"
 
-READ = """name: read8
-array: {rows: 8, cols: 8}
-steps:
-  - kind: read
-    name: look
-    read_voltage_v: 0.2
-    repeats: 3
-"""
+READ = (SMALL / "read8.yaml").read_text(encoding="utf-8")
 
-PROGRAM = """name: program8
-array: {rows: 8, cols: 8}
-steps:
-  - kind: read
-    name: before
-    read_voltage_v: 0.2
-  - kind: program
-    name: levels
-    pattern: {kind: levels, levels: 4, g_low_s: 5.0e-6, g_high_s: 80.0e-6}
-  - kind: read
-    name: after
-    read_voltage_v: 0.2
-    repeats: 2
-"""
+PROGRAM = (SMALL / "program8.yaml").read_text(encoding="utf-8")
 
-CHECKER = """name: checker8
-array: {rows: 8, cols: 8}
-steps:
-  - kind: program
-    name: checkerboard
-    pattern: {kind: checkerboard, g_low_s: 5.0e-6, g_high_s: 60.0e-6}
-  - kind: read
-    name: after
-    read_voltage_v: 0.2
-"""
+CHECKER = (SMALL / "checker8.yaml").read_text(encoding="utf-8")
 
 BAD = """name: bad
 array: {rows: 8, cols: 8}

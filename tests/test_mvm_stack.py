@@ -109,6 +109,14 @@ def test_a_stack_is_checked_before_anything_reaches_the_array():
     with pytest.raises(LimitViolation, match=r"rows \(P, K\)"):
         xbar.mvm_stack(rows, cols, v[:, :, :3])
     assert xbar.now() == before and xbar.transactions["mvm"] == 0
+    # a layout that passed once is not let through again once its arrays are changed in place
+    xbar.mvm_stack(rows, cols, v)
+    kept, rows[1, 1] = rows[1, 1], rows[1, 0]
+    with pytest.raises(LimitViolation, match="row appears twice"):
+        xbar.mvm_stack(rows, cols, v)
+    rows[1, 1], cols[0, 0] = kept, 40
+    with pytest.raises(LimitViolation, match="cols index outside"):
+        xbar.mvm_stack(rows, cols, v)
 
 
 @pytest.mark.parametrize("family", ["pcm", "vcm"])

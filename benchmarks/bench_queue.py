@@ -11,7 +11,7 @@ read; a checkerboard and a read), the same list in every mode:
   one after another;
 * the queue: three ``python -m hil.worker`` (one per bench) started and waiting, as a lab's are; timed from
   the first ``python -m hil.submit`` (one per run, one after another; their share is printed) to the last
-  run completed;
+  run completed; and the same with one ``hil.submit`` per bench naming all of its runs;
 * the queue's own rate: every run submitted first, then timed from starting the three workers to the last
   run completed.
 
@@ -77,19 +77,25 @@ def by_hand_parallel(plan, benches, url, workdir) -> float:
     return time.perf_counter() - t
 
 
-def _submit_all(plan, url, workdir) -> list[int]:
+def _submit_all(plan, url, workdir, *, per_bench: bool = False) -> list[int]:
+    """Queue the plan's runs: one ``hil.submit`` per run, or (``per_bench``) one per bench naming all of
+    that bench's protocols in their order."""
+    calls = ([[bench, [str(protocol)]] for bench, protocol in plan] if not per_bench else
+             [[bench, [str(p) for b, p in plan if b == bench]] for bench in dict.fromkeys(b for b, _ in plan)])
     jobs = []
-    for bench, protocol in plan:
-        out = subprocess.run([sys.executable, "-m", "hil.submit", str(protocol), "--bench", bench, "--db", url],
+    for bench, protocols in calls:
+        out = subprocess.run([sys.executable, "-m", "hil.submit", *protocols, "--bench", bench, "--db", url],
                              check=True, env=_env(), cwd=workdir, capture_output=True, text=True).stdout
-        jobs.append(int(out.split()[2]))
+        jobs += [int(line.split()[2]) for line in out.splitlines() if line.startswith("queued job")]
     return jobs
 
 
-def through_queue(plan, benches, url, workdir, *, queued_first: bool = False) -> tuple[float, float]:
+def through_queue(plan, benches, url, workdir, *, queued_first: bool = False,
+                  per_bench: bool = False) -> tuple[float, float]:
     """(seconds from the first submit to the last run completed, seconds the submits took), with the three
     workers started and waiting beforehand, as a lab's are; ``queued_first``: every run submitted first
-    (untimed), then seconds from starting the three workers to the last run completed."""
+    (untimed), then seconds from starting the three workers to the last run completed. ``per_bench``: one
+    ``hil.submit`` per bench for all its runs, instead of one per run."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
 
@@ -109,7 +115,7 @@ def through_queue(plan, benches, url, workdir, *, queued_first: bool = False) ->
             time.sleep(0.1)
         if not queued_first:
             t = time.perf_counter()
-            jobs = _submit_all(plan, url, workdir)
+            jobs = _submit_all(plan, url, workdir, per_bench=per_bench)
         submitted = 0.0 if queued_first else time.perf_counter() - t
         while True:
             with engine.connect() as c:
@@ -157,10 +163,13 @@ def main() -> int:
             names = list(benches)
             plan = [(names[i % 3], paths[list(PROTOCOLS)[(i // 3) % 3]]) for i in range(args.runs)]
             queued, submitting = through_queue(plan, benches, args.db, workdir)
+            batched, batch_submitting = through_queue(plan, benches, args.db, workdir, per_bench=True)
             drained, _ = through_queue(plan, benches, args.db, workdir, queued_first=True)
             results = [("by hand, one after another (python -m hil.run)", by_hand_sequential(plan, benches, args.db, workdir)),
                        ("by hand, three at once (one shell per bench)", by_hand_parallel(plan, benches, args.db, workdir)),
                        (f"queue: {args.runs} x hil.submit ({submitting:.1f} s of it), three hil.worker waiting", queued),
+                       (f"queue: 3 x hil.submit, one per bench ({batch_submitting:.1f} s of it), three hil.worker "
+                        "waiting", batched),
                        ("queue: all queued first, three hil.worker started (start-up included)", drained)]
     finally:
         for server in servers:

@@ -244,3 +244,12 @@ def test_the_queue_page_lists_queued_work_with_its_bench(postgres_url, tmp_path)
     assert [(bench, name, status, int(p)) for _, bench, name, status, p in rows] == [
         ("bench-B", "web_calibration", "queued", 5), ("bench-A", "web_calibration", "queued", 0)]
     assert 'data-live="1"' in html
+
+
+def test_a_devices_history_from_its_cell(client):
+    html = page(client, f"/arrays/{web_data.ARRAY}/device?row=3&col=5")
+    table = html[html.index('id="device-history"'):]
+    values = re.findall(r"<td>(g_max_s|g_min_s)</td><td>([^<]+)</td>", table)
+    assert {q for q, _ in values} == {"g_max_s", "g_min_s"} and len(values) == 4        # two calibrations
+    assert len(re.findall(r'data-plot="device-\d+"', html)) >= 2
+    assert "outside array" in page(client, f"/arrays/{web_data.ARRAY}/device?row=16&col=0", 400)

@@ -135,3 +135,16 @@ def test_a_failed_run_shows_its_error(page, served):
         assert "there is no run 999999" in page.inner_text("#page-error")
         # a 404 is logged by Chromium as a failed resource: that one is expected, nothing else
         assert all("404" in p for p in page.problems)
+
+
+def test_a_click_on_a_device_map_opens_that_devices_history(page, served):
+    with screenshot_on_failure(page, "device-click"):
+        page.goto(f"{served['base']}/arrays/{web_data.ARRAY}")
+        cells = page.locator("#map-window .nsewdrag").first
+        cells.wait_for(timeout=15_000)
+        box = cells.bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.wait_for_url(re.compile(r"/device\?row=\d+&col=\d+"), timeout=10_000)
+        assert page.locator("#device-history tbody tr").count() >= 2
+        page.locator(".plot .main-svg").first.wait_for()
+        assert page.problems == []

@@ -140,6 +140,17 @@ def create_app(db: Database) -> Flask:
                                checks=checks, loop=loop, loop_plot=plots.loop_accuracy(loop) if loop else None,
                                recent=recent, maps=maps, maps_run=maps_run)
 
+    @app.get("/arrays/<array_id>/device")
+    def device(array_id: str):
+        row, col = _required("row", int), _required("col", int)
+        with db.session() as session:
+            rows = history.device_history(session, array_id, row, col)     # ValueError outside the array
+        by_quantity: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_quantity.setdefault(r["quantity"], []).append(r)
+        figures = [(q, plots.trend(points, q, None)) for q, points in by_quantity.items()]
+        return render_template("device.html", array_id=array_id, row=row, col=col, rows=rows, figures=figures)
+
     @app.get("/arrays/<array_id>/trend")
     def trend(array_id: str):
         quantity = _required("quantity")

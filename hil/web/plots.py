@@ -58,9 +58,10 @@ def heatmap(name: str, grid: np.ndarray, title: str) -> str:
 
 
 def trend(rows: Sequence[dict[str, Any]], quantity: str, unit: str | None) -> str:
+    labels = [f"run {r['run_id']}" + (f" ({r['status']})" if r.get("status") else "") for r in rows]
     fig = go.Figure(go.Scatter(x=[r["started_at"] for r in rows], y=[r["value"] for r in rows],
-                               mode="lines+markers", customdata=[[r["run_id"], r["status"]] for r in rows],
-                               hovertemplate="run %{customdata[0]} (%{customdata[1]})<br>%{x}<br>%{y}<extra></extra>"))
+                               mode="lines+markers", text=labels,
+                               hovertemplate="%{text}<br>%{x}<br>%{y}<extra></extra>"))
     fig.update_layout(title=f"{quantity}" + (f" ({unit})" if unit else ""), **_LAYOUT)
     fig.update_xaxes(title="run started (UTC)")
     return _json(fig)

@@ -30,6 +30,13 @@ function drawPlots() {
   document.querySelectorAll('script[type="application/json"][data-plot]').forEach((spec) => {
     const figure = JSON.parse(spec.textContent);
     Plotly.newPlot(spec.dataset.plot, figure.data, figure.layout, {responsive: true, displaylogo: false});
+    const target = spec.dataset.click;      // a device map: a click opens that cell's history
+    if (target) {
+      document.getElementById(spec.dataset.plot).on("plotly_click", (event) => {
+        const point = event.points[0];
+        window.location.href = target.replace("{row}", point.y).replace("{col}", point.x);
+      });
+    }
   });
 }
 

@@ -231,6 +231,20 @@ def cancel(app, url: str, job_id: int) -> Work:
     return work
 
 
+def retry(app, url: str, job_id: int) -> Work:
+    """Put a failed job back in its bench's queue: its worker resumes the job's run where it stopped (the
+    steps it completed are kept). QueueError, with nothing changed, for a job that has not failed."""
+    found = list_work(url, job_id)
+    if not found:
+        raise QueueError(f"there is no job {job_id} in the queue")
+    work = found[0]
+    if work.status != "failed":
+        raise QueueError(f"job {job_id} is {work.status}: only a failed job can be retried")
+    app.job_manager.retry_job_by_id(job_id, retry_at=datetime.now(timezone.utc))
+    work.status = "queued"
+    return work
+
+
 def reclaim_orphaned_jobs(app, url: str, bench: str) -> list[int]:
     """Put back in the queue the jobs of ``bench`` left ``doing`` by a worker that died; only the holder of
     the bench's lease may call this (it proves that worker is gone). Returns their ids."""

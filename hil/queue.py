@@ -1,9 +1,11 @@
 """``python -m hil.queue [list] [--bench NAME] [--db URL]``: the lab queue's runs, queued, running and finished
 (job id, bench, protocol, priority, run id and its status, times); ``python -m hil.queue cancel JOB [--db URL]``:
-take a queued run out of the queue (a running or finished one is refused, with nothing changed).
+take a queued run out of the queue (a running or finished one is refused, with nothing changed);
+``python -m hil.queue retry JOB [--db URL]``: queue a failed run again, for its bench's worker to resume
+it where it stopped (once the bench is fixed).
 
 The queue is on the lab's PostgreSQL (``--db`` or ``$HIL_DB_URL``); see ``python -m hil.submit``.
-Exit status 0, 1 the job could not be cancelled, 2 bad input.
+Exit status 0, 1 the job could not be cancelled or retried, 2 bad input.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m hil.queue", description="The lab queue's runs; cancel a queued one.")
+    parser = _Parser(prog="python -m hil.queue", description="The lab queue's runs; cancel a queued one, retry a failed one.")
     parser.add_argument("--db", metavar="URL", default=None, help="the lab's PostgreSQL (default: $HIL_DB_URL)")
     sub = parser.add_subparsers(dest="command")
     listing = sub.add_parser("list", help="queued, running and finished runs (the default)")
@@ -32,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="take a queued run out of the queue")
     cancel.add_argument("job", type=int, metavar="JOB", help="the job id, as listed")
     cancel.add_argument("--db", metavar="URL", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    for p in (listing, cancel):
+    again = sub.add_parser("retry", help="queue a failed run again, to be resumed where it stopped")
+    again.add_argument("job", type=int, metavar="JOB", help="the job id, as listed")
+    again.add_argument("--db", metavar="URL", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    for p in (listing, cancel, again):
         p.error = parser.error   # one line, as the main parser's
     return parser
 
@@ -41,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         url = postgres_url(args.db)
-        if args.command == "cancel":
-            return _cancel(url, args.job)
+        if args.command in ("cancel", "retry"):
+            return _change(url, args.job, args.command)
         return _list(url, getattr(args, "bench", None))
     except QueueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -88,17 +93,19 @@ def _list(url: str, bench: str | None) -> int:
     return EXIT_OK
 
 
-def _cancel(url: str, job_id: int) -> int:
-    from .lab_queue import cancel, describe_error, make_app
+def _change(url: str, job_id: int, command: str) -> int:
+    """Cancel a queued job, or retry a failed one."""
+    from . import lab_queue
     try:
-        with make_app(url).open() as app:
-            work = cancel(app, url, job_id)
+        with lab_queue.make_app(url).open() as app:
+            work = getattr(lab_queue, command)(app, url, job_id)
     except QueueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except Exception as exc:
-        raise QueueError(describe_error(exc, url)) from None
-    print(f"cancelled job {work.job_id} ({work.protocol} on bench {work.bench})")
+        raise QueueError(lab_queue.describe_error(exc, url)) from None
+    done = f"cancelled job {work.job_id}" if command == "cancel" else f"queued job {work.job_id} again"
+    print(f"{done} ({work.protocol} on bench {work.bench})")
     return EXIT_OK
 
 

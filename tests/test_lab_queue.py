@@ -249,6 +249,38 @@ def test_a_second_worker_of_a_bench_waits_for_the_first(postgres_url, tmp_path):
         server.stop()
 
 
+def test_a_failed_run_retried_from_the_queue_is_resumed_where_it_stopped(postgres_url, tmp_path, capsys):
+    """The bench's board drops its connection mid-programming: the run fails and so does its job. Once the
+    board is back, ``hil.queue retry`` queues the job again and the worker resumes that run: one run, its
+    first step kept from the failed attempt."""
+    from db import Database
+    from db.models import Run
+
+    server = BoardServer(BoardEmulator(SoftwareCrossbar(8, 8, seed=7)), faults=Faults(disconnect_after=12)).start()
+    bench = _Bench("flaky", "serial", server.url, postgres_url, tmp_path / "flaky.log")
+    protocol = _write(tmp_path, "program.yaml", PROGRAM)
+    job = lambda: _sql(postgres_url, "SELECT status::text FROM procrastinate_jobs WHERE id = 1")[0][0]  # noqa: E731
+    try:
+        bench.start()
+        assert hil.submit.main([str(protocol), "--bench", "flaky", "--db", postgres_url]) == 0
+        _wait_for(lambda: job() == "failed", what="the job to fail")
+        server.faults = Faults()                                                # the board is back
+        capsys.readouterr()
+        assert hil.queue.main(["retry", "1", "--db", postgres_url]) == 0
+        assert capsys.readouterr().out.strip() == "queued job 1 again (program8 on bench flaky)"
+        _wait_for(lambda: job() == "succeeded", what="the job to complete")
+    finally:
+        bench.stop()
+        server.stop()
+    assert hil.queue.main(["retry", "1", "--db", postgres_url]) == 1
+    assert "only a failed job can be retried" in capsys.readouterr().err
+    with Database(postgres_url) as db, db.session() as s:
+        (run,) = s.query(Run).all()
+        assert run.status == "completed" and [r["previous_status"] for r in run.resumes] == ["failed"]
+        assert [(st.index, st.attempt, st.status) for st in run.steps if st.index == 0] == [(0, 1, "completed")]
+        assert [st.status for st in run.steps if st.index == 1] == ["failed", "completed"]
+
+
 # -- many benches, workers killed -------------------------------------------------------------------------------
 
 N_RUNS = 30

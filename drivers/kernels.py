@@ -31,14 +31,20 @@ def dac_drive(v: np.ndarray, scale: np.float32, kappa: np.float32, out: np.ndarr
     pick(_DAC_DRIVE, v.size)(v, scale, kappa, out)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def adc_convert(x: np.ndarray, noise: np.ndarray, levels: np.float32, lsb: np.float32, out: np.ndarray) -> None:
-    """out = clip(rint(x + noise), -levels, levels) * lsb, ``noise`` being the first x.size values given."""
+def _adc_convert(x: np.ndarray, noise: np.ndarray, levels: np.float32, lsb: np.float32, out: np.ndarray) -> None:
     xf = x.ravel()
     of = out.ravel()
-    for i in range(xf.size):
+    for i in prange(xf.size):
         y = np.rint(xf[i] + noise[i])
         of[i] = min(max(y, -levels), levels) * lsb
+
+
+_ADC_CONVERT = serial_and_parallel()(_adc_convert)
+
+
+def adc_convert(x: np.ndarray, noise: np.ndarray, levels: np.float32, lsb: np.float32, out: np.ndarray) -> None:
+    """out = clip(rint(x + noise), -levels, levels) * lsb, ``noise`` being the first x.size values given."""
+    pick(_ADC_CONVERT, x.size)(x, noise, levels, lsb, out)
 
 
 def _adc_convert_parts(x: np.ndarray, noise: np.ndarray, gains: np.ndarray, levels: np.float32, lsb: np.float32,

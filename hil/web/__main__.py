@@ -35,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     from hil.web.app import create_app
 
     app = create_app(db)
-    server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads)
+    try:
+        server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads)
+    except OSError as exc:                 # the port is taken, or the address is not this computer's
+        print(f"hil.web: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        db.close()
+        return 2
     host, port = server.effective_host, server.effective_port
     print(f"serving {mask_url(db.url)} (read-only) at http://{host}:{port}/", flush=True)
     try:

@@ -62,8 +62,8 @@ def _row_voltages(x, inputs, inv_gain, input_tile, n_tiles, full_v, volts, top) 
                 row[k] = u
                 a = abs(u)
                 t = input_tile[k]
-                if a > largest[t] or a != a:     # a NaN stays: nothing compares greater
-                    largest[t] = a
+                # branch-free (a data-dependent branch here mispredicted on half the inputs); a NaN stays
+                largest[t] = np.maximum(largest[t], a)
             for t in range(n_tiles):
                 m = largest[t]
                 if m == 0.0:

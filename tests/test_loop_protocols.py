@@ -164,15 +164,15 @@ def test_small_loop_deploys_and_infers_on_the_array(tmp_path, model):
 
 
 def test_an_infer_step_must_follow_its_deploy_step(tmp_path):
-    text = f"""name: bad_loop
-array: {{rows: 16, cols: 16}}
+    text = """name: bad_loop
+array: {rows: 16, cols: 16}
 steps:
   - kind: infer
     name: too_early
     deployment: deploy
   - kind: deploy
     name: deploy
-    checkpoint: {{from_step: nowhere}}
+    checkpoint: {from_step: nowhere}
 """
     path = tmp_path / "bad.yaml"
     path.write_text(text, encoding="utf-8")

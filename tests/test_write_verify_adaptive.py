@@ -96,7 +96,7 @@ def test_finer_steps_than_the_lowest_amplitude_gives_come_from_shorter_pulses():
     with AbsoluteStepCrossbar(32, 32, slope_v=0.1, v_ref=0.75, seed=3) as x:
         t = targets(x.shape, 3)
         settings = WriteVerifySettings(tolerance_s=TOL, max_iterations=20)
-        result = write_verify(x, t, settings)
+        write_verify(x, t, settings)
         truly_in = np.abs(x.g - t) <= TOL
         shortest = min(float(w.min()) for w in x.widths_seen)
         assert max(float(w.max()) for w in x.widths_seen) <= settings.max_width_factor * settings.pulse_width_s

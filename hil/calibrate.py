@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from functools import partial
 from pathlib import Path
+
+from .cli import OneLineParser
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 NPY_KINDS = ("reads", "drift", "after_reset", "after_set")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(EXIT_BAD_INPUT, f"error: {message} (python -m hil.calibrate --help for usage)\n")
 
 
 class BadInput(ValueError):
@@ -33,9 +31,10 @@ class BadInput(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m hil.calibrate", description="Calibrations from measurement files, and out to "
-                                                                  "arc2control HDF5 files.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="python -m hil.calibrate",
+                           description="Calibrations from measurement files, and out to arc2control HDF5 files.")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                parser_class=partial(OneLineParser, help_prog=parser.prog))
     imp = sub.add_parser("import", help="store measurement files as a calibration of an array and fit its noise "
                                         "model")
     imp.add_argument("files", nargs="+", metavar="FILE",

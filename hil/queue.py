@@ -13,21 +13,19 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import datetime
+from functools import partial
 
+from .cli import OneLineParser
 from .lab_queue import QueueError, postgres_url
 
 EXIT_OK, EXIT_REFUSED, EXIT_BAD_INPUT = 0, 1, 2
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(EXIT_BAD_INPUT, f"error: {message} (python -m hil.queue --help for usage)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m hil.queue", description="The lab queue's runs; cancel a queued one, retry a failed one.")
+    parser = OneLineParser(prog="python -m hil.queue",
+                           description="The lab queue's runs; cancel a queued one, retry a failed one.")
     parser.add_argument("--db", metavar="URL", default=None, help="the lab's PostgreSQL (default: $HIL_DB_URL)")
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", parser_class=partial(OneLineParser, help_prog=parser.prog))
     listing = sub.add_parser("list", help="queued, running and finished runs (the default)")
     listing.add_argument("--bench", default=None, metavar="NAME", help="only this bench's")
     listing.add_argument("--db", metavar="URL", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -37,8 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
     again = sub.add_parser("retry", help="queue a failed run again, to be resumed where it stopped")
     again.add_argument("job", type=int, metavar="JOB", help="the job id, as listed")
     again.add_argument("--db", metavar="URL", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    for p in (listing, cancel, again):
-        p.error = parser.error   # one line, as the main parser's
     return parser
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from .backends import BackendError, make_backend, make_extra_backends, names
+from .cli import OneLineParser
 from .protocol import ARRAY_NAME_PATTERN, MAX_SEED
 from .memory import BUDGET_ENV, DEFAULT_BUDGET_BYTES, budget_bytes, estimate, format_bytes
 from .protocol_loader import LoadedProtocol, ProtocolError, check_within, load_protocol, load_protocol_text, step_error
@@ -35,14 +36,8 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-class _Parser(argparse.ArgumentParser):
-    # argparse's usage-then-error is two or more lines; a log or a script wants the one that matters.
-    def error(self, message: str):
-        self.exit(EXIT_BAD_INPUT, f"error: {message} (python -m hil.run --help for usage)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m hil.run",
+    parser = OneLineParser(prog="python -m hil.run",
                                      description="Run a measurement protocol on a crossbar array.")
     parser.add_argument("protocol", nargs="?", help="protocol YAML file (not needed with --resume)")
     parser.add_argument("--backend", default=None, metavar="NAME",

@@ -4,7 +4,8 @@ queue a run of each protocol on a bench of the lab, in the order given, for that
 
 Every protocol is validated first, as ``python -m hil.run`` validates it (file, line and field of the first
 problem, exit status 2), and nothing is queued unless it passes; the bench's own limits and the memory
-budget of its computer are checked by its worker before the run starts. The queue is on the lab's PostgreSQL (``--db`` or ``$HIL_DB_URL``).
+budget of its computer are checked by its worker before the run starts. The queue is on the lab's
+PostgreSQL (``--db`` or ``$HIL_DB_URL``).
 
 Prints each job's id; exit status 0 queued, 2 refused (nothing queued: one bad protocol of several
 refuses them all).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .cli import OneLineParser
 from .lab_queue import MAX_PRIORITY, MIN_PRIORITY, QueueError, check_bench, postgres_url
 from .protocol import MAX_SEED
 from .protocol_loader import ProtocolError, load_protocol
@@ -22,13 +24,8 @@ from .protocol_loader import ProtocolError, load_protocol
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(EXIT_BAD_INPUT, f"error: {message} ({self.prog} --help for usage)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m hil.submit", description="Queue a run of a protocol on a bench of the lab.")
+    parser = OneLineParser(prog="python -m hil.submit", description="Queue a run of a protocol on a bench of the lab.")
     parser.add_argument("protocol", nargs="+", help="protocol YAML file(s), one run each")
     parser.add_argument("--bench", required=True, metavar="NAME", help="the bench to run it on (its worker's --bench)")
     parser.add_argument("--priority", type=int, default=0, metavar="N",

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cli import OneLineParser
 from .lab_queue import QueueError, check_bench, postgres_url
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_LEASE_LOST, EXIT_INTERRUPTED = 0, 2, 3, 130
@@ -33,15 +34,10 @@ EXIT_OK, EXIT_BAD_INPUT, EXIT_LEASE_LOST, EXIT_INTERRUPTED = 0, 2, 3, 130
 logger = logging.getLogger("hil.worker")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(EXIT_BAD_INPUT, f"error: {message} ({self.prog} --help for usage)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .backends import names
 
-    parser = _Parser(prog="python -m hil.worker", description="Run a bench's queued runs, one at a time.")
+    parser = OneLineParser(prog="python -m hil.worker", description="Run a bench's queued runs, one at a time.")
     parser.add_argument("--bench", required=True, metavar="NAME", help="the bench this computer drives")
     parser.add_argument("--backend", default="mock", metavar="NAME",
                         help=f"instrument backend: {', '.join(names())}, or a plug-in's name (default: mock)")

@@ -1,17 +1,18 @@
-"""Values made fit for a JSON column, the same way wherever a row is written."""
+"""Values made fit for JSON, the same way wherever a row is written or shown."""
 
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` made fit for a JSON column: numpy scalars and arrays become plain Python,
-    and NaN and infinities become ``None``, since JSON has no spelling for them (SQLite
-    would accept Python's non-standard ``NaN``, PostgreSQL refuses it)."""
+    """``value`` made fit for a JSON column or document: numpy scalars and arrays become plain Python,
+    datetimes ISO 8601 text, and NaN and infinities ``None``, since JSON has no spelling for them
+    (SQLite would accept Python's non-standard ``NaN``, PostgreSQL refuses it)."""
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -22,4 +23,6 @@ def jsonable(value: Any) -> Any:
         return jsonable(value.item())
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, datetime):
+        return value.isoformat()
     return value

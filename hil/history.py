@@ -51,6 +51,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from db import Database, DatabaseError, DatabaseMissing, history, records
+from db.jsonable import jsonable
 from db.models import STATUSES
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
@@ -417,7 +418,7 @@ def _emit(rows: list[dict[str, Any]], kind: str, title: str, fmt: str, out: Cons
           headers: dict[str, str] | None = None) -> None:
     columns = COLUMNS[kind]
     if fmt == "json":
-        sys.stdout.write(json.dumps([{c: _json_value(row[c]) for c in columns} for row in rows], indent=2) + "\n")
+        sys.stdout.write(json.dumps([{c: jsonable(row[c]) for c in columns} for row in rows], indent=2) + "\n")
     elif fmt == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
@@ -480,14 +481,6 @@ def _share(room: int, full: list[int], folding: list[bool]) -> list[int]:
         widths[i] = min(full[i], room // (len(order) - n))
         room -= widths[i]
     return widths
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no spelling for NaN or infinity
-    return value
 
 
 def _csv_value(value: Any) -> Any:
@@ -558,7 +551,7 @@ def export_run(run: dict[str, Any], measurements: list[dict[str, Any]], maps: li
         files.append(entry)
     index = directory / "index.json"
     header = {"run": run["id"], "protocol": run["protocol_name"], "status": run["status"], "array_id": run["array_id"],
-              "started_at": _json_value(run["started_at"]), "format": fmt, "files": files}
+              "started_at": jsonable(run["started_at"]), "format": fmt, "files": files}
     index.write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
     return index
 

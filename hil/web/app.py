@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, render_template, request, send_from_directory, url_for
-from sqlalchemy.engine import make_url
 
 from db import Database, history, records
 from db.errors import mask_url
-from db.models import RUNNING, STATUSES
+from db.jsonable import jsonable
+from db.models import STATUSES
 from hil.progress import duration
 from hil.web import plots
 from hil.web.live import live_state, now_utc
@@ -34,9 +34,8 @@ REFRESH_MS = 2000
 
 def create_app(db: Database) -> Flask:
     app = Flask(__name__)
-    app.config.update(DATABASE=db, DATABASE_SHOWN=mask_url(db.url))
     app.jinja_env.filters.update(duration=_duration, when=_when, number=_number, percent=_percent)
-    app.jinja_env.globals.update(REFRESH_MS=REFRESH_MS)
+    app.jinja_env.globals.update(REFRESH_MS=REFRESH_MS, database=mask_url(db.url))
 
     @app.errorhandler(LookupError)
     def not_found(exc: LookupError):
@@ -45,10 +44,6 @@ def create_app(db: Database) -> Flask:
     @app.errorhandler(ValueError)
     def bad_request(exc: ValueError):
         return render_template("error.html", message=str(exc)), 400
-
-    @app.context_processor
-    def shown() -> dict[str, Any]:
-        return {"database": app.config["DATABASE_SHOWN"]}
 
     @app.get("/")
     def index():
@@ -192,10 +187,12 @@ def create_app(db: Database) -> Flask:
 
     def _queue_context() -> dict[str, Any]:
         """The lab queue's jobs with their runs; none (and why) on a database that has no queue."""
-        if make_url(db.url).get_backend_name() != "postgresql":
-            return {"work": None, "why": "the queue needs PostgreSQL; this database serves one bench without one"}
         from hil import lab_queue
 
+        try:
+            lab_queue.postgres_url(db.url)
+        except lab_queue.QueueError as exc:   # a database without a queue says why
+            return {"work": None, "why": str(exc)}
         try:
             work = lab_queue.list_work(db.url) if lab_queue.schema_present(db.url) else None
         except Exception as exc:            # noqa: BLE001 - shown on the page, credentials removed
@@ -205,22 +202,19 @@ def create_app(db: Database) -> Flask:
         with db.session() as session:
             lab_queue.attach_runs(session, work)
         work.reverse()                       # newest first, as the runs
-        live = any(w.status in ("queued", "running") for w in work)
-        return {"work": work, "why": None, "live": live}
+        return {"work": work, "why": None}
 
     @app.get("/api/runs")
     def api_runs():
         context = _runs_context()
-        return {"total": context["total"], "page": context["page"], "runs": [
-            {**{k: _jsonable(v) for k, v in r.items() if k != "live"}, "live": _jsonable(r["live"])}
-            for r in context["runs"]]}
+        return jsonable({"total": context["total"], "page": context["page"], "runs": context["runs"]})
 
     @app.get("/api/runs/<int:run_id>")
     def api_run(run_id: int):
         with db.session() as session:
             info = history.get_run(session, run_id)
             live = _live(session, [run_id])[run_id]
-        return {**{k: _jsonable(v) for k, v in info.items()}, "live": _jsonable(live)}
+        return jsonable({**info, "live": live})
 
     @app.get("/static/plotly.min.js")
     def plotly_js():
@@ -238,8 +232,7 @@ def create_app(db: Database) -> Flask:
         for row in rows:
             row["live"] = live[row["id"]]
         return {"runs": rows, "total": total, "page": page, "pages": max(math.ceil(total / PAGE_SIZE), 1),
-                "status": status, "statuses": STATUSES, "any_running": any(r["status"] == RUNNING for r in rows),
-                "table_url": url_for("runs_table", status=status, page=page)}
+                "status": status, "statuses": STATUSES, "table_url": url_for("runs_table", status=status, page=page)}
 
     return app
 
@@ -283,18 +276,6 @@ def _plotly_js() -> str:
     from plotly.offline import get_plotlyjs
 
     return get_plotlyjs()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _duration(seconds: float | None) -> str:

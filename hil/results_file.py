@@ -50,4 +50,13 @@ def splice(document: Path, marker: str, text: str) -> None:
     document.write_text(content[:i + len(start)] + "\n" + text.strip("\n") + "\n" + content[j:], encoding="utf-8")
 
 
-__all__ = ["load", "save", "splice", "store"]
+def publish(lines: list[str], out: Path, document: Path, marker: str, *, splice_it: bool = True) -> None:
+    """A script's section: ``lines`` (a title, a blank line, then the section) written to ``out``, the
+    section spliced into ``document`` between its markers (unless ``splice_it`` is false), and all printed."""
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if splice_it:
+        splice(document, marker, "\n".join(lines[2:]))
+    print("\n".join(lines))
+
+
+__all__ = ["load", "publish", "save", "splice", "store"]

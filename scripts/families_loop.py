@@ -162,10 +162,7 @@ def main() -> int:
              "(points) | after 1 day, compensated: plain / aware (%) | aware − plain after 1 day (points) | runs |",
              "|---|---|---:|---:|---:|---|---:|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    if not args.no_splice:
-        results_file.splice(ROOT / "docs" / "results.md", section, "\n".join(lines[2:]))
-    print("\n".join(lines))
+    results_file.publish(lines, args.out, ROOT / "docs" / "results.md", section, splice_it=not args.no_splice)
     return 0
 
 

@@ -224,10 +224,8 @@ def main() -> int:
     failed = [f"{k}: {r['status']} {r.get('error') or ''}"[:120] for k, r in results.items() if r["status"] != "completed"]
     if failed:
         lines += ["", "Runs that did not complete: " + "; ".join(failed)]
-    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    if args.split == "test" and not args.no_splice:
-        results_file.splice(ROOT / "docs" / "results.md", "finetune_recovery", "\n".join(lines[2:]))
-    print("\n".join(lines))
+    results_file.publish(lines, args.out, ROOT / "docs" / "results.md", "finetune_recovery",
+                         splice_it=args.split == "test" and not args.no_splice)
     return 0
 
 

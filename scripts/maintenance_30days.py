@@ -95,10 +95,8 @@ def main() -> int:
     failed = [f"seed {k}: {r['status']} {r.get('error') or ''}"[:120] for k, r in stored.items() if k not in done]
     if failed:
         lines += ["", "Runs without results: " + "; ".join(failed)]
-    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    if not args.no_splice:
-        results_file.splice(ROOT / "docs" / "results.md", "maintenance_30days", "\n".join(lines[2:]))
-    print("\n".join(lines))
+    results_file.publish(lines, args.out, ROOT / "docs" / "results.md", "maintenance_30days",
+                         splice_it=not args.no_splice)
     return 0
 
 

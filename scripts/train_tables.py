@@ -198,10 +198,7 @@ def main() -> int:
                 if k.split("/")[0] == task and v.get("protocol_digest") == protocol_digest(task)}
         if runs:
             lines += table(task, runs) + [""]
-    args.out.write_text("\n".join(lines), encoding="utf-8")
-    if not args.no_splice:
-        results_file.splice(ROOT / "docs" / "results.md", "train_tables", "\n".join(lines[2:]))
-    print("\n".join(lines))
+    results_file.publish(lines, args.out, ROOT / "docs" / "results.md", "train_tables", splice_it=not args.no_splice)
     return 0
 
 

@@ -13,7 +13,9 @@ from typing import Callable
 
 from numba import njit
 
-# Elements of work from which the parallel build pays (measured on 2 cores: about 30 us to wake and join).
+# Elements of work from which the parallel build is used. On 2 cores a parallel region costs a couple of
+# microseconds with its threads awake; the pre-distortion kernel takes 30 us on one thread and 18 us on two
+# at 32k elements, 4 us either way at 4k.
 PARALLEL_MIN = 1 << 15
 
 
